@@ -1,0 +1,95 @@
+"""Every error fedgate raises, in one hierarchy.
+
+::
+
+    FederationError
+    ├── NoCapacityError          no registered node offers the capability / model
+    ├── AllNodesUnhealthyError   nodes exist, but none is healthy or admitted by its breaker
+    ├── QoSViolationError        nodes exist, but none meets the request's QoS (latency)
+    ├── PrivacyViolationError    no region is cleared for the request's privacy level
+    ├── NodeUnreachableError     the chosen node could not be reached or died mid-request
+    ├── DeadlineExceededError    the request's deadline passed
+    ├── CircuitOpenError         the node's breaker rejected the call locally
+    ├── BackpressureError        a bounded queue is full: try again later
+    ├── StreamInterruptedError   a stream that had started could not be continued
+    ├── WorkerError              the worker reported a typed error for the request
+    └── RegistrationError        a worker's claim (node id, key) was refused
+
+Malformed arguments raise ``ValueError`` or ``TypeError`` as well (never a
+``FederationError``): they are the caller's bug, not the federation's state.
+Messages name what was expected and what was got.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AllNodesUnhealthyError",
+    "BackpressureError",
+    "CircuitOpenError",
+    "DeadlineExceededError",
+    "FederationError",
+    "NoCapacityError",
+    "NodeUnreachableError",
+    "PrivacyViolationError",
+    "QoSViolationError",
+    "RegistrationError",
+    "StreamInterruptedError",
+    "WorkerError",
+]
+
+
+class FederationError(Exception):
+    """Base of every error about the federation's state (not the caller's arguments)."""
+
+
+class NoCapacityError(FederationError):
+    """No registered node offers the requested capability or model."""
+
+
+class AllNodesUnhealthyError(FederationError):
+    """Nodes offer the capability, but every one is unhealthy or has an open breaker."""
+
+
+class QoSViolationError(FederationError):
+    """Nodes are healthy, but none meets the request's QoS requirements."""
+
+
+class PrivacyViolationError(FederationError):
+    """No node sits in a region cleared for the request's privacy level (fails closed)."""
+
+
+class NodeUnreachableError(FederationError):
+    """The node could not be reached, or its worker died during the request."""
+
+
+class DeadlineExceededError(FederationError):
+    """The request's deadline passed before a response completed."""
+
+
+class CircuitOpenError(FederationError):
+    """The node's circuit breaker rejected the call without contacting the node."""
+
+
+class BackpressureError(FederationError):
+    """A bounded queue is full; nothing was dropped silently."""
+
+
+class StreamInterruptedError(FederationError):
+    """A stream that already delivered tokens could not be continued on another node."""
+
+
+class WorkerError(FederationError):
+    """The worker answered with a typed error.
+
+    ``code`` is the wire error code; ``node_caused`` says whether it counts
+    against the node's health and breaker.
+    """
+
+    def __init__(self, message: str, *, code: str = "internal", node_caused: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.node_caused = node_caused
+
+
+class RegistrationError(FederationError):
+    """A worker's registration was refused (e.g. a live node id claimed twice)."""
