@@ -1,0 +1,1216 @@
+"""The gateway: routes each request to a worker process over ZeroMQ and streams the answer back.
+
+One request, top to bottom (everything below runs on the gateway's event loop)::
+
+    infer() / infer_stream()
+      └─ _Call.run()                         the attempt loop; one _Call per request
+           ├─ router.route(request, exclude)  sovereignty first, then health, breaker, policy
+           ├─ breaker.admit(node)             an OPEN breaker rejects locally
+           ├─ _Gateway._open()                REQUEST frame → the worker's DEALER
+           ├─ _Attempt.next()                 frames arrive through _on_readable
+           │     Partial → tokens (fenced by attempt, deduplicated by token index)
+           │     Final   → success: health, breaker, stats
+           │     Error / node lost / deadline → failure: health & breaker only if
+           │                                    the node caused it
+           └─ retry on another node (backoff, budget, deadline), resuming a stream
+              from the next token index, or an explicit error
+
+The socket side is a ROUTER with ``ROUTER_MANDATORY`` read from the loop's
+file-descriptor callback (no task per message): frames are decoded and pushed
+into the waiting attempt's inbox, or dropped and counted when they belong to
+an abandoned attempt. A monitor task declares workers dead when their
+application heartbeats stop and fails their in-flight attempts, which is what
+turns a crashed process into a failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import os
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import zmq
+
+from . import protocol as wire
+from ._accel import LatencyTable
+from .breaker import Admission, CircuitBreaker
+from .catalog import ModelCatalog
+from .clock import to_seconds
+from .errors import (
+    BackpressureError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    FederationError,
+    NoCapacityError,
+    NodeUnreachableError,
+    StreamInterruptedError,
+    WorkerError,
+)
+from .health import HealthChecker
+from .policy import CompositePolicy
+from .router import Router
+from .statemachine import RequestLifecycle, RequestState, TransitionHook
+from .types import InferenceRequest, InferenceResponse, ModelId, NodeId, Region, RegionId
+
+__all__ = ["Gateway", "GatewayBuilder", "GatewayConfig", "GatewayStats", "NodeStats", "RouteRecord"]
+
+log = logging.getLogger("fedgate.gateway")
+
+_S = RequestState
+
+
+def _finite(name: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    seconds = to_seconds(value, name)
+    ok = math.isfinite(seconds) and (seconds > 0 if positive else seconds >= 0)
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"GatewayConfig.{name}: expected a finite duration {bound}, got {value!r}")
+    return seconds
+
+
+def _count(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"GatewayConfig.{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """How the gateway retries, times out and bounds its queues (durations in seconds).
+
+    Parameters
+    ----------
+    max_retries : int
+        Further attempts after the first, each on a node not yet tried.
+    retry_delay : float
+        Base backoff before a retry; doubles per retry, with ±50 % jitter.
+    request_timeout : float
+        Deadline of a request that sets none itself.
+    retry_budget_ratio, retry_budget_min : float, int
+        Requests retrying at once may be at most ``max(min, ratio × active)``,
+        so a failing fleet gets no retry storm.
+    max_input_bytes : int
+        Larger inputs are rejected before any worker is contacted.
+    max_frame_bytes : int
+        Larger frames from workers are dropped and counted.
+    send_hwm : int
+        Bound of the ROUTER's per-worker send queue (a full queue is a typed
+        :class:`BackpressureError`, never a silent drop).
+    stream_buffer : int
+        Tokens buffered per stream for a slow reader before the stream ends
+        with :class:`BackpressureError` (bounded memory).
+    stall_timeout : float, optional
+        An attempt that receives no frame for this long fails as a stall.
+    monitor_interval : float
+        How often heartbeats and stalls are checked.
+    recent_routes : int
+        Routing decisions kept for the dashboard.
+    """
+
+    max_retries: int = 3
+    retry_delay: float = 0.1
+    request_timeout: float = 30.0
+    retry_budget_ratio: float = 0.2
+    retry_budget_min: int = 3
+    max_input_bytes: int = 8 * 1024 * 1024
+    max_frame_bytes: int = wire.MAX_FRAME_BYTES
+    send_hwm: int = 100_000
+    stream_buffer: int = 65_536
+    stall_timeout: float | None = None
+    monitor_interval: float = 0.05
+    recent_routes: int = 256
+
+    def __post_init__(self) -> None:
+        _count("max_retries", self.max_retries)
+        object.__setattr__(
+            self, "retry_delay", _finite("retry_delay", self.retry_delay, positive=False)
+        )
+        object.__setattr__(
+            self, "request_timeout", _finite("request_timeout", self.request_timeout)
+        )
+        r = self.retry_budget_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 <= r <= 1):
+            raise ValueError(
+                f"GatewayConfig.retry_budget_ratio: expected a number in [0, 1], got {r!r}"
+            )
+        _count("retry_budget_min", self.retry_budget_min)
+        _count("max_input_bytes", self.max_input_bytes, 1)
+        _count("max_frame_bytes", self.max_frame_bytes, 64)
+        _count("send_hwm", self.send_hwm, 1)
+        _count("stream_buffer", self.stream_buffer, 1)
+        _count("recent_routes", self.recent_routes, 0)
+        object.__setattr__(
+            self, "stall_timeout", _finite("stall_timeout", self.stall_timeout, allow_none=True)
+        )
+        object.__setattr__(
+            self, "monitor_interval", _finite("monitor_interval", self.monitor_interval)
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:
+        """Build from a config file's table; an unknown key is rejected by name."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValueError(
+                    f"GatewayConfig: unknown key {key!r}; expected one of {sorted(known)}"
+                )
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """Per-node (or per-tenant) counters."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """One routing decision, kept for the dashboard."""
+
+    at: float
+    request_id: str
+    tenant_id: str | None
+    capability: str
+    node_id: NodeId
+    region_id: RegionId
+    score: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStats:
+    """A snapshot of :meth:`Gateway.stats` (latencies in seconds)."""
+
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    cancelled_requests: int
+    total_tokens: int
+    avg_latency: float
+    latency_p50: float
+    latency_p95: float
+    latency_p99: float
+    ttft_p50: float
+    ttft_p95: float
+    ttft_p99: float
+    active_requests: int
+    active_streams: int
+    retries: int
+    failovers: int
+    resumes: int
+    breaker_trips: int
+    local_rejections: int
+    stale_frames: int
+    malformed_frames: int
+    cancels_sent: int
+    cancels_acknowledged: int
+    workers: int
+    per_node: dict[str, NodeStats] = field(default_factory=dict)
+    per_tenant: dict[str, NodeStats] = field(default_factory=dict)
+
+
+class _Worker:
+    """What the gateway knows of one connected worker process."""
+
+    __slots__ = (
+        "alive",
+        "attempts",
+        "cost",
+        "gpu",
+        "identity",
+        "max_concurrency",
+        "models",
+        "node",
+        "pid",
+        "region",
+        "resumable",
+        "worker_id",
+    )
+
+    def __init__(self, identity: bytes, msg: wire.Ready) -> None:
+        self.identity = identity
+        self.node = NodeId(msg.node)
+        self.region = RegionId(msg.region)
+        self.worker_id = msg.worker_id
+        self.models = [ModelId(m) for m in msg.models]
+        self.gpu = msg.gpu
+        self.cost = msg.cost
+        self.max_concurrency = msg.max_concurrency
+        self.resumable = msg.resumable
+        self.pid = msg.pid
+        self.alive = True
+        self.attempts: dict[str, _Attempt] = {}
+
+
+class _Lost:
+    """A local event pushed into an attempt's inbox: the node failed it without a frame."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+_TIMEOUT = _Lost("deadline", "deadline")
+_OVERFLOW = _Lost("overflow", "overflow")
+
+
+class _Attempt:
+    """One attempt of one request on one worker: its inbox of frames and its waiter."""
+
+    __slots__ = (
+        "buffered",
+        "inbox",
+        "last_frame",
+        "number",
+        "rid",
+        "started",
+        "timer",
+        "waiter",
+        "worker",
+    )
+
+    def __init__(self, rid: str, number: int, worker: _Worker) -> None:
+        self.rid = rid
+        self.number = number
+        self.worker = worker
+        self.inbox: collections.deque[Any] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.buffered = 0
+        self.last_frame = 0.0
+        self.started = 0.0
+
+    def push(self, event: Any) -> None:
+        self.inbox.append(event)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, loop: asyncio.AbstractEventLoop) -> Any:
+        inbox = self.inbox
+        while not inbox:
+            self.waiter = waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        event = inbox.popleft()
+        if type(event) is wire.Partial:
+            self.buffered -= len(event.tokens)
+        return event
+
+
+class GatewayBuilder:
+    """Assemble a :class:`Gateway` step by step (the case study's builder).
+
+    Every part has a default: a fresh catalog, health checker and breaker,
+    the enterprise policy, and ``tcp://127.0.0.1:5555``.
+    """
+
+    def __init__(self) -> None:
+        self._config = GatewayConfig()
+        self._catalog: ModelCatalog | None = None
+        self._health: HealthChecker | None = None
+        self._breaker: CircuitBreaker | None = None
+        self._policy: CompositePolicy | None = None
+        self._regions: list[Region] = []
+        self._binds: list[str] = []
+        self._strategy = "least-latency"
+        self._origin: RegionId | None = None
+        self._gateway_id: str | None = None
+
+    def config(self, config: GatewayConfig) -> GatewayBuilder:
+        if not isinstance(config, GatewayConfig):
+            raise TypeError(f"config: expected GatewayConfig, got {config!r}")
+        self._config = config
+        return self
+
+    def catalog(self, catalog: ModelCatalog) -> GatewayBuilder:
+        self._catalog = catalog
+        return self
+
+    def health(self, health: HealthChecker) -> GatewayBuilder:
+        self._health = health
+        return self
+
+    def circuit_breaker(self, breaker: CircuitBreaker) -> GatewayBuilder:
+        self._breaker = breaker
+        return self
+
+    def policy(self, policy: CompositePolicy) -> GatewayBuilder:
+        self._policy = policy
+        return self
+
+    def regions(self, *regions: Region) -> GatewayBuilder:
+        for region in regions:
+            if not isinstance(region, Region):
+                raise TypeError(f"regions: expected Region objects, got {region!r}")
+        self._regions.extend(regions)
+        return self
+
+    def bind(self, endpoint: str) -> GatewayBuilder:
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ValueError(
+                f"bind: expected a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {endpoint!r}"
+            )
+        self._binds.append(endpoint)
+        return self
+
+    def strategy(self, name: str) -> GatewayBuilder:
+        self._strategy = name
+        return self
+
+    def origin(self, region: RegionId | None) -> GatewayBuilder:
+        self._origin = region
+        return self
+
+    def gateway_id(self, name: str) -> GatewayBuilder:
+        self._gateway_id = name
+        return self
+
+    def build(self) -> Gateway:
+        catalog = self._catalog if self._catalog is not None else ModelCatalog()
+        health = self._health if self._health is not None else HealthChecker()
+        breaker = self._breaker if self._breaker is not None else CircuitBreaker()
+        policy = self._policy if self._policy is not None else CompositePolicy.enterprise_default()
+        router = Router(
+            catalog,
+            health,
+            breaker,
+            policy=policy,
+            regions=self._regions,
+            strategy=self._strategy,
+            origin=self._origin,
+        )
+        return Gateway(
+            self._config,
+            catalog,
+            health,
+            breaker,
+            router,
+            self._binds or ["tcp://127.0.0.1:5555"],
+            gateway_id=self._gateway_id,
+        )
+
+
+class Gateway:
+    """Routes inference requests to worker processes; use ``async with gateway``.
+
+    Build one with :class:`GatewayBuilder`. Workers connect to the bound
+    endpoints (``fedgate worker --gateway …``) and register themselves.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        catalog: ModelCatalog,
+        health: HealthChecker,
+        breaker: CircuitBreaker,
+        router: Router,
+        binds: Iterable[str],
+        *,
+        gateway_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.health = health
+        self.breaker = breaker
+        self.router = router
+        self.gateway_id = gateway_id or f"gw-{os.getpid()}-{secrets.token_hex(3)}"
+        self._binds = list(binds)
+        self._endpoints: list[str] = []
+        self._ctx: zmq.Context[Any] | None = None
+        self._sock: zmq.Socket[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._drain_pending = False
+        self._by_identity: dict[bytes, _Worker] = {}
+        self._by_node: dict[NodeId, _Worker] = {}
+        self._attempts: dict[str, _Attempt] = {}
+        self._rng = random.Random()
+        self._breaker_trips_at_start = breaker.trips
+        # Counters (read by stats()).
+        self._total = self._ok = self._failed = self._cancelled = 0
+        self._tokens = 0
+        self._latency_sum = 0.0
+        self._active = self._active_streams = self._retrying = 0
+        self._retries = self._failovers = self._resumes = self._local_rejections = 0
+        self._stale = self._malformed = self._cancels_sent = self._cancel_acks = 0
+        self._refused = 0
+        self._hooks: list[TransitionHook] = []
+        self._per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
+        self._per_tenant: dict[str, NodeStats] = collections.defaultdict(NodeStats)
+        # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).
+        self._lat = LatencyTable(window=4096, nodes=2)
+        self.recent_routes: collections.deque[RouteRecord] = collections.deque(
+            maxlen=config.recent_routes
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def endpoints(self) -> list[str]:
+        """The endpoints actually bound (a ``:*`` port resolved)."""
+        return list(self._endpoints)
+
+    @property
+    def running(self) -> bool:
+        return self._sock is not None
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind the ROUTER, start reading it, start the heartbeat monitor, warm the kernels."""
+        if self._sock is not None:
+            raise RuntimeError("gateway already started")
+        from ._jit import warm_up
+
+        # Compiling the scoring kernel takes seconds: do it off the loop, before
+        # the first request pays for it.
+        await asyncio.to_thread(warm_up)
+        self._loop = asyncio.get_running_loop()
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.send_hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, -1)
+        try:
+            for endpoint in self._binds:
+                sock.bind(endpoint)
+                self._endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self._ctx.term()
+            self._ctx = None
+            raise OSError(f"cannot bind {endpoint!r}: {exc}") from exc
+        self._sock = sock
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="fedgate-monitor")
+        self._on_readable()
+        log.info("gateway %s listening on %s", self.gateway_id, ", ".join(self._endpoints))
+
+    async def stop(self) -> None:
+        """Fail in-flight attempts, stop reading, close the socket."""
+        sock = self._sock
+        if sock is None:
+            return
+        for att in list(self._attempts.values()):
+            att.push(_Lost("shutdown", "gateway stopping"))
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await asyncio.sleep(0)  # let callers observe their failed attempts
+        assert self._loop is not None
+        self._loop.remove_reader(sock.getsockopt(zmq.FD))
+        sock.close(0)
+        self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        self._endpoints.clear()
+
+    # ---------------------------------------------------------------- public API
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request to completion on the best node, failing over as needed.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Malformed request (no worker is contacted).
+        FederationError
+            No eligible node (typed: privacy, capacity, health, QoS), the
+            deadline passed, or every attempt failed.
+        """
+        call = self._call(request, stream=False)
+        async for _ in call.run():
+            pass
+        return call.response()
+
+    async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[bytes]:
+        """Yield the tokens of one request as the worker produces them.
+
+        Before the first token a failed node is replaced transparently; after
+        it, the stream resumes on another node from the next token index when
+        a resumable node is left, or ends with :class:`StreamInterruptedError`.
+        Stopping the iteration cancels the work on the worker.
+        """
+        call = self._call(request, stream=True)
+        self._active_streams += 1
+        try:
+            async for chunk in call.run():
+                for token in chunk:
+                    yield token
+        finally:
+            self._active_streams -= 1
+
+    def stats(self) -> GatewayStats:
+        """Counters and latency percentiles since the gateway was built."""
+        p50, p95, p99 = self._lat.percentiles(0)
+        t50, t95, t99 = self._lat.percentiles(1)
+        done = self._ok
+        return GatewayStats(
+            total_requests=self._total,
+            successful_requests=self._ok,
+            failed_requests=self._failed,
+            cancelled_requests=self._cancelled,
+            total_tokens=self._tokens,
+            avg_latency=self._latency_sum / done if done else 0.0,
+            latency_p50=p50,
+            latency_p95=p95,
+            latency_p99=p99,
+            ttft_p50=t50,
+            ttft_p95=t95,
+            ttft_p99=t99,
+            active_requests=self._active,
+            active_streams=self._active_streams,
+            retries=self._retries,
+            failovers=self._failovers,
+            resumes=self._resumes,
+            breaker_trips=self.breaker.trips - self._breaker_trips_at_start,
+            local_rejections=self._local_rejections,
+            stale_frames=self._stale,
+            malformed_frames=self._malformed,
+            cancels_sent=self._cancels_sent,
+            cancels_acknowledged=self._cancel_acks,
+            workers=sum(1 for w in self._by_node.values() if w.alive),
+            per_node={
+                k: NodeStats(v.requests, v.successes, v.failures, v.tokens)
+                for k, v in self._per_node.items()
+            },
+            per_tenant={
+                k: NodeStats(v.requests, v.successes, v.failures, v.tokens)
+                for k, v in self._per_tenant.items()
+            },
+        )
+
+    def on_transition(self, hook: TransitionHook) -> Callable[[], None]:
+        """Call ``hook(request_id, old, new, at)`` on every request lifecycle transition.
+
+        Returns a function that removes the hook.
+        """
+        self._hooks.append(hook)
+        return lambda: self._hooks.remove(hook)
+
+    def _fire(self, request_id: str, old: RequestState, new: RequestState, at: float) -> None:
+        for hook in list(self._hooks):
+            hook(request_id, old, new, at)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards."""
+        return [
+            {
+                "node": w.node,
+                "region": w.region,
+                "worker_id": w.worker_id,
+                "pid": w.pid,
+                "gpu": w.gpu,
+                "cost": w.cost,
+                "resumable": w.resumable,
+                "alive": w.alive,
+                "inflight": len(w.attempts),
+                "models": list(w.models),
+            }
+            for w in self._by_node.values()
+        ]
+
+    async def wait_for_workers(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` workers are registered and alive (for scripts and tests)."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for w in self._by_node.values() if w.alive) < count:
+            if time.monotonic() > deadline:
+                alive = sorted(w.node for w in self._by_node.values() if w.alive)
+                raise TimeoutError(f"expected {count} live workers within {timeout}s, got {alive}")
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------ request path
+    def _call(self, request: InferenceRequest, *, stream: bool) -> _Call:
+        if self._sock is None:
+            raise RuntimeError(
+                "gateway not started: use `async with gateway:` or `await gateway.start()`"
+            )
+        if not isinstance(request, InferenceRequest):
+            raise TypeError(f"request: expected InferenceRequest, got {type(request).__name__}")
+        size = len(request.input)
+        if size > self.config.max_input_bytes:
+            raise ValueError(
+                f"input: expected at most {self.config.max_input_bytes} bytes, got {size}"
+            )
+        return _Call(self, request, stream)
+
+    def _open(self, call: _Call, worker: _Worker, number: int) -> _Attempt:
+        """Send one REQUEST and register its attempt (fenced by attempt number)."""
+        att = _Attempt(call.rid, number, worker)
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        remaining = call.deadline - now
+        req = call.request
+        frame = wire.encode(
+            wire.Request(
+                call.rid,
+                number,
+                req.request_id,
+                req.tenant_id,
+                str(req.capability),
+                req.model,
+                req.input,
+                remaining,
+                call.next_index,
+                call.stream,
+            )
+        )
+        self._send(worker.identity, frame)  # raises before anything is registered
+        att.started = att.last_frame = now
+        att.timer = loop.call_at(call.deadline, att.push, _TIMEOUT)
+        self._attempts[call.rid] = att
+        worker.attempts[call.rid] = att
+        self.router.acquire(worker.node)
+        self._per_node[worker.node].requests += 1
+        return att
+
+    def _close(self, att: _Attempt, *, cancel: bool) -> None:
+        """Forget an attempt; later frames for it are stale. Optionally tell the worker to stop."""
+        if self._attempts.get(att.rid) is att:
+            del self._attempts[att.rid]
+        worker = att.worker
+        if worker.attempts.pop(att.rid, None) is not None:
+            self.router.release(worker.node)
+        if att.timer is not None:
+            att.timer.cancel()
+            att.timer = None
+        if cancel and worker.alive and self._sock is not None:
+            with contextlib.suppress(FederationError):
+                self._send(worker.identity, wire.encode(wire.Cancel(att.rid, att.number)))
+                self._cancels_sent += 1
+
+    def _send(self, identity: bytes, frame: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise NodeUnreachableError("gateway is not running")
+        try:
+            sock.send_multipart((identity, frame), zmq.NOBLOCK)
+        except zmq.Again:
+            raise BackpressureError(
+                f"send queue to worker {identity!r} is full ({self.config.send_hwm} frames)"
+            ) from None
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise NodeUnreachableError(f"worker {identity!r} is not connected") from None
+            raise
+        # A send can consume the socket's edge-triggered read notification.
+        self._schedule_drain()
+
+    # ------------------------------------------------------------- socket side
+    def _schedule_drain(self) -> None:
+        if not self._drain_pending and self._sock is not None:
+            if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._drain_pending = True
+                assert self._loop is not None
+                self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        self._drain_pending = False
+        sock = self._sock
+        if sock is None:
+            return
+        recv = sock.recv_multipart
+        # Bounded batch: a flood of frames must not starve the callers' tasks.
+        for _ in range(4096):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._malformed += 1
+                continue
+            identity, payload = frames
+            try:
+                msg = wire.decode_worker_message(payload, self.config.max_frame_bytes)
+            except wire.ProtocolError as exc:
+                self._malformed += 1
+                if self._malformed <= 10 or self._malformed % 1000 == 0:
+                    log.warning(
+                        "dropped a malformed frame from %r (%d so far): %s",
+                        identity,
+                        self._malformed,
+                        exc,
+                    )
+                continue
+            self._dispatch(identity, msg)
+        self._schedule_drain()
+        if not self._drain_pending:
+            self._drain_pending = True
+            assert self._loop is not None
+            self._loop.call_soon(self._on_readable)
+
+    def _dispatch(self, identity: bytes, msg: wire.WorkerMessage) -> None:
+        kind = type(msg)
+        if kind is wire.Partial or kind is wire.Final or kind is wire.Error:
+            att = self._attempts.get(msg.rid)  # type: ignore[union-attr]
+            # Fencing: a frame must come from the worker the attempt was sent to, for
+            # the current attempt number; anything else belongs to an abandoned attempt.
+            if att is None or att.number != msg.attempt or att.worker.identity != identity:  # type: ignore[union-attr]
+                self._stale += 1
+                if kind is wire.Error and msg.code == wire.ERR_CANCELLED:  # type: ignore[union-attr]
+                    self._cancel_acks += 1
+                return
+            if kind is wire.Partial:
+                att.buffered += len(msg.tokens)  # type: ignore[union-attr]
+                if att.buffered > self.config.stream_buffer:
+                    att.push(_OVERFLOW)
+                    return
+            att.push(msg)
+        elif kind is wire.Heartbeat:
+            worker = self._by_identity.get(identity)
+            if worker is None or worker.worker_id != msg.worker_id or not worker.alive:  # type: ignore[union-attr]
+                self._try_send(identity, wire.Reannounce())
+                return
+            self.health.heartbeat(worker.node)
+        elif kind is wire.Ready:
+            self._register(identity, msg)  # type: ignore[arg-type]
+        elif kind is wire.Disconnect:
+            worker = self._by_identity.get(identity)
+            if worker is not None and worker.worker_id == msg.worker_id:  # type: ignore[union-attr]
+                # Draining: no new work; its in-flight requests still finish or fail explicitly.
+                self.router.set_alive(worker.node, False)
+                log.info(
+                    "worker %s (%s) disconnecting: %s", worker.node, worker.worker_id, msg.reason
+                )  # type: ignore[union-attr]
+
+    def _try_send(self, identity: bytes, msg: wire.Message) -> None:
+        with contextlib.suppress(FederationError):
+            self._send(identity, wire.encode(msg))
+
+    def _register(self, identity: bytes, msg: wire.Ready) -> None:
+        node = NodeId(msg.node)
+        current = self._by_node.get(node)
+        if (
+            current is not None
+            and current.worker_id != msg.worker_id
+            and current.alive
+            and self.health.is_alive(node)
+        ):
+            # R16: a second process claiming a live node id is refused, not merged.
+            self._refused += 1
+            log.warning(
+                "refused worker %s claiming live node %s (held by %s)",
+                msg.worker_id,
+                node,
+                current.worker_id,
+            )
+            self._try_send(
+                identity, wire.Refuse(node, f"node id {node!r} is live with another worker")
+            )
+            return
+        if current is not None and (
+            current.worker_id != msg.worker_id or current.identity != identity
+        ):
+            self._lose(current, "replaced by a new worker process")
+            self._by_identity.pop(current.identity, None)
+        worker = _Worker(identity, msg)
+        if (
+            current is not None
+            and current.worker_id == msg.worker_id
+            and current.identity == identity
+        ):
+            worker.attempts = current.attempts  # a re-announce keeps its in-flight work
+        self._by_identity[identity] = worker
+        self._by_node[node] = worker
+        stale_models = set(self.catalog.models_on(node)) - set(worker.models)
+        for model in stale_models:
+            self.catalog.deregister_sync(model, node)
+        for model in worker.models:
+            self.catalog.register_sync(model, node, worker.region, msg.capabilities)
+        self.health.register_node(node, expect_heartbeats=True)
+        self.health.heartbeat(node)
+        self.router.update_node(
+            node,
+            region=worker.region,
+            gpu=worker.gpu,
+            cost=worker.cost,
+            max_concurrency=worker.max_concurrency,
+        )
+        self.router.set_alive(node, True)
+        self._try_send(identity, wire.Welcome(node, self.gateway_id))
+        log.info(
+            "worker %s registered: node %s region %s models %s",
+            msg.worker_id,
+            node,
+            worker.region,
+            worker.models,
+        )
+
+    def _lose(self, worker: _Worker, why: str) -> None:
+        """A worker is gone: no new dispatch, and its in-flight attempts fail over."""
+        if worker.alive:
+            worker.alive = False
+            self.router.set_alive(worker.node, False)
+            log.warning("node %s lost: %s", worker.node, why)
+        for att in list(worker.attempts.values()):
+            att.push(_Lost(wire.ERR_CRASH, f"node {worker.node} lost: {why}"))
+
+    async def _monitor_loop(self) -> None:
+        interval = self.config.monitor_interval
+        stall = self.config.stall_timeout
+        loop = self._loop
+        assert loop is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for node in self.health.expire():
+                    worker = self._by_node.get(node)
+                    if worker is not None:
+                        self._lose(worker, "missed heartbeats")
+                self.breaker.poll()
+                if stall is not None:
+                    now = loop.time()
+                    for att in list(self._attempts.values()):
+                        if now - att.last_frame > stall:
+                            att.last_frame = now
+                            att.push(_Lost(wire.ERR_STALL, f"no frame for {stall:g}s"))
+            except Exception:  # the monitor must outlive any bug it trips over
+                log.exception("gateway monitor error")
+
+
+class _Call:
+    """One request's attempt loop: routing, dispatch, failover, resume."""
+
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "first_token_at",
+        "gw",
+        "last_error",
+        "lifecycle",
+        "next_index",
+        "node",
+        "output",
+        "region",
+        "request",
+        "rid",
+        "score",
+        "started",
+        "stream",
+        "tried",
+    )
+
+    def __init__(self, gw: Gateway, request: InferenceRequest, stream: bool) -> None:
+        self.gw = gw
+        self.request = request
+        self.stream = stream
+        self.rid = wire.new_rid()
+        loop = gw._loop
+        assert loop is not None
+        self.started = loop.time()
+        timeout = request.deadline if request.deadline is not None else gw.config.request_timeout
+        self.deadline = self.started + timeout
+        self.lifecycle = RequestLifecycle(
+            request.request_id,
+            clock=loop.time,
+            start=_S.READY,
+            trace=False,
+            hook=gw._fire if gw._hooks else None,
+        )
+        self.next_index = 0
+        self.attempts = 0
+        self.tried: set[NodeId] = set()
+        self.last_error: Exception | None = None
+        self.first_token_at = -1.0
+        self.output = b""
+        self.node = NodeId("")
+        self.region = RegionId("")
+        self.score = 0.0
+
+    def response(self) -> InferenceResponse:
+        gw = self.gw
+        assert gw._loop is not None
+        return InferenceResponse(
+            output=self.output,
+            node_id=self.node,
+            region_id=self.region,
+            score=self.score,
+            latency=gw._loop.time() - self.started,
+            tokens=self.next_index,
+            attempts=self.attempts,
+            request_id=self.request.request_id,
+        )
+
+    def _exclude(self) -> set[NodeId]:
+        if not self.stream or self.next_index == 0:
+            return self.tried
+        # Past the commit point only a node that can continue the generation may serve.
+        return self.tried | {w.node for w in self.gw._by_node.values() if not w.resumable}
+
+    async def run(self) -> AsyncIterator[list[bytes]]:
+        gw = self.gw
+        loop = gw._loop
+        assert loop is not None
+        lc = self.lifecycle
+        req = self.request
+        tenant = gw._per_tenant[req.tenant_id] if req.tenant_id else None
+        gw._total += 1
+        gw._active += 1
+        if tenant is not None:
+            tenant.requests += 1
+        retrying = False
+        outcome = "failed"
+        try:
+            lc.to(_S.ROUTING)
+            while True:
+                try:
+                    decision = gw.router.route(req, exclude=self._exclude())
+                except FederationError as exc:
+                    lc.to(_S.FAILED)
+                    raise self._final_error(exc) from exc
+                node = decision.node_id
+                worker = gw._by_node.get(node)
+                if worker is None or not worker.alive:
+                    self.tried.add(node)
+                    continue
+                if gw.breaker.admit(node) is Admission.REJECT:
+                    gw._local_rejections += 1
+                    self.tried.add(node)
+                    if self.last_error is None:
+                        self.last_error = CircuitOpenError(f"node {node}: circuit breaker open")
+                    continue
+                lc.to(_S.INFERRING)
+                self.attempts += 1
+                self.tried.add(node)
+                if gw.recent_routes.maxlen:
+                    gw.recent_routes.append(
+                        RouteRecord(
+                            time.time(),
+                            req.request_id,
+                            req.tenant_id,
+                            str(req.capability),
+                            node,
+                            decision.region_id,
+                            decision.score,
+                            self.attempts,
+                        )
+                    )
+                error: Exception | None = None
+                node_caused = retryable = True
+                await_result = None
+                try:
+                    att = gw._open(self, worker, self.attempts)
+                except BackpressureError as exc:
+                    error, node_caused = exc, False
+                except NodeUnreachableError as exc:
+                    gw._lose(worker, "not connected")
+                    error = exc
+                else:
+                    self.node, self.region, self.score = node, worker.region, decision.score
+                    await_result = att
+                if await_result is not None:
+                    att = await_result
+                    finished = False
+                    try:
+                        while True:
+                            event = await att.next(loop)
+                            kind = type(event)
+                            if kind is wire.Partial:
+                                att.last_frame = loop.time()
+                                fresh = self._accept(event)
+                                if fresh is None:  # a gap: the node broke the stream
+                                    error = NodeUnreachableError(
+                                        f"node {node} skipped tokens (expected index "
+                                        f"{self.next_index}, got {event.index})"
+                                    )
+                                    break
+                                if fresh:
+                                    if self.first_token_at < 0:
+                                        self.first_token_at = loop.time()
+                                        lc.to(_S.STREAMING)
+                                    yield fresh
+                            elif kind is wire.Final:
+                                if self.stream and event.tokens != self.next_index:
+                                    error = NodeUnreachableError(
+                                        f"node {node} ended the stream at {self.next_index} "
+                                        f"tokens but reported {event.tokens}"
+                                    )
+                                    break
+                                if not self.stream:
+                                    self.output = event.output
+                                    self.next_index = event.tokens
+                                finished = True
+                                break
+                            elif kind is wire.Error:
+                                error, node_caused, retryable = self._worker_error(event)
+                                break
+                            else:  # _Lost: crash, stall, deadline, overflow, shutdown
+                                error, node_caused, retryable = self._local_error(event, node)
+                                break
+                    finally:
+                        # Reached on success, failure, and when the caller stops reading.
+                        gw._close(att, cancel=not finished and att.worker.alive)
+                    if finished:
+                        self._succeeded(node, att.started)
+                        lc.to(_S.COMPLETED)
+                        outcome = "ok"
+                        return
+                assert error is not None
+                self.last_error = error
+                if node_caused:
+                    gw.health.report_failure(node)
+                    gw.breaker.record_failure(node)
+                    gw._per_node[node].failures += 1
+                if not (retryable and self._may_retry(retrying)):
+                    lc.to(_S.FAILED)
+                    raise self._final_error(error)
+                lc.to(_S.RETRYING)
+                if not retrying:
+                    retrying = True
+                    gw._retrying += 1
+                gw._retries += 1
+                if node_caused:
+                    gw._failovers += 1
+                if self.next_index:
+                    gw._resumes += 1
+                delay = (
+                    gw.config.retry_delay * (2 ** (self.attempts - 1)) * (0.5 + gw._rng.random())
+                )
+                if loop.time() + delay >= self.deadline:
+                    lc.to(_S.FAILED)
+                    raise DeadlineExceededError(
+                        f"request {req.request_id!r}: deadline passed while retrying "
+                        f"after {self.attempts} attempt(s): {error}"
+                    ) from error
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                lc.to(_S.ROUTING)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            gw._active -= 1
+            if retrying:
+                gw._retrying -= 1
+            if outcome == "ok":
+                gw._ok += 1
+                if tenant is not None:
+                    tenant.successes += 1
+                    tenant.tokens += self.next_index
+            elif outcome == "cancelled":
+                gw._cancelled += 1
+            else:
+                gw._failed += 1
+                if tenant is not None:
+                    tenant.failures += 1
+
+    def _accept(self, msg: wire.Partial) -> list[bytes] | None:
+        """New tokens of a Partial, in order; [] for a duplicate, None for a gap."""
+        start = msg.index
+        if start > self.next_index:
+            return None
+        tokens = msg.tokens
+        end = start + len(tokens)
+        if end <= self.next_index:
+            return []
+        if start < self.next_index:
+            tokens = tokens[self.next_index - start :]
+        self.next_index = end
+        return tokens
+
+    def _succeeded(self, node: NodeId, attempt_started: float) -> None:
+        gw = self.gw
+        assert gw._loop is not None
+        now = gw._loop.time()
+        latency = now - self.started
+        # The node's health sees its own attempt's latency, not the backoffs before it.
+        gw.health.report_success(node, now - attempt_started)
+        gw.breaker.record_success(node)
+        stats = gw._per_node[node]
+        stats.successes += 1
+        stats.tokens += self.next_index
+        gw._tokens += self.next_index
+        gw._latency_sum += latency
+        gw._lat.record(0, latency)
+        if self.first_token_at >= 0:
+            gw._lat.record(1, self.first_token_at - self.started)
+
+    def _worker_error(self, msg: wire.Error) -> tuple[Exception, bool, bool]:
+        """(error, node_caused, retryable) for a worker's Error frame."""
+        code = msg.code
+        text = f"node {self.node} failed request {self.request.request_id!r}: {code}: {msg.message}"
+        if code == wire.ERR_BAD_INPUT:
+            # The caller's input: never the node's fault, and no other node will like it more.
+            return WorkerError(text, code=code, node_caused=False), False, False
+        node_caused = msg.node_caused or wire.is_node_caused(code)
+        if code == wire.ERR_DEADLINE:
+            return DeadlineExceededError(text), node_caused, False
+        return WorkerError(text, code=code, node_caused=node_caused), node_caused, True
+
+    def _local_error(self, event: _Lost, node: NodeId) -> tuple[Exception, bool, bool]:
+        """(error, node_caused, retryable) for a failure the gateway observed itself."""
+        rid = self.request.request_id
+        if event is _TIMEOUT:
+            # It counts against the node: it took longer than the request allowed.
+            return (
+                DeadlineExceededError(f"request {rid!r} exceeded its deadline on node {node}"),
+                True,
+                False,
+            )
+        if event is _OVERFLOW:
+            return (
+                BackpressureError(
+                    f"request {rid!r}: reader too slow, more than {self.gw.config.stream_buffer} "
+                    "tokens buffered"
+                ),
+                False,
+                False,
+            )
+        if event.code == "shutdown":
+            return NodeUnreachableError(f"request {rid!r}: {event.message}"), False, False
+        return NodeUnreachableError(f"request {rid!r} on node {node}: {event.message}"), True, True
+
+    def _may_retry(self, already_retrying: bool) -> bool:
+        """Attempts left, time left, and room in the gateway's retry budget."""
+        gw = self.gw
+        if gw._sock is None or self.attempts > gw.config.max_retries:
+            return False
+        assert gw._loop is not None
+        if gw._loop.time() >= self.deadline:
+            return False
+        budget = max(gw.config.retry_budget_min, int(gw.config.retry_budget_ratio * gw._active))
+        others = gw._retrying - (1 if already_retrying else 0)
+        return others < budget
+
+    def _final_error(self, error: Exception) -> Exception:
+        """The error a caller sees: past the commit point, an explicit stream interruption."""
+        if self.stream and self.next_index > 0 and not isinstance(error, StreamInterruptedError):
+            out = StreamInterruptedError(
+                f"stream {self.request.request_id!r} interrupted after {self.next_index} tokens: "
+                f"{self.last_error or error}"
+            )
+            out.__cause__ = error
+            return out
+        if isinstance(error, NoCapacityError) and self.last_error is not None:
+            # Every node was tried: report why the last one failed, not "no capacity".
+            return self.last_error
+        return error

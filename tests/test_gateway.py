@@ -1,0 +1,308 @@
+"""The gateway against in-process workers on loopback TCP: routing, failover, streams, errors.
+
+Workers here run on the test's own event loop (real DEALER/ROUTER sockets,
+real frames); the tests with separate processes and signals are in
+``test_gateway_process.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from fedgate import (
+    AllNodesUnhealthyError,
+    Capability,
+    DeadlineExceededError,
+    InferenceRequest,
+    NoCapacityError,
+    PrivacyLevel,
+    PrivacyViolationError,
+    QoSRequirements,
+    Region,
+    StreamInterruptedError,
+)
+from fedgate.backends.base import BackendRequest, backend_failure
+from fedgate.backends.synthetic import synthetic_token
+from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
+from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.health import HealthChecker, HealthConfig
+from fedgate.statemachine import RequestState
+from fedgate.worker.process import Worker, WorkerConfig
+
+GEN = Capability.GENERATE
+
+
+def req(rid: str, **kw: Any) -> InferenceRequest:
+    return InferenceRequest(GEN, kw.pop("input", b"x"), request_id=rid, **kw)
+
+
+def expected(rid: str, n: int, start: int = 0) -> list[bytes]:
+    return [synthetic_token(rid, i) for i in range(start, n)]
+
+
+@contextlib.asynccontextmanager
+async def federation(
+    *nodes: dict[str, Any],
+    regions: tuple[Region, ...] = (),
+    config: GatewayConfig | None = None,
+    breaker: CircuitBreaker | None = None,
+) -> AsyncIterator[tuple[Gateway, dict[str, Worker]]]:
+    """A gateway on a random loopback port and one in-process worker per node spec."""
+    builder = (
+        GatewayBuilder()
+        .bind("tcp://127.0.0.1:*")
+        .config(config or GatewayConfig(request_timeout=5.0, retry_delay=0.01))
+        .health(HealthChecker(HealthConfig(heartbeat_interval=0.1, heartbeat_liveness=3)))
+        .regions(*regions)
+    )
+    if breaker is not None:
+        builder = builder.circuit_breaker(breaker)
+    gateway = builder.build()
+    workers: dict[str, Worker] = {}
+    async with gateway:
+        endpoint = gateway.endpoints[0]
+        try:
+            for spec in nodes:
+                spec = dict(spec)
+                backend = spec.pop("backend_obj", None)
+                cfg = WorkerConfig(
+                    [endpoint],
+                    spec.pop("node"),
+                    spec.pop("region", "us-west-2"),
+                    spec.pop("models", ["m"]),
+                    spec.pop("capabilities", ["generate"]),
+                    heartbeat_interval=0.1,
+                    drain_timeout=0.5,
+                    close_linger=0.0,
+                    backend_options=spec.pop("options", {"tokens": 8}),
+                    **spec,
+                )
+                worker = Worker(cfg, backend=backend)
+                await worker.__aenter__()
+                workers[cfg.node] = worker
+            await gateway.wait_for_workers(len(nodes), timeout=5.0)
+            yield gateway, workers
+        finally:
+            for worker in workers.values():
+                worker.stop(drain=False)
+            for worker in workers.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(worker.__aexit__(None, None, None), 5.0)
+
+
+def served(worker: Worker) -> int:
+    return int(worker.stats.requests)
+
+
+async def test_seed_flow_infer_and_stream() -> None:
+    async with federation({"node": "a"}, {"node": "b"}) as (gw, _):
+        response = await gw.infer(req("req-001", tenant_id="acme-corp"))
+        assert response.node_id in ("a", "b")
+        assert response.output == b"".join(expected("req-001", 8))
+        assert response.tokens == 8 and response.attempts == 1 and response.latency > 0
+        assert 0 < response.score <= 1
+        tokens = [t async for t in gw.infer_stream(req("req-002", tenant_id="acme-corp"))]
+        assert tokens == expected("req-002", 8)
+        stats = gw.stats()
+        assert (stats.total_requests, stats.successful_requests, stats.failed_requests) == (2, 2, 0)
+        assert stats.total_tokens == 16 and stats.active_streams == 0 and stats.avg_latency > 0
+        assert stats.per_tenant["acme-corp"].successes == 2
+        assert stats.latency_p50 > 0 and stats.ttft_p50 > 0
+
+
+async def test_failover_before_first_token_is_transparent() -> None:
+    async with federation(
+        {"node": "bad", "options": {"tokens": 8, "faults": ["fail-after=0"]}, "cost": 0.0},
+        {"node": "good", "cost": 5.0},
+    ) as (gw, workers):
+        for i in range(10):
+            tokens = [t async for t in gw.infer_stream(req(f"s{i}"))]
+            assert tokens == expected(f"s{i}", 8)
+        assert served(workers["good"]) == 10
+        stats = gw.stats()
+        assert stats.failed_requests == 0 and stats.successful_requests == 10
+        assert stats.failovers == served(workers["bad"]) >= 1
+        assert gw.health.status("bad").consecutive_failures >= 1
+
+
+async def test_stream_resumes_after_the_first_token_without_duplicates() -> None:
+    async with federation(
+        {"node": "flaky", "options": {"tokens": 12, "faults": ["fail-after=5"]}},
+        {"node": "steady", "options": {"tokens": 12}},
+    ) as (gw, _):
+        # Pin the first attempt to the flaky node by opening its competitor's breaker briefly.
+        for _ in range(5):
+            gw.breaker.record_failure("steady")
+        agen = gw.infer_stream(req("resume-1"))
+        got = [await agen.__anext__() for _ in range(5)]
+        gw.breaker.reset("steady")
+        got += [t async for t in agen]
+        assert got == expected("resume-1", 12)
+        assert gw.stats().resumes == 1
+
+
+class _NoResume:
+    """A backend that cannot continue a generation: it fails after three tokens."""
+
+    resumable = False
+
+    async def generate(self, request: BackendRequest) -> AsyncIterator[list[bytes]]:
+        for i in range(3):
+            yield [synthetic_token(request.request_id, i)]
+            await asyncio.sleep(0)
+        raise backend_failure("model crashed")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_stream_past_commit_point_without_resumable_node_ends_with_explicit_error() -> None:
+    async with federation(
+        {"node": "a", "backend_obj": _NoResume()}, {"node": "b", "backend_obj": _NoResume()}
+    ) as (gw, _):
+        got: list[bytes] = []
+        with pytest.raises(StreamInterruptedError, match="after 3 tokens"):
+            async for token in gw.infer_stream(req("nr-1")):
+                got.append(token)
+        assert got == expected("nr-1", 3)  # nothing duplicated, nothing silently cut
+        assert gw.stats().failed_requests == 1 and gw.stats().active_streams == 0
+
+
+async def test_bad_input_contacts_no_worker_and_leaves_breakers_closed() -> None:
+    config = GatewayConfig(max_input_bytes=16, request_timeout=2.0)
+    async with federation({"node": "a"}, config=config) as (gw, workers):
+        with pytest.raises(ValueError, match="at most 16 bytes, got 17"):
+            await gw.infer(req("big", input=b"x" * 17))
+        with pytest.raises(NoCapacityError, match="sentiment"):
+            await gw.infer(InferenceRequest(Capability.custom("sentiment"), b"x", request_id="c"))
+        with pytest.raises(ValueError, match="request_id"):
+            InferenceRequest(GEN, b"x", request_id="")
+        with pytest.raises(TypeError):
+            await gw.infer("not a request")  # type: ignore[arg-type]
+        assert served(workers["a"]) == 0
+        assert gw.breaker.state("a") is CircuitState.CLOSED
+        assert gw.breaker.status("a").failures == 0
+        assert gw.health.status("a").consecutive_failures == 0
+
+
+async def test_open_breaker_rejects_locally_without_frames() -> None:
+    async with federation({"node": "only"}) as (gw, workers):
+        for _ in range(5):
+            gw.breaker.record_failure("only")
+        for i in range(50):
+            with pytest.raises(AllNodesUnhealthyError):
+                await gw.infer(req(f"r{i}"))
+        assert served(workers["only"]) == 0
+
+
+async def test_privacy_fails_closed_and_goes_only_to_cleared_regions() -> None:
+    regions = (Region("eu-west-1", clearance=PrivacyLevel.RESTRICTED),)
+    async with federation(
+        {"node": "us", "region": "us-west-2", "cost": 0.0},
+        {"node": "eu", "region": "eu-west-1", "cost": 9.0},
+        regions=regions,
+    ) as (gw, workers):
+        restricted = QoSRequirements(privacy=PrivacyLevel.RESTRICTED)
+        for i in range(20):
+            r = await gw.infer(req(f"p{i}", qos=restricted))
+            assert r.region_id == "eu-west-1"
+        assert served(workers["us"]) == 0
+        # Every cleared node unavailable: a clear error, never a fallback to "us".
+        for _ in range(5):
+            gw.breaker.record_failure("eu")
+        with pytest.raises((PrivacyViolationError, AllNodesUnhealthyError)):
+            await gw.infer(req("p-x", qos=restricted))
+        assert served(workers["us"]) == 0
+    async with federation({"node": "us", "region": "us-west-2"}) as (gw, workers):
+        with pytest.raises(PrivacyViolationError, match="RESTRICTED"):
+            await gw.infer(req("p-y", qos=QoSRequirements(privacy=PrivacyLevel.RESTRICTED)))
+        assert served(workers["us"]) == 0
+
+
+async def test_cancelled_stream_sends_cancel_and_active_streams_returns_to_zero() -> None:
+    async with federation({"node": "a", "options": {"tokens": 10_000, "token_rate": 2000}}) as (
+        gw,
+        workers,
+    ):
+        agen = gw.infer_stream(req("cancel-me"))
+        got = [await agen.__anext__() for _ in range(5)]
+        assert got == expected("cancel-me", 5)
+        assert gw.stats().active_streams == 1
+        await agen.aclose()
+        assert gw.stats().active_streams == 0
+        deadline = time.monotonic() + 2.0
+        while gw.stats().cancels_acknowledged < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert gw.stats().cancels_sent == 1 and gw.stats().cancels_acknowledged == 1
+        assert workers["a"].inflight == 0
+        assert gw.stats().cancelled_requests == 1 and gw.stats().failed_requests == 0
+        assert gw.breaker.status("a").failures == 0  # a client's cancel never counts
+
+
+async def test_deadline_propagates_and_fails_on_time() -> None:
+    async with federation({"node": "slow", "options": {"tokens": 4, "ttft": 5.0}}) as (gw, workers):
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            await gw.infer(req("late", deadline=0.3))
+        elapsed = time.monotonic() - start
+        assert 0.3 <= elapsed < 0.6
+        deadline = time.monotonic() + 2.0
+        while workers["slow"].inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert workers["slow"].inflight == 0  # the worker stopped the work
+
+
+async def test_malformed_frames_are_dropped_and_counted() -> None:
+    async with federation({"node": "a"}) as (gw, _):
+        ctx = zmq.asyncio.Context()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.connect(gw.endpoints[0])
+        try:
+            for frame in (b"", b"\x07junk", b"\x01\xff\xff", b"\x01" + b"\x93" * 50, b"x" * 100):
+                await rogue.send(frame)
+            await rogue.send_multipart([b"a", b"b", b"c"])
+            deadline = time.monotonic() + 2.0
+            while gw.stats().malformed_frames < 6 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert gw.stats().malformed_frames == 6
+            response = await gw.infer(req("after-garbage"))
+            assert response.output == b"".join(expected("after-garbage", 8))
+        finally:
+            rogue.close(0)
+            ctx.term()
+
+
+async def test_second_worker_claiming_a_live_node_id_is_refused() -> None:
+    async with federation({"node": "dup"}) as (gw, _):
+        twin = Worker(WorkerConfig([gw.endpoints[0]], "dup", "other", ["m"], ["generate"],
+                                   heartbeat_interval=0.1, close_linger=0.0))
+        code = await asyncio.wait_for(twin.run(), 5.0)
+        assert code == 3
+        assert [w["region"] for w in gw.workers()] == ["us-west-2"]
+
+
+async def test_lifecycle_trace_reaches_completed_through_the_hook() -> None:
+    async with federation({"node": "a"}) as (gw, _):
+        seen: list[tuple[str, RequestState, RequestState]] = []
+        gw.on_transition(lambda rid, old, new, at: seen.append((rid, old, new)))
+        await gw.infer(req("traced"))
+        path = [new for rid, _, new in seen if rid == "traced"]
+        assert path == [RequestState.ROUTING, RequestState.INFERRING, RequestState.COMPLETED]
+
+
+async def test_concurrent_requests_spread_over_equal_nodes() -> None:
+    opts = {"tokens": 4, "ttft": 0.02}
+    async with federation(*({"node": f"n{i}", "options": opts} for i in range(3))) as (gw, w):
+        results = await asyncio.gather(*(gw.infer(req(f"c{i}")) for i in range(90)))
+        assert all(r.tokens == 4 for r in results)
+        counts = [served(x) for x in w.values()]
+        assert max(counts) <= 2 * 90 / 3, counts
+
