@@ -1,0 +1,811 @@
+"""One node: a worker that serves a backend to one or more gateways over ZeroMQ.
+
+The worker connects one DEALER per gateway (the gateway binds a ROUTER),
+announces itself with Ready until a Welcome comes back, and from then on sends
+a Heartbeat every interval. Heartbeats are sent by a task on the worker's own
+asyncio loop, on purpose: libzmq's transport heartbeat (also enabled, to notice
+a dead TCP peer) is answered by libzmq's I/O thread even while the loop is
+stuck, and a stuck loop serves nobody. A gateway that does not know the worker
+(it restarted; the DEALER reconnected by itself) answers a heartbeat with
+Reannounce, and the worker sends Ready again.
+
+Each Request runs as its own task, up to ``max_concurrency`` at once (beyond
+that: Error ``overloaded`` at once). The task drives the backend and sends one
+Partial per chunk of tokens, then Final; every reply goes back on the socket
+the request came from. Cancel and the attempt's deadline cancel the task, which
+answers Error ``cancelled`` / ``deadline``. Exactly one Final or Error answers
+every accepted Request — even a request cancelled before its task first ran.
+
+Stopping (:meth:`Worker.stop`, SIGTERM/SIGINT in the CLI): send Disconnect,
+accept nothing new (Error ``shutdown``), stop heartbeating, let in-flight
+requests finish for up to ``drain_timeout`` seconds, fail the rest with Error
+``shutdown``, close the sockets. :meth:`Worker.run` returns the exit status:
+0 after a stop, 3 when a gateway refused the registration, 1 if an internal
+loop died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, cast
+
+import zmq
+import zmq.asyncio
+
+from .. import __version__
+from ..backends import Backend, BackendRequest, create_backend
+from ..errors import WorkerError
+from ..protocol import (
+    ERR_BACKEND,
+    ERR_CANCELLED,
+    ERR_DEADLINE,
+    ERR_INTERNAL,
+    ERR_OVERLOADED,
+    ERR_SHUTDOWN,
+    ERR_UNSUPPORTED,
+    MAX_FRAME_BYTES,
+    Cancel,
+    Disconnect,
+    Error,
+    Final,
+    Heartbeat,
+    Partial,
+    ProtocolError,
+    Ready,
+    Reannounce,
+    Refuse,
+    Request,
+    Welcome,
+    decode_gateway_message,
+    encode,
+    error,
+    new_worker_id,
+)
+from ..types import Capability
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_REFUSED", "Worker", "WorkerConfig", "WorkerStats"]
+
+log = logging.getLogger("fedgate.worker")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 3
+
+_ENDPOINT = re.compile(
+    r"^(?:tcp://[^\s:/]+|tcp://\[[0-9A-Fa-f:.]+\]):(?:\d{1,5}|\*)$"
+    r"|^(?:ipc|inproc)://\S+$"
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+_MESSAGE_CHARS = 1024
+
+
+def _number(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False, integer: bool = False
+) -> None:
+    kind: Any = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an int" if integer else "a number"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name}: expected a value in {bracket}{low:g}, {high:g}], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker needs; validated on construction (``ValueError`` names the field).
+
+    Parameters
+    ----------
+    gateways : sequence of str
+        ZeroMQ endpoints of the gateways' ROUTER sockets (``tcp://host:port``,
+        ``ipc://path``, ``inproc://name``); one DEALER connects to each.
+    node : str
+        This node's id (letters, digits, ``_.:@-``; at most 128 characters).
+    region : str
+        The region the node runs in (same characters). Its privacy clearance
+        is the gateway's configuration, never the worker's claim.
+    models : sequence of str
+        Models served; a request that pins another model is ``unsupported``.
+    capabilities : sequence of str
+        Capabilities served (``transcribe``, ``generate``, custom names …).
+    backend : str
+        Backend name (``synthetic``, ``openai``, ``python`` or a registered one).
+    backend_options : mapping
+        Keyword options for the backend's factory.
+    gpu : bool
+        Announced as a GPU node.
+    cost : float
+        Announced cost (≥ 0).
+    max_concurrency : int
+        Requests served at once; more are answered ``overloaded``.
+    heartbeat_interval : float
+        Seconds between heartbeats (and between Ready repeats until Welcome).
+    drain_timeout : float
+        Seconds in-flight requests may take to finish after a stop.
+    send_hwm, recv_hwm : int
+        ZeroMQ high-water marks (messages queued per socket): bounded memory,
+        and a slow gateway slows the backend down instead of growing a queue.
+    max_frame_bytes : int
+        Larger frames from a gateway are dropped unread.
+    close_linger : float
+        Seconds the last replies and Disconnect may take to leave at close.
+    """
+
+    gateways: Sequence[str]
+    node: str
+    region: str
+    models: Sequence[str]
+    capabilities: Sequence[str]
+    backend: str = "synthetic"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    gpu: bool = False
+    cost: float = 1.0
+    max_concurrency: int = 64
+    heartbeat_interval: float = 1.0
+    drain_timeout: float = 5.0
+    send_hwm: int = 10_000
+    recv_hwm: int = 10_000
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    close_linger: float = 0.5
+
+    def __post_init__(self) -> None:
+        def seq(name: str, value: Any) -> tuple[str, ...]:
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise ValueError(f"{name}: expected a list of str, got {value!r}")
+            items = tuple(value)
+            if not items:
+                raise ValueError(f"{name}: expected at least one, got none")
+            for item in items:
+                if not isinstance(item, str):
+                    raise ValueError(f"{name}: expected str items, got {item!r}")
+            if len(set(items)) != len(items):
+                raise ValueError(f"{name}: expected distinct items, got {list(items)!r}")
+            return items
+
+        gateways = seq("gateways", self.gateways)
+        for endpoint in gateways:
+            if not _ENDPOINT.match(endpoint):
+                raise ValueError(
+                    "gateways: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, "
+                    f"got {endpoint!r}"
+                )
+        for name in ("node", "region"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise ValueError(
+                    f"{name}: expected 1-128 characters [A-Za-z0-9_.:@-] starting with a "
+                    f"letter or digit, got {value!r}"
+                )
+        models = seq("models", self.models)
+        for model in models:
+            if not model.strip() or len(model) > 256 or model != model.strip():
+                raise ValueError(
+                    f"models: expected 1-256 characters without surrounding spaces, got {model!r}"
+                )
+        capabilities = tuple(
+            str(Capability.parse(c)) for c in seq("capabilities", self.capabilities)
+        )
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ValueError(f"backend: expected a backend name, got {self.backend!r}")
+        if not isinstance(self.backend_options, Mapping):
+            raise ValueError(f"backend_options: expected a mapping, got {self.backend_options!r}")
+        if not isinstance(self.gpu, bool):
+            raise ValueError(f"gpu: expected a bool, got {self.gpu!r}")
+        _number("cost", self.cost, 0.0, 1e12)
+        _number("max_concurrency", self.max_concurrency, 1, 1_000_000, integer=True)
+        _number("heartbeat_interval", self.heartbeat_interval, 0.0, 3600.0, low_open=True)
+        _number("drain_timeout", self.drain_timeout, 0.0, 86400.0)
+        _number("send_hwm", self.send_hwm, 1, 10_000_000, integer=True)
+        _number("recv_hwm", self.recv_hwm, 1, 10_000_000, integer=True)
+        _number("max_frame_bytes", self.max_frame_bytes, 64, 2**31, integer=True)
+        _number("close_linger", self.close_linger, 0.0, 60.0)
+        object.__setattr__(self, "gateways", gateways)
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "capabilities", capabilities)
+        object.__setattr__(self, "backend_options", MappingProxyType(dict(self.backend_options)))
+        object.__setattr__(self, "cost", float(self.cost))
+        object.__setattr__(self, "heartbeat_interval", float(self.heartbeat_interval))
+        object.__setattr__(self, "drain_timeout", float(self.drain_timeout))
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters of one worker's life (read them any time; they only grow)."""
+
+    requests: int = 0  # Request frames received
+    completed: int = 0  # answered by Final
+    errors: dict[str, int] = field(default_factory=dict)  # answered by Error, per code
+    malformed_frames: int = 0  # dropped: not a valid gateway message
+    unexpected_messages: int = 0  # valid but out of place (a Welcome for another node …)
+    duplicate_requests: int = 0  # a (rid, attempt) already running on that gateway link
+    unknown_cancels: int = 0  # Cancel for nothing running (it finished already)
+    heartbeats_sent: int = 0
+    readies_sent: int = 0
+    tokens_sent: int = 0
+
+
+class _Link:
+    """One gateway: its socket and registration state."""
+
+    __slots__ = ("endpoint", "fire_pending", "gateway_id", "index", "refused", "sock", "welcomed")
+
+    def __init__(self, index: int, endpoint: str, sock: zmq.asyncio.Socket) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.sock = sock
+        self.welcomed = False
+        self.refused = False
+        self.gateway_id: str | None = None
+        self.fire_pending: asyncio.Future[Any] | None = None
+
+
+class _Active:
+    """One request attempt being served."""
+
+    __slots__ = ("deadline", "key", "link", "reason", "replied", "started", "task", "timer")
+
+    def __init__(self, link: _Link, key: tuple[int, str, int], deadline: float) -> None:
+        self.link = link
+        self.key = key
+        self.deadline = deadline
+        self.reason: str | None = None  # why WE cancelled it: cancelled / deadline / shutdown
+        self.replied = False
+        self.started = False  # produced its first chunk (else it counts as queued)
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    # Fire-and-forget sends: a failure (socket closed at shutdown, EAGAIN) is
+    # expected and must not surface as "exception was never retrieved".
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Worker:
+    """A worker serving one backend to one or more gateways.
+
+    Parameters
+    ----------
+    config : WorkerConfig
+        What to serve and where.
+    backend : Backend, optional
+        A ready backend; by default one is built from ``config.backend`` and
+        ``config.backend_options`` (now, so bad options fail before any socket).
+    context : zmq.asyncio.Context, optional
+        Share a context (needed for ``inproc://`` gateways); by default the
+        worker owns one and terminates it when it stops.
+
+    Examples
+    --------
+    In-process, e.g. in a test::
+
+        worker = Worker(WorkerConfig(["tcp://127.0.0.1:5555"], "n1", "r1",
+                                     ["m"], ["generate"], heartbeat_interval=0.1))
+        async with worker:                 # runs worker.run() in a task
+            await worker.wait_welcomed(5.0)
+            ...
+        # leaving the block stops it (drain) and waits for run() to return
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        backend: Backend | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        if not isinstance(config, WorkerConfig):
+            raise TypeError(f"config: expected a WorkerConfig, got {type(config).__name__}")
+        self.config = config
+        self.backend: Backend = (
+            backend
+            if backend is not None
+            else create_backend(config.backend, **config.backend_options)
+        )
+        self.worker_id = new_worker_id()
+        self.routing_id = f"{config.node}/{self.worker_id}".encode()
+        self.stats = WorkerStats()
+        self._context = context
+        self._capabilities = frozenset(config.capabilities)
+        self._models = frozenset(config.models)
+        self._default_model = config.models[0]
+        self._max_concurrency = config.max_concurrency
+        self._links: list[_Link] = []
+        self._active: dict[tuple[int, str, int], _Active] = {}
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._welcomed = asyncio.Event()
+        self._drain = True
+        self._draining = False
+        self._exit_code = EXIT_OK
+        self._seq = 0
+        self._ran = False
+        self._task: asyncio.Task[int] | None = None
+        self._last_malformed_log = -math.inf
+        self._ready_frame = b""
+
+    def __repr__(self) -> str:
+        return f"Worker(node={self.config.node!r}, worker_id={self.worker_id!r})"
+
+    # --- public control ------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        """Requests being served now."""
+        return len(self._active)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (or a gateway refused the registration)."""
+        return self._stop.is_set()
+
+    def welcomed_by(self) -> list[str | None]:
+        """Per gateway (in ``config.gateways`` order): its id if it welcomed us, else None."""
+        return [link.gateway_id if link.welcomed else None for link in self._links]
+
+    async def wait_welcomed(self, timeout: float | None = None) -> None:
+        """Wait until every gateway has welcomed this worker.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        await asyncio.wait_for(self._welcomed.wait(), timeout)
+
+    def stop(self, drain: bool = True) -> None:
+        """Ask :meth:`run` to stop: drain in-flight requests (``drain=False``: fail them now).
+
+        Call from the worker's event loop thread (signal handlers installed with
+        ``loop.add_signal_handler`` run there). Calling again with
+        ``drain=False`` cuts a running drain short.
+        """
+        if not drain:
+            self._drain = False
+            if self._draining:
+                for entry in list(self._active.values()):
+                    self._cancel(entry, ERR_SHUTDOWN)
+        self._stop.set()
+
+    async def __aenter__(self) -> Worker:
+        self._task = asyncio.get_running_loop().create_task(self.run())
+        started = asyncio.ensure_future(self._started.wait())
+        await asyncio.wait({self._task, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if self._task.done():
+            self._task.result()  # raises what run() raised
+            raise RuntimeError("worker stopped before it started")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._task is not None:
+            await self._task
+
+    # --- the loop ------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped; return the exit status (0 stopped, 3 refused, 1 failed)."""
+        if self._ran:
+            raise RuntimeError("a Worker runs once; make a new one")
+        self._ran = True
+        cfg = self.config
+        own_context = self._context is None
+        ctx = zmq.asyncio.Context() if own_context else self._context
+        assert ctx is not None
+        background: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for index, endpoint in enumerate(cfg.gateways):
+                self._links.append(_Link(index, endpoint, self._socket(ctx, endpoint)))
+            self._ready_frame = encode(
+                Ready(
+                    cfg.node,
+                    cfg.region,
+                    self.worker_id,
+                    list(cfg.models),
+                    list(cfg.capabilities),
+                    cfg.gpu,
+                    cfg.cost,
+                    cfg.max_concurrency,
+                    bool(self.backend.resumable),
+                    cfg.heartbeat_interval,
+                    os.getpid(),
+                    __version__,
+                )
+            )
+            log.info(
+                "worker %s (node %s, region %s) serving %s with %r; gateways %s",
+                self.worker_id,
+                cfg.node,
+                cfg.region,
+                ", ".join(cfg.models),
+                self.backend,
+                ", ".join(cfg.gateways),
+            )
+            for link in self._links:
+                self._fire(link, self._ready_frame)
+                self.stats.readies_sent += 1
+            background = [loop.create_task(self._receive(link)) for link in self._links]
+            background.append(loop.create_task(self._heartbeat()))
+            self._started.set()
+            stop_wait = loop.create_task(self._stop.wait())
+            done, _ = await asyncio.wait(
+                [stop_wait, *background], return_when=asyncio.FIRST_COMPLETED
+            )
+            stop_wait.cancel()
+            if stop_wait not in done:
+                for task in done:
+                    exc = None if task.cancelled() else task.exception()
+                    log.error("worker loop ended unexpectedly: %r", exc, exc_info=exc)
+                self._exit_code = EXIT_FAILED
+                self._drain = False
+            await self._shutdown()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            leftovers = [e.task for e in self._active.values() if e.task is not None]
+            for task in leftovers:
+                task.cancel()  # only when run() itself was cancelled or a drain overran
+            if leftovers:
+                await asyncio.wait(leftovers, timeout=1.0)
+            linger = int(cfg.close_linger * 1000)
+            for link in self._links:
+                link.sock.close(linger=linger)
+            try:
+                await self.backend.aclose()
+            except Exception:
+                log.exception("closing the backend failed")
+            if own_context:
+                ctx.term()
+        log.info("worker %s stopped (exit status %d)", self.worker_id, self._exit_code)
+        return self._exit_code
+
+    def _socket(self, ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+        cfg = self.config
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, cfg.recv_hwm)
+        # Queue only to live connections: a reply for a gateway that is gone
+        # waits (bounded by the deadline) instead of filling a dead pipe.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # Transport heartbeats only notice a dead TCP peer so the DEALER
+        # reconnects; liveness towards the gateway is the application heartbeat.
+        ivl = max(1, int(cfg.heartbeat_interval * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
+        sock.connect(endpoint)
+        return sock
+
+    async def _shutdown(self) -> None:
+        self._draining = True
+        reason = "refused" if self._exit_code == EXIT_REFUSED else "stopping"
+        frame = encode(Disconnect(self.config.node, self.worker_id, reason))
+        for link in self._links:
+            if not link.refused:
+                self._fire(link, frame)
+        if self._active:
+            log.info("draining %d in-flight request(s)", len(self._active))
+        if self._active and self._drain and self.config.drain_timeout > 0:
+            tasks = [e.task for e in self._active.values() if e.task is not None]
+            # stop(drain=False) during the wait cancels the entries, ending it early.
+            await asyncio.wait(tasks, timeout=self.config.drain_timeout)
+        left = list(self._active.values())
+        for entry in left:
+            self._cancel(entry, ERR_SHUTDOWN)
+        tasks = [e.task for e in left if e.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(1.0, self.config.close_linger))
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.heartbeat_interval
+        next_at = loop.time() + interval
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            next_at += interval
+            if next_at < now:
+                # The loop was blocked past a beat: resume the rhythm, no burst.
+                next_at = now + interval
+            if self._draining:
+                return
+            self._beat()
+
+    def _beat(self) -> None:
+        self._seq += 1
+        frame = None
+        for link in self._links:
+            if link.refused:
+                continue
+            if link.welcomed:
+                if frame is None:
+                    queued = sum(1 for e in self._active.values() if not e.started)
+                    frame = encode(
+                        Heartbeat(
+                            self.config.node, self.worker_id, self._seq, len(self._active), queued
+                        )
+                    )
+                self._fire(link, frame)
+                self.stats.heartbeats_sent += 1
+            else:
+                self._fire(link, self._ready_frame)
+                self.stats.readies_sent += 1
+
+    def _fire(self, link: _Link, frame: bytes) -> None:
+        """Send a periodic or control frame without waiting.
+
+        Only the newest one may wait for the socket: a heartbeat queued behind a
+        blocked pipe is replaced by the next, so an unreachable gateway costs
+        one pending frame, not one per interval.
+        """
+        pending = link.fire_pending
+        if pending is not None and not pending.done():
+            pending.cancel()
+        fut = cast("asyncio.Future[Any]", link.sock.send(frame))
+        if fut.done():
+            _consume(fut)
+            link.fire_pending = None
+        else:
+            fut.add_done_callback(_consume)
+            link.fire_pending = fut
+
+    def _reply_later(self, link: _Link, msg: Error) -> None:
+        """Send a reply from synchronous code (it may wait for the socket; never replaced)."""
+        self.stats.errors[msg.code] = self.stats.errors.get(msg.code, 0) + 1
+        fut = cast("asyncio.Future[Any]", link.sock.send(encode(msg)))
+        if fut.done():
+            _consume(fut)
+        else:
+            fut.add_done_callback(_consume)
+
+    # --- receiving -----------------------------------------------------------
+
+    async def _receive(self, link: _Link) -> None:
+        recv = link.sock.recv_multipart
+        max_bytes = self.config.max_frame_bytes
+        on_request = self._on_request
+        on_cancel = self._on_cancel
+        while True:
+            try:
+                frames = await recv()
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                raise
+            if len(frames) != 1:
+                self._malformed(link, f"expected 1 frame per message, got {len(frames)}")
+                continue
+            try:
+                msg = decode_gateway_message(frames[0], max_bytes)
+            except ProtocolError as exc:
+                self._malformed(link, str(exc))
+                continue
+            try:
+                kind = type(msg)
+                if kind is Request:
+                    on_request(link, msg)  # type: ignore[arg-type]
+                elif kind is Cancel:
+                    on_cancel(link, msg)  # type: ignore[arg-type]
+                else:
+                    self._on_control(link, msg)
+            except Exception:  # a bug in a handler must not end the loop
+                log.exception(
+                    "worker failed to handle %s from %s", type(msg).__name__, link.endpoint
+                )
+
+    def _malformed(self, link: _Link, why: str) -> None:
+        self.stats.malformed_frames += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._last_malformed_log >= 1.0:  # at most one line a second under a flood
+            self._last_malformed_log = now
+            log.warning(
+                "dropped a malformed frame from gateway %s: %s (%d dropped so far)",
+                link.endpoint,
+                why,
+                self.stats.malformed_frames,
+            )
+
+    def _on_control(self, link: _Link, msg: object) -> None:
+        node = self.config.node
+        if isinstance(msg, Welcome):
+            if msg.node != node:
+                self.stats.unexpected_messages += 1
+                log.warning(
+                    "gateway %s welcomed node %r, but this is node %r: ignored",
+                    link.endpoint,
+                    msg.node,
+                    node,
+                )
+                return
+            if not link.welcomed:
+                log.info("gateway %s (%s) welcomed node %s", msg.gateway_id, link.endpoint, node)
+            link.welcomed = True
+            link.gateway_id = msg.gateway_id
+            if all(lk.welcomed for lk in self._links):
+                self._welcomed.set()
+        elif isinstance(msg, Reannounce):
+            link.welcomed = False
+            self._welcomed.clear()
+            if not self._draining:
+                log.info("gateway %s asked node %s to announce again", link.endpoint, node)
+                self._fire(link, self._ready_frame)
+                self.stats.readies_sent += 1
+        elif isinstance(msg, Refuse):
+            if msg.node != node:
+                self.stats.unexpected_messages += 1
+                return
+            log.error("gateway %s refused node %s: %s", link.endpoint, node, msg.reason)
+            link.refused = True
+            self._exit_code = EXIT_REFUSED
+            self.stop(drain=False)
+        else:  # pragma: no cover - the gateway decoder admits nothing else
+            self.stats.unexpected_messages += 1
+
+    def _on_request(self, link: _Link, msg: Request) -> None:
+        self.stats.requests += 1
+        rid = msg.rid
+        attempt = msg.attempt
+        if self._draining or self._stop.is_set():
+            self._reply_later(link, error(rid, attempt, ERR_SHUTDOWN, "worker is shutting down"))
+            return
+        key = (link.index, rid, attempt)
+        if key in self._active:
+            self.stats.duplicate_requests += 1
+            return
+        if len(self._active) >= self._max_concurrency:
+            self._reply_later(
+                link,
+                error(
+                    rid,
+                    attempt,
+                    ERR_OVERLOADED,
+                    f"node {self.config.node} is at max concurrency {self._max_concurrency}",
+                ),
+            )
+            return
+        why = self._unsupported(msg)
+        if why is not None:
+            self._reply_later(link, error(rid, attempt, ERR_UNSUPPORTED, why))
+            return
+        entry = _Active(link, key, msg.deadline)
+        self._active[key] = entry
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._serve(entry, msg))
+        entry.task = task
+        entry.timer = loop.call_later(msg.deadline, self._cancel, entry, ERR_DEADLINE)
+        task.add_done_callback(functools.partial(self._finish, entry))
+
+    def _unsupported(self, msg: Request) -> str | None:
+        if msg.capability not in self._capabilities:
+            return (
+                f"node {self.config.node} does not serve capability {msg.capability!r} "
+                f"(serves {', '.join(self.config.capabilities)})"
+            )
+        if msg.model is not None and msg.model not in self._models:
+            return (
+                f"node {self.config.node} does not serve model {msg.model!r} "
+                f"(serves {', '.join(self.config.models)})"
+            )
+        if msg.resume_from and not self.backend.resumable:
+            return f"node {self.config.node}'s backend cannot resume a generation"
+        return None
+
+    def _on_cancel(self, link: _Link, msg: Cancel) -> None:
+        entry = self._active.get((link.index, msg.rid, msg.attempt))
+        if entry is None:
+            self.stats.unknown_cancels += 1
+            return
+        self._cancel(entry, ERR_CANCELLED)
+
+    def _cancel(self, entry: _Active, reason: str) -> None:
+        if entry.reason is None and entry.task is not None and not entry.task.done():
+            entry.reason = reason
+            entry.task.cancel()
+
+    # --- serving one request -------------------------------------------------
+
+    async def _serve(self, entry: _Active, msg: Request) -> None:
+        rid = msg.rid
+        attempt = msg.attempt
+        send = entry.link.sock.send
+        stats = self.stats
+        req = BackendRequest(
+            msg.request_id,
+            msg.capability,
+            msg.input,
+            msg.tenant,
+            msg.model if msg.model is not None else self._default_model,
+            msg.resume_from,
+            msg.stream,
+        )
+        index = msg.resume_from
+        try:
+            chunks = self.backend.generate(req)
+            try:
+                if msg.stream:
+                    async for chunk in chunks:
+                        if not chunk:
+                            continue
+                        entry.started = True
+                        await send(encode(Partial(rid, attempt, index, chunk)))
+                        index += len(chunk)
+                    output = b""
+                else:
+                    parts: list[bytes] = []
+                    async for chunk in chunks:
+                        entry.started = True
+                        parts.extend(chunk)
+                        index += len(chunk)
+                    output = b"".join(parts)
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            # The deadline still runs while Final waits for the socket: past it the
+            # gateway has given up on this attempt, and Error "deadline" says so.
+            stats.tokens_sent += index - msg.resume_from
+            await send(encode(Final(rid, attempt, index, output)))
+            entry.replied = True
+            stats.completed += 1
+            return
+        except asyncio.CancelledError:
+            if entry.reason is None:
+                raise  # not ours (the worker is being torn down)
+            reply = error(rid, attempt, entry.reason, self._reason_text(entry))
+        except WorkerError as exc:
+            reply = Error(rid, attempt, exc.code, str(exc)[:_MESSAGE_CHARS], exc.node_caused)
+        except Exception as exc:
+            reply = error(
+                rid, attempt, ERR_BACKEND, f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
+            )
+        stats.tokens_sent += index - msg.resume_from
+        await send(encode(reply))
+        entry.replied = True
+        stats.errors[reply.code] = stats.errors.get(reply.code, 0) + 1
+
+    def _reason_text(self, entry: _Active) -> str:
+        if entry.reason == ERR_DEADLINE:
+            return f"deadline of {entry.deadline:.3f}s exceeded on node {self.config.node}"
+        if entry.reason == ERR_CANCELLED:
+            return "cancelled by the gateway"
+        return f"node {self.config.node} is shutting down"
+
+    def _finish(self, entry: _Active, task: asyncio.Task[None]) -> None:
+        self._active.pop(entry.key, None)
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if entry.replied:
+            return
+        if task.cancelled():
+            # Cancelled before its first step (the coroutine never ran), or while
+            # sending its own error reply: answer from here so that every
+            # accepted request gets exactly one Final or Error.
+            if entry.reason is not None:
+                self._reply_later(
+                    entry.link,
+                    error(entry.key[1], entry.key[2], entry.reason, self._reason_text(entry)),
+                )
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("request %s failed inside the worker", entry.key[1], exc_info=exc)
+            self._reply_later(
+                entry.link,
+                error(entry.key[1], entry.key[2], ERR_INTERNAL, f"{type(exc).__name__}: {exc}"),
+            )
