@@ -1,0 +1,500 @@
+"""Circuit breaker: R1-R4 with a manual clock, transition events — on both table implementations."""
+
+from __future__ import annotations
+
+import math
+import threading
+import types
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from fedgate import _accel
+from fedgate.breaker import (
+    Admission,
+    BreakerConfig,
+    BreakerTransition,
+    CircuitBreaker,
+    CircuitState,
+)
+from fedgate.clock import ManualClock
+from fedgate.types import NodeId
+
+N = NodeId("problem-node")
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+MS = 0.001
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
+
+
+@pytest.fixture
+def make(core: types.SimpleNamespace, clock: ManualClock):  # type: ignore[no-untyped-def]
+    def build(**config: object) -> CircuitBreaker:
+        return CircuitBreaker(BreakerConfig(**config), clock=clock, table_factory=core.BreakerTable)  # type: ignore[arg-type]
+
+    return build
+
+
+@pytest.fixture
+def events() -> list[BreakerTransition]:
+    return []
+
+
+@pytest.fixture
+def cb(make, events: list[BreakerTransition]) -> CircuitBreaker:  # type: ignore[no-untyped-def]
+    breaker = make()
+    breaker.subscribe(events.append)
+    return breaker
+
+
+def test_uses_the_requested_core(core: types.SimpleNamespace, cb: CircuitBreaker) -> None:
+    assert type(cb.table) is core.BreakerTable
+
+
+# ---------------------------------------------------------------- config (R15)
+
+
+@pytest.mark.parametrize(
+    ("field_", "value", "error"),
+    [
+        ("failure_threshold", 0, ValueError),
+        ("failure_threshold", 2.0, TypeError),
+        ("open_timeout", 0.0, ValueError),
+        ("open_timeout", -1, ValueError),
+        ("open_timeout", math.nan, ValueError),
+        ("open_timeout", math.inf, ValueError),
+        ("probe_timeout", timedelta(0), ValueError),
+        ("half_open_max_probes", 0, ValueError),
+        ("success_threshold", True, TypeError),
+        ("max_open_timeout", "5m", TypeError),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(
+    field_: str, value: object, error: type
+) -> None:
+    with pytest.raises(error, match=rf"BreakerConfig\.{field_}"):
+        BreakerConfig(**{field_: value})  # type: ignore[arg-type]
+
+
+def test_config_cap_must_not_be_below_the_timeout() -> None:
+    with pytest.raises(ValueError, match="max_open_timeout"):
+        BreakerConfig(open_timeout=60, max_open_timeout=30)
+    assert BreakerConfig(open_timeout=timedelta(seconds=5)).open_timeout == 5.0
+
+
+# ---------------------------------------------------------------- R1
+
+
+def test_r1_success_resets_the_failure_count(cb: CircuitBreaker) -> None:
+    for _ in range(4):
+        cb.record_failure(N)
+    cb.record_success(N)
+    for _ in range(4):
+        cb.record_failure(N)
+    assert cb.state(N) is CLOSED
+    assert cb.status(N).failures == 4
+
+
+def test_r1_five_failures_in_a_row_open_on_the_fifth(
+    cb: CircuitBreaker, events: list[BreakerTransition]
+) -> None:
+    for i in range(5):
+        assert cb.state(N) is CLOSED, f"opened after {i} failures"
+        cb.record_failure(N)
+    assert cb.state(N) is OPEN and cb.is_open(N)
+    assert events == [BreakerTransition(N, CLOSED, OPEN, 1000.0)]
+    assert cb.trips == 1
+
+
+def test_r1_open_rejects_locally(cb: CircuitBreaker, clock: ManualClock) -> None:
+    for _ in range(5):
+        cb.record_failure(N)
+    admitted = 0
+    for _ in range(1000):
+        clock.advance(0.01)  # 10 s in all, inside the 30 s open timeout
+        admitted += cb.allow(N)
+    assert admitted == 0
+    assert cb.state(N) is OPEN
+
+
+# ---------------------------------------------------------------- R2
+
+
+def test_r2_open_then_half_open_exactly_at_the_timeout(
+    cb: CircuitBreaker, clock: ManualClock, events: list[BreakerTransition]
+) -> None:
+    for _ in range(5):
+        cb.record_failure(N)
+    clock.advance(30.0 - MS)
+    assert cb.state(N) is OPEN
+    clock.advance(MS)
+    assert cb.state(N) is HALF_OPEN  # by the clock alone, no request needed
+    assert events[-1] == BreakerTransition(N, OPEN, HALF_OPEN, pytest.approx(1030.0))
+
+
+def test_r2_probes_admitted_up_to_the_limit(make, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
+    cb = make(failure_threshold=2, open_timeout=10, half_open_max_probes=3, success_threshold=3)
+    cb.record_failure(N)
+    cb.record_failure(N)
+    clock.advance(10)
+    assert [cb.admit(N) for _ in range(4)] == [Admission.PROBE] * 3 + [Admission.REJECT]
+    assert cb.status(N).probes == 3
+    cb.record_success(N)
+    assert cb.state(N) is HALF_OPEN
+    assert cb.admit(N) is Admission.PROBE  # a slot came free
+    cb.record_success(N)
+    cb.record_success(N)
+    assert cb.state(N) is CLOSED
+    assert cb.admit(N) is Admission.ADMIT
+
+
+def test_r2_probe_success_closes(cb: CircuitBreaker, clock: ManualClock) -> None:
+    for _ in range(5):
+        cb.record_failure(N)
+    clock.advance(30)
+    assert cb.admit(N).probe
+    cb.record_success(N)
+    assert cb.state(N) is CLOSED
+    assert cb.status(N).failures == 0
+
+
+def test_r2_probe_failure_reopens_with_a_longer_capped_timeout(
+    make,
+    clock: ManualClock,
+    events: list[BreakerTransition],  # type: ignore[no-untyped-def]
+) -> None:
+    cb = make(open_timeout=30, max_open_timeout=100)
+    cb.subscribe(events.append)
+    for _ in range(5):
+        cb.record_failure(N)
+    timeouts = []
+    for _ in range(4):
+        status = cb.status(N)
+        timeouts.append(status.open_timeout)
+        clock.advance(status.open_timeout - MS)
+        assert cb.state(N) is OPEN
+        clock.advance(MS)
+        assert cb.admit(N) is Admission.PROBE
+        cb.record_failure(N)
+        assert cb.state(N) is OPEN
+    assert timeouts == [30.0, 60.0, 100.0, 100.0]
+    kinds = [(e.old, e.new) for e in events]
+    assert kinds == [(CLOSED, OPEN)] + [(OPEN, HALF_OPEN), (HALF_OPEN, OPEN)] * 4
+    assert cb.trips == 5
+
+
+# ---------------------------------------------------------------- R3
+
+
+def test_r3_a_stuck_probe_fails_by_its_timeout(
+    make,
+    clock: ManualClock,
+    events: list[BreakerTransition],  # type: ignore[no-untyped-def]
+) -> None:
+    cb = make(open_timeout=30, probe_timeout=10)
+    cb.subscribe(events.append)
+    for _ in range(5):
+        cb.record_failure(N)
+    clock.advance(30)
+    assert cb.admit(N) is Admission.PROBE  # ... and the probe never answers
+    clock.advance(10 - MS)
+    assert cb.state(N) is HALF_OPEN
+    assert not cb.allow(N)  # the probe slot is still taken
+    clock.advance(MS)
+    assert cb.state(N) is OPEN  # never HALF_OPEN longer than the probe timeout
+    assert events[-1] == BreakerTransition(N, HALF_OPEN, OPEN, pytest.approx(1040.0))
+    assert cb.status(N).open_timeout == 60.0
+    clock.advance(60)
+    assert cb.state(N) is HALF_OPEN
+
+
+def test_r3_poll_announces_time_driven_transitions_nobody_asked_about(
+    make,
+    clock: ManualClock,
+    events: list[BreakerTransition],  # type: ignore[no-untyped-def]
+) -> None:
+    cb = make(open_timeout=30, probe_timeout=10)
+    cb.subscribe(events.append)
+    for _ in range(5):
+        cb.record_failure(N)
+    clock.advance(30)
+    assert cb.admit(N).probe
+    # Nobody looks while the probe times out (t=1040) and the reopened breaker's
+    # 60 s run out (t=1100): poll still reports both, at the times they happened.
+    clock.advance(100)
+    emitted = cb.poll()
+    assert emitted == [
+        BreakerTransition(N, HALF_OPEN, OPEN, pytest.approx(1040.0)),
+        BreakerTransition(N, OPEN, HALF_OPEN, pytest.approx(1100.0)),
+    ]
+    assert cb.poll() == []
+
+
+def test_next_deadline_and_codes_track_the_table(cb: CircuitBreaker, clock: ManualClock) -> None:
+    other = NodeId("other")
+    cb.record_success(other)
+    assert cb.next_deadline == math.inf
+    for _ in range(5):
+        cb.record_failure(N)
+    s = cb.slot(N)
+    assert cb.next_deadline == pytest.approx(1030.0)
+    assert cb.codes[s] == OPEN.value and cb.routable_codes[s] == OPEN.value
+    clock.advance(30)
+    cb.poll()
+    assert cb.codes[s] == HALF_OPEN.value and cb.routable_codes[s] == HALF_OPEN.value
+    cb.admit(N)
+    # HALF_OPEN with every probe slot taken is not routable.
+    assert cb.codes[s] == HALF_OPEN.value and cb.routable_codes[s] == OPEN.value
+
+
+def test_unknown_nodes_read_closed_without_registering(cb: CircuitBreaker) -> None:
+    ghost = NodeId("ghost")
+    assert cb.state(ghost) is CLOSED and not cb.is_open(ghost)
+    assert cb.status(ghost).state is CLOSED
+    assert ghost not in cb
+    assert cb.allow(ghost) and ghost in cb
+
+
+def test_status_and_all_states(cb: CircuitBreaker, clock: ManualClock) -> None:
+    for _ in range(5):
+        cb.record_failure(N)
+    clock.advance(12)
+    status = cb.status(N)
+    assert status.state is OPEN and status.failures == 5
+    assert status.opened_at == pytest.approx(1000.0)
+    assert status.reset_at == pytest.approx(1030.0)
+    assert status.time_to_reset == pytest.approx(18.0)
+    assert status.last_failure == 1000.0 and status.trips == 1
+    cb.record_success(NodeId("fine"))
+    assert cb.all_states() == {N: OPEN, NodeId("fine"): CLOSED}
+    assert [s.node_id for s in cb.all_statuses()] == [N, NodeId("fine")]
+
+
+def test_reset_closes_and_is_announced(cb: CircuitBreaker, events: list[BreakerTransition]) -> None:
+    for _ in range(5):
+        cb.record_failure(N)
+    cb.reset(N)
+    assert cb.state(N) is CLOSED
+    assert events[-1].old is OPEN and events[-1].new is CLOSED
+
+
+def test_late_answers_while_open_do_not_count(cb: CircuitBreaker, clock: ManualClock) -> None:
+    for _ in range(5):
+        cb.record_failure(N)
+    cb.record_success(N)  # an answer to a call admitted before the trip
+    cb.record_failure(N)
+    assert cb.state(N) is OPEN
+    assert cb.status(N).reset_at == pytest.approx(1030.0)
+
+
+def test_concurrent_failures_trip_exactly_once(make) -> None:  # type: ignore[no-untyped-def]
+    cb = make(failure_threshold=50)
+    heard: list[BreakerTransition] = []
+    cb.subscribe(heard.append)
+    barrier = threading.Barrier(4)
+
+    def hammer() -> None:
+        barrier.wait()
+        for _ in range(100):
+            cb.record_failure(N)
+            cb.allow(N)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cb.state(N) is OPEN
+    assert [(e.old, e.new) for e in heard] == [(CLOSED, OPEN)]
+
+
+# ---------------------------------------------------------------- R4: model-based
+
+
+@dataclass
+class RefBreaker:
+    """An independent reference model of the breaker, in integer milliseconds."""
+
+    threshold: int
+    base: int
+    cap: int
+    max_probes: int
+    successes_needed: int
+    probe_ms: int
+    state: CircuitState = CLOSED
+    failures: int = 0
+    probes: int = 0
+    successes: int = 0
+    level: int = 0
+    deadline: int = 0
+    trace: list[str] = field(default_factory=list)
+
+    def timeout(self, level: int) -> int:
+        return min(self.base * 2**level, self.cap)
+
+    def _open(self, at: int, level: int) -> None:
+        self.state, self.level, self.deadline = (
+            OPEN,
+            min(level, 15),
+            at + self.timeout(min(level, 15)),
+        )
+        self.probes = self.successes = 0
+
+    def settle(self, t: int) -> None:
+        # A probe that outlived its timeout failed at its deadline.
+        if self.state is HALF_OPEN and self.probes > 0 and t >= self.deadline:
+            self.failures += 1
+            self._open(self.deadline, self.level + 1)
+
+    def effective(self, t: int) -> CircuitState:
+        self.settle(t)
+        if self.state is OPEN and t >= self.deadline:
+            return HALF_OPEN
+        return self.state
+
+    def allow(self, t: int) -> Admission:
+        self.settle(t)
+        if self.state is CLOSED:
+            return Admission.ADMIT
+        if self.state is OPEN:
+            if t < self.deadline:
+                return Admission.REJECT
+            self.state, self.probes, self.successes = HALF_OPEN, 1, 0
+            self.deadline = t + self.probe_ms
+            return Admission.PROBE
+        if self.probes >= self.max_probes:
+            return Admission.REJECT
+        if self.probes == 0:
+            self.deadline = t + self.probe_ms
+        self.probes += 1
+        return Admission.PROBE
+
+    def success(self, t: int) -> None:
+        self.settle(t)
+        if self.state is CLOSED:
+            self.failures = 0
+        elif self.state is HALF_OPEN:
+            self.successes += 1
+            if self.successes >= self.successes_needed:
+                self.state, self.failures, self.probes, self.successes, self.level = (
+                    CLOSED,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            else:
+                self.failures = 0
+                self.probes = max(0, self.probes - 1)
+
+    def failure(self, t: int) -> None:
+        self.settle(t)
+        if self.state is CLOSED:
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self._open(t, 0)
+        elif self.state is HALF_OPEN:
+            self.failures += 1
+            self._open(t, self.level + 1)
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    """CircuitBreaker against RefBreaker over random operations and clock steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = ManualClock(1000.0)
+        self.t = 0
+        self.events: list[BreakerTransition] = []
+
+    @initialize(
+        impl=st.sampled_from(sorted(_accel.twins())),
+        threshold=st.integers(1, 4),
+        base=st.integers(1, 50),
+        extra=st.integers(0, 200),
+        max_probes=st.integers(1, 3),
+        successes=st.integers(1, 3),
+        probe_ms=st.integers(1, 40),
+    )
+    def setup(self, impl: str, threshold: int, base: int, extra: int, max_probes: int,
+              successes: int, probe_ms: int) -> None:  # fmt: skip
+        table = _accel.twins()[impl][1].BreakerTable
+        config = BreakerConfig(
+            failure_threshold=threshold,
+            open_timeout=base * MS,
+            max_open_timeout=(base + extra) * MS,
+            half_open_max_probes=max_probes,
+            success_threshold=successes,
+            probe_timeout=probe_ms * MS,
+        )
+        self.cb = CircuitBreaker(config, clock=self.clock, table_factory=table)
+        self.cb.subscribe(self.events.append)
+        self.ref = RefBreaker(threshold, base, base + extra, max_probes, successes, probe_ms)
+
+    def _now(self) -> None:
+        self.clock.now = 1000.0 + self.t * MS
+
+    @rule(ms=st.integers(0, 120))
+    def advance(self, ms: int) -> None:
+        self.t += ms
+        self._now()
+
+    @rule()
+    def admit(self) -> None:
+        got = self.cb.admit(N)
+        want = self.ref.allow(self.t)
+        assert got is want, (got, want)
+
+    @rule()
+    def success(self) -> None:
+        self.cb.record_success(N)
+        self.ref.success(self.t)
+
+    @rule()
+    def failure(self) -> None:
+        self.cb.record_failure(N)
+        self.ref.failure(self.t)
+
+    @rule()
+    def poll(self) -> None:
+        self.cb.poll()
+
+    @invariant()
+    def agrees_with_the_reference(self) -> None:
+        if not hasattr(self, "cb"):
+            return
+        want = self.ref.effective(self.t)
+        assert self.cb.state(N) is want
+        status = self.cb.status(N)
+        assert (status.failures, status.probes) == (min(self.ref.failures, 1023), self.ref.probes)
+        if want is OPEN:
+            assert not self.cb.allow(N) and self.ref.allow(self.t) is Admission.REJECT
+
+    @invariant()
+    def events_form_a_chain_ending_in_the_current_state(self) -> None:
+        if not hasattr(self, "cb") or N not in self.cb:
+            return
+        current = self.cb.state(N)
+        state = CLOSED
+        last_at = -math.inf
+        for event in self.events:
+            assert event.old is state and event.new is not state
+            assert event.at >= last_at - 1e-9
+            state, last_at = event.new, event.at
+        assert state is current
+
+
+BreakerMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestBreakerModel = BreakerMachine.TestCase
