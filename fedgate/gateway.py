@@ -561,10 +561,14 @@ class Gateway:
         """
         call = self._call(request, stream=True)
         self._active_streams += 1
+        # aclosing: a caller that stops reading closes this generator at its own
+        # yield, not inside call.run(); without it the attempt (and the CANCEL to
+        # the worker) would wait for the garbage collector to finalize run().
         try:
-            async for chunk in call.run():
-                for token in chunk:
-                    yield token
+            async with contextlib.aclosing(call.run()) as chunks:
+                async for chunk in chunks:
+                    for token in chunk:
+                        yield token
         finally:
             self._active_streams -= 1
 
@@ -655,6 +659,15 @@ class Gateway:
             )
         if not isinstance(request, InferenceRequest):
             raise TypeError(f"request: expected InferenceRequest, got {type(request).__name__}")
+        # The wire's own limits, checked here so a bad request never reaches a worker.
+        if len(request.request_id) > 1024:
+            raise ValueError(
+                f"request_id: expected at most 1024 characters, got {len(request.request_id)}"
+            )
+        for name in ("tenant_id", "model"):
+            value = getattr(request, name)
+            if value is not None and len(value) > 256:
+                raise ValueError(f"{name}: expected at most 256 characters, got {len(value)}")
         size = len(request.input)
         if size > self.config.max_input_bytes:
             raise ValueError(
@@ -846,6 +859,11 @@ class Gateway:
             self.catalog.deregister_sync(model, node)
         for model in worker.models:
             self.catalog.register_sync(model, node, worker.region, msg.capabilities)
+        if current is not None and current.worker_id != msg.worker_id:
+            # A new process: the old one's failures must not exile it. Reported
+            # UNHEALTHY has no way back without traffic (an UNHEALTHY node gets
+            # none); the breaker keeps its state and probes it on its own schedule.
+            self.health.deregister_node(node)
         self.health.register_node(node, expect_heartbeats=True)
         self.health.heartbeat(node)
         self.router.update_node(
@@ -882,9 +900,12 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                for node in self.health.expire():
-                    worker = self._by_node.get(node)
-                    if worker is not None:
+                self.health.expire()
+                # Ask every live worker rather than use expire()'s list: whoever calls
+                # expire() first gets that list (the router does, on each route), and a
+                # dead node missed here would keep its in-flight attempts until deadline.
+                for worker in list(self._by_node.values()):
+                    if worker.alive and not self.health.is_alive(worker.node):
                         self._lose(worker, "missed heartbeats")
                 self.breaker.poll()
                 if stall is not None:
@@ -1203,7 +1224,12 @@ class _Call:
 
     def _final_error(self, error: Exception) -> Exception:
         """The error a caller sees: past the commit point, an explicit stream interruption."""
-        if self.stream and self.next_index > 0 and not isinstance(error, StreamInterruptedError):
+        # Backpressure is the reader's own doing, not the node's: it stays typed as such.
+        if (
+            self.stream
+            and self.next_index > 0
+            and not isinstance(error, (StreamInterruptedError, BackpressureError))
+        ):
             out = StreamInterruptedError(
                 f"stream {self.request.request_id!r} interrupted after {self.next_index} tokens: "
                 f"{self.last_error or error}"
