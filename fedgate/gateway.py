@@ -34,7 +34,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -819,6 +819,21 @@ class Gateway:
         with contextlib.suppress(FederationError):
             self._send(identity, wire.encode(msg))
 
+    def _connected(self, worker: _Worker) -> bool:
+        """Whether the worker's connection still exists (ROUTER_MANDATORY tells at once).
+
+        A process restarted right after a SIGKILL announces itself before its
+        predecessor's heartbeats have expired; the old connection, though, is
+        already gone, and refusing the new process would keep the node down.
+        """
+        try:
+            self._send(worker.identity, wire.encode(wire.Reannounce()))
+        except NodeUnreachableError:
+            return False
+        except FederationError:
+            return True
+        return True
+
     def _register(self, identity: bytes, msg: wire.Ready) -> None:
         node = NodeId(msg.node)
         current = self._by_node.get(node)
@@ -827,6 +842,7 @@ class Gateway:
             and current.worker_id != msg.worker_id
             and current.alive
             and self.health.is_alive(node)
+            and self._connected(current)
         ):
             # R16: a second process claiming a live node id is refused, not merged.
             self._refused += 1
@@ -987,7 +1003,7 @@ class _Call:
         # Past the commit point only a node that can continue the generation may serve.
         return self.tried | {w.node for w in self.gw._by_node.values() if not w.resumable}
 
-    async def run(self) -> AsyncIterator[list[bytes]]:
+    async def run(self) -> AsyncGenerator[list[bytes], None]:
         gw = self.gw
         loop = gw._loop
         assert loop is not None

@@ -108,6 +108,13 @@ class HealthConfig:
         How often workers heartbeat.
     heartbeat_liveness : int
         Heartbeat intervals that may pass before a node is declared dead.
+    unhealthy_cooldown : float or timedelta
+        How long a node made UNHEALTHY by failure reports stays out of
+        routing. After it the node is DEGRADED again (eligible, scored low)
+        and one more failure makes it UNHEALTHY at once. Without it a node
+        that is up but was unlucky would never get the traffic it needs to
+        recover — and its circuit breaker, which counts more failures than
+        health does, would never get to open and probe it.
     """
 
     failure_threshold: int = 3
@@ -116,6 +123,7 @@ class HealthConfig:
     window: int = 1024
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 3
+    unhealthy_cooldown: float = 5.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -134,6 +142,12 @@ class HealthConfig:
         )
         set_(
             self, "heartbeat_liveness", _positive_int("heartbeat_liveness", self.heartbeat_liveness)
+        )
+
+        set_(
+            self,
+            "unhealthy_cooldown",
+            _positive_duration("unhealthy_cooldown", self.unhealthy_cooldown),
         )
 
     @property
@@ -234,6 +248,9 @@ class HealthChecker:
         self._successes: list[int] = []
         self._fast_streak: list[int] = []
         self._last_check: list[float] = []
+        # When a report-driven UNHEALTHY ends (inf: not in cooldown).
+        self._cooldown_until: list[float] = []
+        self._next_cooldown = math.inf
         # Bulk-read state in arrays (the router gathers them; expire() scans them).
         cap = 16
         self._codes = np.zeros(cap, dtype=np.int8)
@@ -361,6 +378,7 @@ class HealthChecker:
             self._successes.append(0)
             self._fast_streak.append(0)
             self._last_check.append(math.nan)
+            self._cooldown_until.append(math.inf)
             self._slots[node] = s
             return s
 
@@ -422,6 +440,7 @@ class HealthChecker:
             self._latency_version += 1
             self._failures[s] = self._successes[s] = self._fast_streak[s] = 0
             self._last_check[s] = math.nan
+            self._cooldown_until[s] = math.inf
             self._tracked[s] = False
             self._last_hb[s] = math.nan
             was_dead = bool(self._dead[s])
@@ -466,6 +485,7 @@ class HealthChecker:
             self._failures[s] = 0
             self._successes[s] += 1
             self._last_check[s] = now
+            self._cooldown_until[s] = math.inf
             reported = self._reported[s]
             if seconds > self._config.degraded_latency:
                 self._fast_streak[s] = 0
@@ -498,6 +518,10 @@ class HealthChecker:
             self._fast_streak[s] = 0
             self._last_check[s] = now
             new = _UNHEALTHY if failures >= self._config.failure_threshold else _DEGRADED
+            if new == _UNHEALTHY:
+                until = now + self._config.unhealthy_cooldown
+                self._cooldown_until[s] = until
+                self._next_cooldown = min(self._next_cooldown, until)
             if new != self._reported[s] or self._codes[s] != new:
                 self._set_reported(s, new, now)
 
@@ -543,6 +567,8 @@ class HealthChecker:
         """
         if now is None:
             now = self._clock()
+        if now >= self._next_cooldown:
+            self._end_cooldowns(now)
         if not now > self._next_expiry:
             return []
         with self._lock:
@@ -560,6 +586,28 @@ class HealthChecker:
             live[overdue] = False
             self._next_expiry = float(deadline[live].min()) if live.any() else math.inf
             return [self._ids[s] for s in overdue.tolist()]
+
+    def _end_cooldowns(self, now: float) -> None:
+        """Report-driven UNHEALTHY nodes whose cooldown is over become DEGRADED."""
+        with self._lock:
+            threshold = self._config.failure_threshold
+            following = math.inf
+            for s, until in enumerate(self._cooldown_until):
+                if until == math.inf:
+                    continue
+                if now < until:
+                    following = min(following, until)
+                    continue
+                self._cooldown_until[s] = math.inf
+                if self._reported[s] == _UNHEALTHY:
+                    # One more failure is enough to take it out again.
+                    self._failures[s] = threshold - 1
+                    old = int(self._codes[s])
+                    self._reported[s] = _DEGRADED
+                    if not self._dead[s] and old != _DEGRADED:
+                        self._codes[s] = _DEGRADED
+                        self._emit(s, old, _DEGRADED, until, "cooldown")
+            self._next_cooldown = following
 
     def is_alive(self, node: NodeId) -> bool:
         """False while a heartbeat-tracked node is overdue; True for untracked nodes."""

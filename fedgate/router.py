@@ -912,9 +912,12 @@ class Router:
         unhealthy = int((reasons == REASON_UNHEALTHY).sum())
         open_ = int((reasons == REASON_BREAKER_OPEN).sum())
         down = int(not_serving.size)
+        # Name the privacy level: with every cleared node down, the caller must
+        # see that sovereignty is why no other node was used.
         return AllNodesUnhealthyError(
-            f"no healthy node serves {what}: {unhealthy} unhealthy, {open_} with an open "
-            f"breaker, {down} not alive (of {candidates.size})"
+            f"no healthy node serves {what} in a region cleared for {privacy.name}: "
+            f"{unhealthy} unhealthy, {open_} with an open breaker, {down} not alive "
+            f"(of {candidates.size}); nodes in other regions are never used"
         )
 
     # ================================================================ introspection

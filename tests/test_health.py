@@ -285,3 +285,41 @@ def test_all_statuses_lists_every_node(health: HealthChecker) -> None:
     assert [s.node_id for s in statuses] == [A, B]
     assert [s.state for s in statuses] == [HealthState.UNKNOWN, HealthState.HEALTHY]
     assert health.counts()[HealthState.HEALTHY] == 1
+
+
+def test_report_driven_unhealthy_ends_after_its_cooldown(
+    make, clock: ManualClock  # type: ignore[no-untyped-def]
+) -> None:
+    health = make(unhealthy_cooldown=5.0)
+    seen: list[HealthTransition] = []
+    health.subscribe(seen.append)
+    for _ in range(3):
+        health.report_failure(A)
+    assert health.state(A) is HealthState.UNHEALTHY
+    clock.advance(4.999)
+    assert health.state(A) is HealthState.UNHEALTHY
+    clock.advance(0.001)
+    # Time alone brings it back, eligible but scored low, without any report.
+    assert health.state(A) is HealthState.DEGRADED
+    assert seen[-1].cause == "cooldown" and seen[-1].at == pytest.approx(1005.0)
+    health.report_failure(A)  # one more failure is enough to take it out again
+    assert health.state(A) is HealthState.UNHEALTHY
+    clock.advance(5.0)
+    assert health.state(A) is HealthState.DEGRADED
+    health.report_success(A, 0.01)
+    health.report_success(A, 0.01)
+    assert health.state(A) is HealthState.HEALTHY
+
+
+def test_cooldown_does_not_revive_a_node_that_missed_heartbeats(
+    make, clock: ManualClock  # type: ignore[no-untyped-def]
+) -> None:
+    health = make(unhealthy_cooldown=1.0, heartbeat_interval=1.0, heartbeat_liveness=2)
+    health.register_node(A, expect_heartbeats=True)
+    for _ in range(3):
+        health.report_failure(A)
+    clock.advance(2.5)
+    assert health.expire() == [A]
+    assert health.state(A) is HealthState.UNHEALTHY  # dead: the cooldown changes nothing
+    health.heartbeat(A)
+    assert health.state(A) is HealthState.DEGRADED

@@ -633,7 +633,10 @@ async def test_stop_drains_in_flight_requests(gw: FakeGateway) -> None:
     assert await asyncio.wait_for(run, 5.0) == 0
     await gw.quiet_for(0.2, ())
     kinds = [type(m) for _, _, m in gw.received]
-    assert Heartbeat not in kinds[kinds.index(Disconnect) :]  # no beats once it said goodbye
+    after = kinds[kinds.index(Disconnect) :]
+    # It beats while it drains (so the gateway keeps waiting for it), and not after.
+    assert Heartbeat in after[: after.index(Final)]
+    assert Heartbeat not in after[after.index(Final) :]
 
 
 async def test_drain_timeout_fails_the_rest_explicitly(gw: FakeGateway) -> None:

@@ -523,7 +523,9 @@ class Worker:
             if next_at < now:
                 # The loop was blocked past a beat: resume the rhythm, no burst.
                 next_at = now + interval
-            if self._draining:
+            # A draining worker keeps beating while it finishes in-flight work:
+            # silence would make the gateway declare it dead and move that work.
+            if self._draining and not self._active:
                 return
             self._beat()
 
