@@ -1,0 +1,1313 @@
+"""Composite routing score over struct-of-arrays node data (Numba kernels).
+
+The router keeps one :class:`NodeArrays` (one slot per node, updated in place
+on every report) and, per routing decision, a ``uint8`` membership ``mask``
+for the requested capability/model, a ``float64[6]`` weight vector (indexed by
+the ``W_*`` constants) and a ``float64[8]`` request vector (``P_*``). One pass
+of :func:`_score_kernel` rules ineligible nodes out with a reason code, scores
+the rest as a weighted mean of six components in [0, 1], and picks the best
+node after a load penalty, without allocating.
+
+Eligibility, checked in this order (the first failing check is the reason):
+``REASON_NOT_SERVING`` (mask 0 or not alive), ``REASON_PRIVACY`` (the region's
+clearance is below the request's privacy level — sovereignty before anything
+else), ``REASON_UNHEALTHY``, ``REASON_BREAKER_OPEN``, ``REASON_LATENCY`` (p50
+above ``max_latency``; a node without samples is not ruled out).
+
+Inputs the SPEC does not cover are handled so that nothing can widen the
+eligible set or push a score out of [0, 1]: a region id outside ``clearance``
+counts as ``DEFAULT_CLEARANCE`` (INTERNAL); a health code the kernel does not
+know scores as UNKNOWN; a NaN price (none announced) scores 0.5 on cheapness,
+like a NaN latency; negative latencies, prices and in-flight counts count as 0.
+
+Scores equal the SPEC's formulas up to rounding (``s / (s + x)`` for
+``1 / (1 + x / s)``, weights divided by their sum once per call), so a
+reference written the naive way agrees to ~1e-15 and may rank two nodes whose
+load-discounted scores tie within an ulp either way; exact ties go to the
+lowest slot.
+
+Entry points
+------------
+:func:`score_nodes` / :func:`score_components` validate everything and call
+the kernels. A caller on the hot path may instead validate once — weights
+with :func:`check_weights` when the policy is configured, the request vector
+with :func:`check_params` (or build it with :func:`make_params`), the arrays
+and buffers with :func:`check_buffers` whenever one of them is replaced
+(``add_node`` may reallocate every column) — and then call the kernel itself::
+
+    best = _score_kernel(*arrays.kernel_columns(), mask, arrays.clearance,
+                         weights, params, out_scores, out_reasons)
+
+Numba dispatch costs grow with the argument count (16 here); see
+``benchmarks/test_scoring.py`` for what that costs next to the kernel.
+
+Numba settings live in :mod:`fedgate._jit`; nothing here compiles at import.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from ._jit import jit
+
+__all__ = [
+    "BREAKER_CLOSED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_OPEN",
+    "DEFAULT_CLEARANCE",
+    "HEALTH_DEGRADED",
+    "HEALTH_HEALTHY",
+    "HEALTH_UNHEALTHY",
+    "HEALTH_UNKNOWN",
+    "N_PARAMS",
+    "N_WEIGHTS",
+    "PARAM_NAMES",
+    "P_COST_SCALE",
+    "P_COST_TOLERANCE",
+    "P_LATENCY_SCALE",
+    "P_LOAD_PENALTY",
+    "P_MAX_LATENCY",
+    "P_ORIGIN",
+    "P_PREFER_GPU",
+    "P_PRIVACY",
+    "REASON_BREAKER_OPEN",
+    "REASON_LATENCY",
+    "REASON_NAMES",
+    "REASON_NOT_SERVING",
+    "REASON_OK",
+    "REASON_PRIVACY",
+    "REASON_UNHEALTHY",
+    "WEIGHT_NAMES",
+    "W_COST",
+    "W_GPU",
+    "W_HEALTH",
+    "W_LATENCY",
+    "W_LOCALITY",
+    "W_PRIVACY",
+    "NodeArrays",
+    "check_buffers",
+    "check_params",
+    "check_weights",
+    "make_params",
+    "make_weights",
+    "score_components",
+    "score_nodes",
+]
+
+HEALTH_UNKNOWN = 0
+HEALTH_HEALTHY = 1
+HEALTH_DEGRADED = 2
+HEALTH_UNHEALTHY = 3
+
+BREAKER_CLOSED = 0
+BREAKER_OPEN = 1
+BREAKER_HALF_OPEN = 2
+
+REASON_OK = 0
+REASON_NOT_SERVING = 1
+REASON_PRIVACY = 2
+REASON_UNHEALTHY = 3
+REASON_BREAKER_OPEN = 4
+REASON_LATENCY = 5
+REASON_NAMES = ("ok", "not_serving", "privacy", "unhealthy", "breaker_open", "latency")
+
+W_HEALTH = 0
+W_LATENCY = 1
+W_PRIVACY = 2
+W_LOCALITY = 3
+W_COST = 4
+W_GPU = 5
+N_WEIGHTS = 6
+WEIGHT_NAMES = ("health", "latency", "privacy", "locality", "cost", "gpu")
+
+P_PRIVACY = 0
+P_MAX_LATENCY = 1
+P_ORIGIN = 2
+P_PREFER_GPU = 3
+P_COST_TOLERANCE = 4
+P_LATENCY_SCALE = 5
+P_COST_SCALE = 6
+P_LOAD_PENALTY = 7
+N_PARAMS = 8
+PARAM_NAMES = (
+    "privacy",
+    "max_latency",
+    "origin",
+    "prefer_gpu",
+    "cost_tolerance",
+    "latency_scale",
+    "cost_scale",
+    "load_penalty",
+)
+
+# A region without an explicit clearance counts as INTERNAL (SPEC §2 Privacy):
+# CONFIDENTIAL and RESTRICTED data only go where a gateway cleared them.
+DEFAULT_CLEARANCE = 1
+_MAX_LEVEL = 3
+
+# Component values the SPEC fixes.
+_HEALTHY_SCORE = 1.0
+_DEGRADED_SCORE = 0.5
+_UNKNOWN_SCORE = 0.3
+# "No information" (no latency samples, no origin, no GPU preference, no
+# price) scores mid-scale so it neither wins nor loses on that component.
+_NEUTRAL = 0.5
+
+_INF = float("inf")
+
+
+# --------------------------------------------------------------------------
+# Per-node math, shared by both kernels so they cannot drift.
+#
+# Written for LLVM's loop vectoriser (measured: ~3× faster than the same math
+# with early exits), which dictates three habits:
+# - helpers take scalars only: an array passed into a helper costs an atomic
+#   reference-count increment and decrement per call;
+# - every choice is a select (``a if c else b``) over values that are safe to
+#   compute anyway, so the loop body has no branch to predict;
+# - per-request choices (origin, GPU preference, which regions are cleared)
+#   are folded into constants before the loop.
+# Helpers are inlined at Numba IR level, so sharing them costs nothing.
+
+# With at most this many regions, the regions cleared for a request fit in
+# one int64 bit set and the privacy check is a shift (vectorisable); beyond
+# it the kernel reads ``clearance`` per node (a gather, scalar).
+_BITSET_REGIONS = 62
+# Nodes scored (vectorised) before being scanned for the choice, so the scan
+# reads scores that are still in L1: still one pass over the node columns.
+_BLOCK = 512
+
+
+@jit(inline=True)
+def _request(weights: Any, params: Any, clearance: Any) -> tuple[Any, ...]:
+    """Per-request constants, computed once before the loop.
+
+    Parameters
+    ----------
+    weights : ndarray of float64, shape (6,)
+        Validated weights, ``W_*`` order.
+    params : ndarray of float64, shape (8,)
+        Validated request vector, ``P_*`` order.
+    clearance : ndarray of int8
+        Clearance level by region id.
+
+    Returns
+    -------
+    tuple
+        (privacy, max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no,
+        tolerance, latency_scale, cost_scale, load_penalty, weights divided by
+        their sum, cleared-region bit set, whether an unknown region is cleared).
+    """
+    privacy = params[P_PRIVACY]
+    origin = np.int64(params[P_ORIGIN])
+    # Locality and GPU become "value if the node matches, value if not"; no
+    # origin or no GPU preference scores every node the same.
+    if origin < 0:
+        loc_yes, loc_no = _NEUTRAL, _NEUTRAL
+    else:
+        loc_yes, loc_no = 1.0, 0.0
+    if params[P_PREFER_GPU] != 0.0:
+        gpu_yes, gpu_no = 1.0, 0.0
+    else:
+        gpu_yes, gpu_no = _NEUTRAL, _NEUTRAL
+    # Normalised once here rather than dividing every node's sum by it: one
+    # vector division fewer per node in the hot loop.
+    weight_sum = weights[0] + weights[1] + weights[2] + weights[3] + weights[4] + weights[5]
+    w = (
+        weights[0] / weight_sum,
+        weights[1] / weight_sum,
+        weights[2] / weight_sum,
+        weights[3] / weight_sum,
+        weights[4] / weight_sum,
+        weights[5] / weight_sum,
+    )
+    unknown_ok = privacy <= DEFAULT_CLEARANCE
+    n_regions = clearance.shape[0]
+    cleared = np.int64(0)
+    if n_regions <= _BITSET_REGIONS:
+        for k in range(_BITSET_REGIONS):
+            ok = clearance[k] >= privacy if k < n_regions else unknown_ok
+            if ok:
+                cleared |= np.int64(1) << np.int64(k)
+    return (
+        privacy,
+        params[P_MAX_LATENCY],
+        origin,
+        loc_yes,
+        loc_no,
+        gpu_yes,
+        gpu_no,
+        params[P_COST_TOLERANCE] / 100.0,
+        params[P_LATENCY_SCALE],
+        params[P_COST_SCALE],
+        params[P_LOAD_PENALTY],
+        w,
+        cleared,
+        unknown_ok,
+    )
+
+
+@jit(inline=True)
+def _cleared_by_bitset(region: int, cleared: int, unknown_ok: bool) -> bool:
+    """Whether a node's region may take the request, from the request's bit set.
+
+    Parameters
+    ----------
+    region : int
+        The node's region id.
+    cleared : int
+        Bit r set when region r's clearance is at least the request's privacy.
+    unknown_ok : bool
+        The answer for a region id outside the bit set (``DEFAULT_CLEARANCE``).
+
+    Returns
+    -------
+    bool
+    """
+    inside = (region >= 0) & (region < _BITSET_REGIONS)
+    # ``& 63`` keeps the shift defined for ids outside the set, whose bit is
+    # then ignored.
+    bit = (cleared >> np.int64(region & 63)) & 1
+    return (bit != 0) if inside else unknown_ok
+
+
+@jit(inline=True)
+def _reason(
+    mask: int,
+    alive: int,
+    cleared: bool,
+    health: int,
+    breaker: int,
+    p50: float,
+    max_latency: float,
+) -> int:
+    """Why a node cannot take the request (``REASON_OK`` if it can).
+
+    Parameters
+    ----------
+    mask, alive : int
+        The node's membership and liveness flags.
+    cleared : bool
+        Whether its region's clearance covers the request's privacy level.
+    health, breaker : int
+        Its ``HEALTH_*`` and ``BREAKER_*`` codes.
+    p50 : float
+        Its median latency, NaN without samples.
+    max_latency : float
+        Largest acceptable p50 in seconds (``inf`` for none, never NaN).
+
+    Returns
+    -------
+    int
+        One of the ``REASON_*`` codes; the first failing check in the
+        documented order wins (checked last to first, each overriding).
+    """
+    # A NaN p50 (no samples yet) compares False, so an unmeasured node stays
+    # eligible; an infinite max_latency rules nothing out.
+    reason = REASON_LATENCY if p50 > max_latency else REASON_OK
+    reason = REASON_BREAKER_OPEN if breaker == BREAKER_OPEN else reason
+    reason = REASON_UNHEALTHY if health == HEALTH_UNHEALTHY else reason
+    reason = reason if cleared else REASON_PRIVACY
+    return REASON_NOT_SERVING if (mask == 0) | (alive == 0) else reason
+
+
+@jit(inline=True)
+def _health_score(h: int) -> float:
+    """Health component: HEALTHY 1.0, DEGRADED 0.5, UNHEALTHY 0.0, otherwise 0.3.
+
+    Parameters
+    ----------
+    h : int
+        ``HEALTH_*`` code; an unknown code scores as UNKNOWN.
+
+    Returns
+    -------
+    float
+        The component in [0, 1] (UNHEALTHY's 0.0 only shows in a breakdown:
+        such a node is never eligible).
+    """
+    s = _UNKNOWN_SCORE
+    s = _HEALTHY_SCORE if h == HEALTH_HEALTHY else s
+    s = _DEGRADED_SCORE if h == HEALTH_DEGRADED else s
+    return 0.0 if h == HEALTH_UNHEALTHY else s
+
+
+@jit(inline=True)
+def _latency_score(p50: float, p99: float, scale: float) -> float:
+    """Latency component ``1 / (1 + lat / scale)``, ``lat`` the mean of p50 and p99.
+
+    Parameters
+    ----------
+    p50, p99 : float
+        Latency percentiles in seconds; NaN when the node has no samples.
+    scale : float
+        Latency that scores 0.5, in seconds (> 0).
+
+    Returns
+    -------
+    float
+        The component in [0, 1]; 0.5 when either percentile is NaN.
+    """
+    lat = 0.5 * p50 + 0.5 * p99
+    # scale / (scale + lat) is the same value with one division instead of
+    # two; the clamp keeps a corrupt negative sample from scoring above 1.
+    s = scale / (scale + max(lat, 0.0))
+    return _NEUTRAL if math.isnan(lat) else s
+
+
+@jit(inline=True)
+def _cost_score(cost: float, latency_score: float, scale: float, tolerance: float) -> float:
+    """Cost component: cheapness ``1 / (1 + cost / scale)`` blended with speed.
+
+    Parameters
+    ----------
+    cost : float
+        The node's price; NaN when it announced none (0.5 on cheapness).
+    latency_score : float
+        The node's latency component.
+    scale : float
+        Price that scores 0.5 on cheapness (> 0).
+    tolerance : float
+        ``cost_tolerance / 100``: 0 is pure cheapness, 1 pure speed.
+
+    Returns
+    -------
+    float
+        The component in [0, 1].
+    """
+    cheap = scale / (scale + max(cost, 0.0))
+    cheap = _NEUTRAL if math.isnan(cost) else cheap
+    # (1 - t) + t can round one ulp above 1.
+    return min((1.0 - tolerance) * cheap + tolerance * latency_score, 1.0)
+
+
+@jit(inline=True)
+def _row(
+    mask: int,
+    alive: int,
+    cleared: bool,
+    health: int,
+    breaker: int,
+    p50: float,
+    p99: float,
+    region: int,
+    cost: float,
+    gpu: int,
+    max_latency: float,
+    origin: int,
+    loc_yes: float,
+    loc_no: float,
+    gpu_yes: float,
+    gpu_no: float,
+    tolerance: float,
+    latency_scale: float,
+    cost_scale: float,
+    w: tuple[float, float, float, float, float, float],
+) -> tuple[int, tuple[float, float, float, float, float, float], float]:
+    """Reason code, components and total score of one node.
+
+    Parameters
+    ----------
+    mask, alive, health, breaker, p50, p99, region, cost, gpu
+        The node's columns (``mask`` from the request).
+    cleared : bool
+        Whether its region's clearance covers the request's privacy level.
+    max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no, tolerance, \
+latency_scale, cost_scale, w
+        Per-request constants from :func:`_request` (``w``: weights divided by
+        their sum).
+
+    Returns
+    -------
+    reason : int
+        ``REASON_*`` code.
+    components : tuple of float
+        (health, latency, privacy, locality, cost, gpu), each in [0, 1].
+    total : float
+        Their weighted mean, in [0, 1] (meaningful only when eligible).
+    """
+    reason = _reason(mask, alive, cleared, health, breaker, p50, max_latency)
+    s_latency = _latency_score(p50, p99, latency_scale)
+    s = (
+        _health_score(health),
+        s_latency,
+        1.0 if cleared else 0.0,
+        loc_yes if region == origin else loc_no,
+        _cost_score(cost, s_latency, cost_scale, tolerance),
+        gpu_yes if gpu != 0 else gpu_no,
+    )
+    total = w[0] * s[0] + w[1] * s[1] + w[2] * s[2] + w[3] * s[3] + w[4] * s[4] + w[5] * s[5]
+    # Normalised weights can sum to an ulp over 1.
+    return reason, s, min(total, 1.0)
+
+
+@jit(inline=True)
+def _load_divisor(inflight: int, load_penalty: float) -> float:
+    """``1 + load_penalty * inflight``: the choice ranks ``total / divisor``.
+
+    Parameters
+    ----------
+    inflight : int
+        Requests in flight on the node (a negative count is taken as 0).
+    load_penalty : float
+        Discount per in-flight request (>= 0).
+
+    Returns
+    -------
+    float
+        The divisor, >= 1.
+    """
+    return 1.0 + load_penalty * max(inflight, 0)
+
+
+@jit(inline=True)
+def _ranks_higher(total: float, divisor: float, best_total: float, best_divisor: float) -> bool:
+    """Whether ``total / divisor`` beats the best so far, without dividing.
+
+    Parameters
+    ----------
+    total, divisor : float
+        The candidate's total score and load divisor.
+    best_total, best_divisor : float
+        The best node's so far (-1.0 and 1.0 before any).
+
+    Returns
+    -------
+    bool
+        True when strictly higher: a tie keeps the earlier (lower) slot.
+    """
+    # Cross-multiplied (both divisors are >= 1): a division per eligible node
+    # was most of the choice scan's time. Two nodes with the same total and
+    # divisor give the same products, so ties stay exact.
+    return total * best_divisor > best_total * divisor
+
+
+# --------------------------------------------------------------------------
+# Kernels.
+
+
+def _warm_examples(components: bool) -> list[tuple[Any, ...]]:
+    # Zero nodes, but exactly the types the router passes (NodeArrays' own
+    # columns): warm_up() compiles and primes without scoring anything.
+    arrays = NodeArrays(capacity=1)
+    arrays.add_region()
+    inputs = (*arrays.kernel_columns(), np.zeros(1, np.uint8), arrays.clearance, make_weights(),
+              make_params())  # fmt: skip
+    outputs: tuple[Any, ...] = (np.empty(1), np.empty(1, np.int8))
+    if components:
+        outputs = (np.empty((1, N_WEIGHTS)), *outputs)
+    return [inputs + outputs]
+
+
+@jit(warm=lambda: _warm_examples(components=False))
+def _score_kernel(
+    n: int,
+    health: Any,
+    p50: Any,
+    p99: Any,
+    region: Any,
+    cost: Any,
+    gpu: Any,
+    inflight: Any,
+    breaker: Any,
+    alive: Any,
+    mask: Any,
+    clearance: Any,
+    weights: Any,
+    params: Any,
+    out_scores: Any,
+    out_reasons: Any,
+) -> int:
+    """Score nodes ``0..n-1`` and pick the best, in one pass without allocating.
+
+    Inputs must have been validated (:func:`check_buffers`,
+    :func:`check_weights`, :func:`check_params`): bounds are not checked.
+
+    Parameters
+    ----------
+    n : int
+        Number of node slots in use.
+    health : ndarray of int8
+        ``HEALTH_*`` code per node.
+    p50, p99 : ndarray of float64
+        Latency percentiles in seconds, NaN without samples.
+    region : ndarray of int32
+        Region id per node.
+    cost : ndarray of float64
+        Price per node.
+    gpu : ndarray of uint8
+        1 for a GPU node.
+    inflight : ndarray of int32
+        Requests in flight per node.
+    breaker : ndarray of int8
+        ``BREAKER_*`` state per node.
+    alive : ndarray of uint8
+        1 while the node's heartbeat is fresh.
+    mask : ndarray of uint8
+        1 for nodes that serve the requested capability/model.
+    clearance : ndarray of int8
+        Clearance level by region id; an id outside it counts as
+        ``DEFAULT_CLEARANCE`` (INTERNAL).
+    weights : ndarray of float64, shape (6,)
+        Component weights, ``W_*`` order.
+    params : ndarray of float64, shape (8,)
+        Request vector, ``P_*`` order.
+    out_scores : ndarray of float64
+        Receives each node's total score (NaN when ineligible).
+    out_reasons : ndarray of int8
+        Receives each node's ``REASON_*`` code.
+
+    Returns
+    -------
+    int
+        The eligible node with the highest load-discounted score (lowest slot
+        on ties), or -1 when none is eligible.
+    """
+    (privacy, max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no, tolerance, latency_scale,
+     cost_scale, load_penalty, w, cleared, unknown_ok) = _request(
+        weights, params, clearance)  # fmt: skip
+    n_regions = clearance.shape[0]
+    bitset = n_regions <= _BITSET_REGIONS
+    best = -1
+    # Every total is >= 0, so the first eligible node beats this.
+    best_total, best_divisor = -1.0, 1.0
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        if bitset:
+            # Unsigned indices: with a signed one Numba adds a negative-index
+            # wrap-around to every load, which keeps LLVM from vectorising
+            # (measured 8× slower).
+            for i in range(np.uint64(start), np.uint64(stop)):
+                r = region[i]
+                ok = _cleared_by_bitset(r, cleared, unknown_ok)
+                reason, _, total = _row(
+                    mask[i], alive[i], ok, health[i], breaker[i], p50[i], p99[i], r, cost[i],
+                    gpu[i], max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no, tolerance,
+                    latency_scale, cost_scale, w,
+                )  # fmt: skip
+                out_reasons[i] = reason
+                out_scores[i] = total if reason == REASON_OK else np.nan
+        else:
+            for i in range(start, stop):
+                r = region[i]
+                # Range-checked because bounds checks are off: an id the table
+                # does not know fails closed to INTERNAL.
+                level = clearance[r] if r >= 0 and r < n_regions else DEFAULT_CLEARANCE
+                reason, _, total = _row(
+                    mask[i], alive[i], level >= privacy, health[i], breaker[i], p50[i], p99[i],
+                    r, cost[i], gpu[i], max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no,
+                    tolerance, latency_scale, cost_scale, w,
+                )  # fmt: skip
+                out_reasons[i] = reason
+                out_scores[i] = total if reason == REASON_OK else np.nan
+        for i in range(start, stop):
+            if out_reasons[i] == REASON_OK:
+                total = out_scores[i]
+                divisor = _load_divisor(inflight[i], load_penalty)
+                if _ranks_higher(total, divisor, best_total, best_divisor):
+                    best, best_total, best_divisor = i, total, divisor
+    return best
+
+
+@jit(warm=lambda: _warm_examples(components=True))
+def _components_kernel(
+    n: int,
+    health: Any,
+    p50: Any,
+    p99: Any,
+    region: Any,
+    cost: Any,
+    gpu: Any,
+    inflight: Any,
+    breaker: Any,
+    alive: Any,
+    mask: Any,
+    clearance: Any,
+    weights: Any,
+    params: Any,
+    out_components: Any,
+    out_scores: Any,
+    out_reasons: Any,
+) -> int:
+    """:func:`_score_kernel` plus every node's component breakdown.
+
+    For ``router.candidates()``, not the hot path. Components are written for
+    every node, eligible or not (an ineligible node's privacy component is 0.0
+    when its region is not cleared, its health component 0.0 when unhealthy);
+    scores, reasons and the choice are exactly those of :func:`_score_kernel`.
+
+    Parameters
+    ----------
+    n, health, p50, p99, region, cost, gpu, inflight, breaker, alive, mask, clearance, \
+weights, params
+        As in :func:`_score_kernel`.
+    out_components : ndarray of float64, shape (>= n, 6)
+        Receives each node's components in ``W_*`` order.
+    out_scores, out_reasons : ndarray
+        As in :func:`_score_kernel`.
+
+    Returns
+    -------
+    int
+        The chosen node, or -1 when none is eligible.
+    """
+    (privacy, max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no, tolerance, latency_scale,
+     cost_scale, load_penalty, w, _, _) = _request(
+        weights, params, clearance)  # fmt: skip
+    n_regions = clearance.shape[0]
+    best = -1
+    best_total, best_divisor = -1.0, 1.0
+    for i in range(n):
+        r = region[i]
+        level = clearance[r] if r >= 0 and r < n_regions else DEFAULT_CLEARANCE
+        reason, s, total = _row(
+            mask[i], alive[i], level >= privacy, health[i], breaker[i], p50[i], p99[i], r,
+            cost[i], gpu[i], max_latency, origin, loc_yes, loc_no, gpu_yes, gpu_no, tolerance,
+            latency_scale, cost_scale, w,
+        )  # fmt: skip
+        for k in range(N_WEIGHTS):
+            out_components[i, k] = s[k]
+        out_reasons[i] = reason
+        if reason != REASON_OK:
+            out_scores[i] = np.nan
+            continue
+        out_scores[i] = total
+        divisor = _load_divisor(inflight[i], load_penalty)
+        if _ranks_higher(total, divisor, best_total, best_divisor):
+            best, best_total, best_divisor = i, total, divisor
+    return best
+
+
+# --------------------------------------------------------------------------
+# Node data.
+
+# The kernels' leading arguments: n and the node columns, in signature order.
+KernelColumns = tuple[
+    int,
+    npt.NDArray[np.int8],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int8],
+    npt.NDArray[np.uint8],
+]
+
+# name, dtype, value of a fresh slot
+_COLUMNS: tuple[tuple[str, type[np.generic], float | int], ...] = (
+    ("health", np.int8, HEALTH_UNKNOWN),
+    ("p50", np.float64, math.nan),
+    ("p99", np.float64, math.nan),
+    ("region", np.int32, 0),
+    ("cost", np.float64, 0.0),
+    ("gpu", np.uint8, 0),
+    ("inflight", np.int32, 0),
+    ("breaker", np.int8, BREAKER_CLOSED),
+    ("alive", np.uint8, 0),
+)
+
+
+def _check_level(level: object, what: str) -> int:
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise TypeError(f"{what}: expected an int clearance level 0-3, got {level!r}")
+    if not 0 <= int(level) <= _MAX_LEVEL:
+        raise ValueError(f"{what}: expected a clearance level 0-3, got {level!r}")
+    return int(level)
+
+
+class NodeArrays:
+    """Node data as struct-of-arrays, one slot per node, grown by doubling.
+
+    The router owns one and writes node columns in place on every report
+    (``arrays.p50[slot] = 0.045``). The columns are read-only attributes so
+    their dtypes cannot change under the kernels, but :meth:`add_node` may
+    replace every column with a larger copy: re-read them after it.
+
+    Columns (all of length :attr:`capacity`, slots ``0..n-1`` in use):
+    ``health`` int8, ``p50`` / ``p99`` float64 seconds, ``region`` int32,
+    ``cost`` float64, ``gpu`` uint8, ``inflight`` int32, ``breaker`` int8,
+    ``alive`` uint8. ``clearance`` int8 is indexed by region id.
+
+    Parameters
+    ----------
+    capacity : int
+        Slots allocated up front (>= 1).
+    """
+
+    __slots__ = ("_alive", "_breaker", "_clearance", "_cost", "_gpu", "_health", "_inflight", "_n",
+                 "_p50", "_p99", "_region")  # fmt: skip
+    _n: int
+    _health: npt.NDArray[np.int8]
+    _p50: npt.NDArray[np.float64]
+    _p99: npt.NDArray[np.float64]
+    _region: npt.NDArray[np.int32]
+    _cost: npt.NDArray[np.float64]
+    _gpu: npt.NDArray[np.uint8]
+    _inflight: npt.NDArray[np.int32]
+    _breaker: npt.NDArray[np.int8]
+    _alive: npt.NDArray[np.uint8]
+    _clearance: npt.NDArray[np.int8]
+
+    def __init__(self, capacity: int = 64) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity: expected an int >= 1, got {capacity!r}")
+        self._n = 0
+        for name, dtype, fresh in _COLUMNS:
+            setattr(self, "_" + name, np.full(capacity, fresh, dtype=dtype))
+        self._clearance = np.zeros(0, dtype=np.int8)
+
+    # Read-only column attributes (written element-wise, never rebound).
+    @property
+    def health(self) -> npt.NDArray[np.int8]:
+        """``HEALTH_*`` code per slot."""
+        return self._health
+
+    @property
+    def p50(self) -> npt.NDArray[np.float64]:
+        """Median latency per slot, seconds (NaN: no samples)."""
+        return self._p50
+
+    @property
+    def p99(self) -> npt.NDArray[np.float64]:
+        """99th-percentile latency per slot, seconds (NaN: no samples)."""
+        return self._p99
+
+    @property
+    def region(self) -> npt.NDArray[np.int32]:
+        """Region id per slot."""
+        return self._region
+
+    @property
+    def cost(self) -> npt.NDArray[np.float64]:
+        """Price per slot (NaN: not announced)."""
+        return self._cost
+
+    @property
+    def gpu(self) -> npt.NDArray[np.uint8]:
+        """1 for a GPU node."""
+        return self._gpu
+
+    @property
+    def inflight(self) -> npt.NDArray[np.int32]:
+        """Requests in flight per slot."""
+        return self._inflight
+
+    @property
+    def breaker(self) -> npt.NDArray[np.int8]:
+        """``BREAKER_*`` state per slot."""
+        return self._breaker
+
+    @property
+    def alive(self) -> npt.NDArray[np.uint8]:
+        """1 while the node's heartbeat is fresh."""
+        return self._alive
+
+    @property
+    def clearance(self) -> npt.NDArray[np.int8]:
+        """Clearance level (0-3) by region id."""
+        return self._clearance
+
+    @property
+    def n(self) -> int:
+        """Slots in use."""
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated."""
+        return int(self._health.shape[0])
+
+    @property
+    def n_regions(self) -> int:
+        """Regions known (the length of :attr:`clearance`)."""
+        return int(self._clearance.shape[0])
+
+    def add_node(self) -> int:
+        """Take the next slot, doubling every column when full.
+
+        Returns
+        -------
+        int
+            The new slot: health UNKNOWN, p50/p99 NaN, breaker CLOSED, not
+            alive, no requests in flight, cost 0, no GPU, region 0.
+        """
+        slot = self._n
+        if slot == self.capacity:
+            grown = 2 * slot
+            for name, dtype, fresh in _COLUMNS:
+                old = getattr(self, "_" + name)
+                new = np.full(grown, fresh, dtype=dtype)
+                new[:slot] = old
+                setattr(self, "_" + name, new)
+        else:
+            # Slots are never handed out twice, but a caller may have written
+            # past n; a new node must not inherit that.
+            for name, _dtype, fresh in _COLUMNS:
+                getattr(self, "_" + name)[slot] = fresh
+        self._n = slot + 1
+        return slot
+
+    def add_region(self, clearance: int = DEFAULT_CLEARANCE) -> int:
+        """Register a region and give it a clearance level.
+
+        Parameters
+        ----------
+        clearance : int
+            0 (PUBLIC) .. 3 (RESTRICTED); INTERNAL unless configured.
+
+        Returns
+        -------
+        int
+            The new region id (ids count up from 0).
+        """
+        level = _check_level(clearance, "clearance")
+        self._clearance = np.append(self._clearance, np.int8(level))
+        return self.n_regions - 1
+
+    def set_clearance(self, region_id: int, level: int) -> None:
+        """Change a region's clearance level.
+
+        Parameters
+        ----------
+        region_id : int
+            An id returned by :meth:`add_region`.
+        level : int
+            0 (PUBLIC) .. 3 (RESTRICTED).
+        """
+        checked = _check_level(level, "level")
+        if (
+            isinstance(region_id, bool)
+            or not isinstance(region_id, (int, np.integer))
+            or not 0 <= region_id < self.n_regions
+        ):
+            raise ValueError(
+                f"region_id: expected an int in 0..{self.n_regions - 1}, got {region_id!r}"
+            )
+        self._clearance[region_id] = checked
+
+    def kernel_columns(self) -> KernelColumns:
+        """``(n, health, p50, p99, region, cost, gpu, inflight, breaker, alive)``.
+
+        The kernels' leading arguments, in order. The tuple holds the current
+        column objects: take a new one after :meth:`add_node`.
+        """
+        return (self._n, self._health, self._p50, self._p99, self._region, self._cost,
+                self._gpu, self._inflight, self._breaker, self._alive)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"NodeArrays(n={self._n}, capacity={self.capacity}, regions={self.n_regions})"
+
+
+# --------------------------------------------------------------------------
+# Validation and public wrappers.
+
+_F64 = np.dtype(np.float64)
+_I8 = np.dtype(np.int8)
+_U8 = np.dtype(np.uint8)
+_BOOL = np.dtype(np.bool_)
+
+
+def _describe(a: object) -> str:
+    if isinstance(a, np.ndarray):
+        extra = "" if a.flags.c_contiguous else " (not C-contiguous)"
+        if not a.flags.writeable:
+            extra += " (read-only)"
+        return f"{a.dtype} array of shape {a.shape}{extra}"
+    return repr(a) if a is None else f"{type(a).__name__} {a!r}"[:120]
+
+
+def _vector(
+    name: str, a: object, dtype: np.dtype[Any], length: int, exact: bool, out: bool
+) -> None:
+    ok = (
+        type(a) is np.ndarray
+        and a.dtype == dtype
+        and a.ndim == 1
+        and (a.shape[0] == length if exact else a.shape[0] >= length)
+        and a.flags.c_contiguous
+        and (a.flags.writeable or not out)
+    )
+    if not ok:
+        size = f"length {length}" if exact else f"length >= {length}"
+        kind = "writeable C-contiguous" if out else "C-contiguous"
+        raise ValueError(f"{name}: expected {kind} {dtype} array of {size}, got {_describe(a)}")
+
+
+def _as_mask(mask: object) -> Any:
+    # A bool mask is the same bytes as a uint8 one; viewing it is free.
+    if type(mask) is np.ndarray and mask.dtype == _BOOL:
+        return mask.view(np.uint8)
+    return mask
+
+
+def check_weights(weights: object) -> None:
+    """Reject weights the kernels cannot use.
+
+    Parameters
+    ----------
+    weights : ndarray of float64, shape (6,)
+        Component weights in ``W_*`` order.
+
+    Raises
+    ------
+    ValueError
+        Wrong dtype/shape, or a weight that is NaN, infinite or negative
+        (named by index and component), or all weights zero.
+    """
+    _vector("weights", weights, _F64, N_WEIGHTS, exact=True, out=False)
+    values = cast("npt.NDArray[np.float64]", weights).tolist()
+    for k, w in enumerate(values):
+        if not 0.0 <= w < _INF:
+            raise ValueError(
+                f"weights[{k}] ({WEIGHT_NAMES[k]}): expected a finite number >= 0, got {w!r}"
+            )
+    if not any(values):
+        raise ValueError(f"weights: expected at least one weight > 0, got {values!r}")
+    if not sum(values) < _INF:
+        raise ValueError(f"weights: expected a finite sum, got {values!r}")
+
+
+def check_params(params: object) -> None:
+    """Reject a request vector the kernels cannot use.
+
+    Parameters
+    ----------
+    params : ndarray of float64, shape (8,)
+        Request vector in ``P_*`` order (see :func:`make_params`).
+
+    Raises
+    ------
+    ValueError
+        Wrong dtype/shape, or an entry out of its range (named by index and field).
+    """
+    _vector("params", params, _F64, N_PARAMS, exact=True, out=False)
+    (privacy, max_latency, origin, prefer_gpu, tolerance, latency_scale, cost_scale,
+     load_penalty) = cast("npt.NDArray[np.float64]", params).tolist()  # fmt: skip
+
+    def bad(k: int, expected: str, got: float) -> ValueError:
+        return ValueError(f"params[{k}] ({PARAM_NAMES[k]}): expected {expected}, got {got!r}")
+
+    if privacy not in (0.0, 1.0, 2.0, 3.0):
+        raise bad(P_PRIVACY, "a privacy level 0, 1, 2 or 3", privacy)
+    if not max_latency > 0.0:
+        raise bad(P_MAX_LATENCY, "seconds > 0 (inf for no limit)", max_latency)
+    if not (origin == -1.0 or (0.0 <= origin < 2.0**31 and origin == math.floor(origin))):
+        raise bad(P_ORIGIN, "a region id >= 0, or -1 for none", origin)
+    if prefer_gpu not in (0.0, 1.0):
+        raise bad(P_PREFER_GPU, "0 or 1", prefer_gpu)
+    if not 0.0 <= tolerance <= 100.0:
+        raise bad(P_COST_TOLERANCE, "a number in 0..100", tolerance)
+    if not 0.0 < latency_scale < _INF:
+        raise bad(P_LATENCY_SCALE, "finite seconds > 0", latency_scale)
+    if not 0.0 < cost_scale < _INF:
+        raise bad(P_COST_SCALE, "a finite number > 0", cost_scale)
+    if not 0.0 <= load_penalty < _INF:
+        raise bad(P_LOAD_PENALTY, "a finite number >= 0", load_penalty)
+
+
+def check_buffers(
+    arrays: NodeArrays,
+    mask: object,
+    out_scores: object,
+    out_reasons: object,
+    out_components: object = None,
+) -> None:
+    """Check the per-call arrays against ``arrays.n``.
+
+    The node columns themselves need no check: :class:`NodeArrays` fixes
+    their dtypes and keeps them all of one length.
+
+    Parameters
+    ----------
+    arrays : NodeArrays
+        The node data.
+    mask : ndarray of uint8
+        Length >= ``arrays.n``.
+    out_scores : ndarray of float64
+        Writeable, length >= ``arrays.n``.
+    out_reasons : ndarray of int8
+        Writeable, length >= ``arrays.n``.
+    out_components : ndarray of float64, shape (>= n, 6), optional
+        Checked when given.
+
+    Raises
+    ------
+    ValueError
+        Naming the first array with the wrong dtype, shape or layout.
+    """
+    if not isinstance(arrays, NodeArrays):
+        raise ValueError(f"arrays: expected a NodeArrays, got {type(arrays).__name__}")
+    n = arrays._n
+    _vector("mask", mask, _U8, n, exact=False, out=False)
+    _vector("out_scores", out_scores, _F64, n, exact=False, out=True)
+    _vector("out_reasons", out_reasons, _I8, n, exact=False, out=True)
+    if out_components is not None:
+        a = out_components
+        if not (
+            type(a) is np.ndarray
+            and a.dtype == _F64
+            and a.ndim == 2
+            and a.shape[0] >= n
+            and a.shape[1] == N_WEIGHTS
+            and a.flags.c_contiguous
+            and a.flags.writeable
+        ):
+            raise ValueError(
+                "out_components: expected writeable C-contiguous float64 array of shape "
+                f"(>= {n}, {N_WEIGHTS}), got {_describe(a)}"
+            )
+
+
+_LEVELS = frozenset((0.0, 1.0, 2.0, 3.0))
+_FLAGS = frozenset((0.0, 1.0))
+
+
+def _valid_call(
+    n: int, mask: Any, weights: Any, params: Any, out_scores: Any, out_reasons: Any
+) -> bool:
+    """Everything :func:`score_nodes` must check, as one expression.
+
+    The wrapper's fast path: False sends it to :func:`check_buffers`,
+    :func:`check_weights` and :func:`check_params`, which say what is wrong.
+    One expression instead of those three calls halves the wrapper's cost
+    (still ~1-2 µs: the router validates once and calls the kernel itself).
+    """
+    if not (
+        type(mask) is np.ndarray
+        and type(out_scores) is np.ndarray
+        and type(out_reasons) is np.ndarray
+        and type(weights) is np.ndarray
+        and type(params) is np.ndarray
+        # Identity, not equality: builtin dtypes are singletons, and an equal
+        # but distinct dtype object just takes the slow path.
+        and mask.dtype is _U8
+        and out_scores.dtype is _F64
+        and out_reasons.dtype is _I8
+        and weights.dtype is _F64
+        and params.dtype is _F64
+        and mask.ndim == 1
+        and out_scores.ndim == 1
+        and out_reasons.ndim == 1
+        and mask.shape[0] >= n
+        and out_scores.shape[0] >= n
+        and out_reasons.shape[0] >= n
+        and weights.shape == (N_WEIGHTS,)
+        and params.shape == (N_PARAMS,)
+        and mask.flags.c_contiguous
+        and weights.flags.c_contiguous
+        and params.flags.c_contiguous
+    ):
+        return False
+    flags = out_scores.flags
+    if not (flags.c_contiguous and flags.writeable):
+        return False
+    flags = out_reasons.flags
+    if not (flags.c_contiguous and flags.writeable):
+        return False
+    w0, w1, w2, w3, w4, w5 = weights.tolist()
+    if not (
+        0.0 <= w0 < _INF
+        and 0.0 <= w1 < _INF
+        and 0.0 <= w2 < _INF
+        and 0.0 <= w3 < _INF
+        and 0.0 <= w4 < _INF
+        and 0.0 <= w5 < _INF
+        and 0.0 < w0 + w1 + w2 + w3 + w4 + w5 < _INF
+    ):
+        return False
+    privacy, max_latency, origin, prefer_gpu, tolerance, lscale, cscale, penalty = params.tolist()
+    return bool(
+        privacy in _LEVELS
+        and max_latency > 0.0
+        and (origin == -1.0 or (0.0 <= origin < 2.0**31 and origin == math.floor(origin)))
+        and prefer_gpu in _FLAGS
+        and 0.0 <= tolerance <= 100.0
+        and 0.0 < lscale < _INF
+        and 0.0 < cscale < _INF
+        and 0.0 <= penalty < _INF
+    )
+
+
+def score_nodes(
+    arrays: NodeArrays,
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    weights: npt.NDArray[np.float64],
+    params: npt.NDArray[np.float64],
+    out_scores: npt.NDArray[np.float64] | None = None,
+    out_reasons: npt.NDArray[np.int8] | None = None,
+) -> int:
+    """Score every node for one request and choose one.
+
+    Parameters
+    ----------
+    arrays : NodeArrays
+        The node data.
+    mask : ndarray of uint8 (or bool)
+        1 for nodes that serve the request's capability/model; length >= n.
+    weights : ndarray of float64, shape (6,)
+        Component weights (see :func:`make_weights`).
+    params : ndarray of float64, shape (8,)
+        Request vector (see :func:`make_params`).
+    out_scores : ndarray of float64, optional
+        Receives total scores (NaN when ineligible); allocated when omitted.
+    out_reasons : ndarray of int8, optional
+        Receives ``REASON_*`` codes; allocated when omitted.
+
+    Returns
+    -------
+    int
+        The chosen slot, or -1 when no node is eligible.
+
+    Raises
+    ------
+    ValueError
+        Any input of the wrong dtype, shape or range, before any scoring.
+    """
+    n = arrays.n if isinstance(arrays, NodeArrays) else 0
+    if out_scores is None:
+        out_scores = np.empty(n, dtype=np.float64)
+    if out_reasons is None:
+        out_reasons = np.empty(n, dtype=np.int8)
+    mask = _as_mask(mask)
+    if type(arrays) is not NodeArrays or not _valid_call(
+        n, mask, weights, params, out_scores, out_reasons
+    ):
+        check_buffers(arrays, mask, out_scores, out_reasons)
+        check_weights(weights)
+        check_params(params)
+    return int(_score_kernel(*arrays.kernel_columns(), mask, arrays._clearance, weights, params,
+                             out_scores, out_reasons))  # fmt: skip
+
+
+def score_components(
+    arrays: NodeArrays,
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    weights: npt.NDArray[np.float64],
+    params: npt.NDArray[np.float64],
+    out_components: npt.NDArray[np.float64] | None = None,
+    out_scores: npt.NDArray[np.float64] | None = None,
+    out_reasons: npt.NDArray[np.int8] | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int8], int]:
+    """Score every node with its per-component breakdown (``router.candidates()``).
+
+    Parameters
+    ----------
+    arrays, mask, weights, params
+        As in :func:`score_nodes`.
+    out_components : ndarray of float64, shape (>= n, 6), optional
+        Receives components in ``W_*`` order; allocated when omitted.
+    out_scores, out_reasons : ndarray, optional
+        As in :func:`score_nodes`.
+
+    Returns
+    -------
+    components : ndarray of float64, shape (n, 6)
+    scores : ndarray of float64, shape (n,)
+        NaN for ineligible nodes.
+    reasons : ndarray of int8, shape (n,)
+    best : int
+        The chosen slot (the same as :func:`score_nodes`), or -1.
+
+    Raises
+    ------
+    ValueError
+        Any input of the wrong dtype, shape or range, before any scoring.
+    """
+    n = arrays.n if isinstance(arrays, NodeArrays) else 0
+    if out_components is None:
+        out_components = np.empty((n, N_WEIGHTS), dtype=np.float64)
+    if out_scores is None:
+        out_scores = np.empty(n, dtype=np.float64)
+    if out_reasons is None:
+        out_reasons = np.empty(n, dtype=np.int8)
+    mask = _as_mask(mask)
+    check_buffers(arrays, mask, out_scores, out_reasons, out_components)
+    check_weights(weights)
+    check_params(params)
+    best = int(_components_kernel(*arrays.kernel_columns(), mask, arrays._clearance, weights,
+                                  params, out_components, out_scores, out_reasons))  # fmt: skip
+    return out_components[:n], out_scores[:n], out_reasons[:n], best
+
+
+def make_weights(
+    *,
+    health: float = 2.0,
+    latency: float = 1.0,
+    privacy: float = 1.0,
+    locality: float = 1.0,
+    cost: float = 1.0,
+    gpu: float = 0.0,
+) -> npt.NDArray[np.float64]:
+    """Build and check a weight vector (defaults: the SPEC's ``enterprise_default()``).
+
+    Returns
+    -------
+    ndarray of float64, shape (6,)
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_weights`.
+    """
+    weights = np.array([health, latency, privacy, locality, cost, gpu], dtype=np.float64)
+    check_weights(weights)
+    return weights
+
+
+def make_params(
+    *,
+    privacy: int = 1,
+    max_latency: float | None = None,
+    origin: int = -1,
+    prefer_gpu: bool = False,
+    cost_tolerance: float = 50.0,
+    latency_scale: float = 0.25,
+    cost_scale: float = 1.0,
+    load_penalty: float = 0.0,
+    out: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.float64]:
+    """Build and check a request vector.
+
+    Parameters
+    ----------
+    privacy : int
+        The request's privacy level, 0 (PUBLIC) .. 3 (RESTRICTED).
+    max_latency : float, optional
+        Largest acceptable p50 in seconds; None for no limit.
+    origin : int
+        The request's origin region id, -1 for none.
+    prefer_gpu : bool
+        Favour GPU nodes.
+    cost_tolerance : float
+        0 prefers the cheapest node, 100 the fastest.
+    latency_scale : float
+        Latency (seconds) that scores 0.5.
+    cost_scale : float
+        Price that scores 0.5 on cheapness.
+    load_penalty : float
+        Discount per in-flight request when choosing.
+    out : ndarray of float64, shape (8,), optional
+        Filled in place (reused per request) instead of allocating.
+
+    Returns
+    -------
+    ndarray of float64, shape (8,)
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_params`.
+    """
+    params = np.empty(N_PARAMS, dtype=np.float64) if out is None else out
+    values = (privacy, _INF if max_latency is None else max_latency, origin, bool(prefer_gpu),
+              cost_tolerance, latency_scale, cost_scale, load_penalty)  # fmt: skip
+    for k, v in enumerate(values):
+        params[k] = float(v)
+    check_params(params)
+    return params
