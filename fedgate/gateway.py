@@ -116,6 +116,9 @@ class GatewayConfig:
         How often heartbeats and stalls are checked.
     recent_routes : int
         Routing decisions kept for the dashboard.
+    max_queued : int
+        Requests that may wait for a free node slot when every eligible node
+        is at its concurrency limit; one more is a :class:`BackpressureError`.
     """
 
     max_retries: int = 3
@@ -130,6 +133,7 @@ class GatewayConfig:
     stall_timeout: float | None = None
     monitor_interval: float = 0.05
     recent_routes: int = 256
+    max_queued: int = 10_000
 
     def __post_init__(self) -> None:
         _count("max_retries", self.max_retries)
@@ -150,6 +154,7 @@ class GatewayConfig:
         _count("send_hwm", self.send_hwm, 1)
         _count("stream_buffer", self.stream_buffer, 1)
         _count("recent_routes", self.recent_routes, 0)
+        _count("max_queued", self.max_queued, 0)
         object.__setattr__(
             self, "stall_timeout", _finite("stall_timeout", self.stall_timeout, allow_none=True)
         )
@@ -256,6 +261,11 @@ class _Worker:
         self.pid = msg.pid
         self.alive = True
         self.attempts: dict[str, _Attempt] = {}
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Lost:
@@ -456,6 +466,7 @@ class Gateway:
         self._stale = self._malformed = self._cancels_sent = self._cancel_acks = 0
         self._refused = 0
         self._hooks: list[TransitionHook] = []
+        self._capacity_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         self._per_tenant: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).
@@ -713,6 +724,7 @@ class Gateway:
         worker = att.worker
         if worker.attempts.pop(att.rid, None) is not None:
             self.router.release(worker.node)
+            self._wake_one()
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None
@@ -720,6 +732,37 @@ class Gateway:
             with contextlib.suppress(FederationError):
                 self._send(worker.identity, wire.encode(wire.Cancel(att.rid, att.number)))
                 self._cancels_sent += 1
+
+    async def _wait_for_capacity(self, deadline: float) -> bool:
+        """Queue until a node slot is released (True) or the deadline / queue bound hits (False)."""
+        waiters = self._capacity_waiters
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        if len(waiters) >= self.config.max_queued or now >= deadline:
+            return False
+        fut: asyncio.Future[None] = loop.create_future()
+        waiters.append(fut)
+        # A released slot may suit another capability than this request's: re-check
+        # on a short timer too, so a mismatched wake-up never strands a waiter.
+        timer = loop.call_at(min(deadline, now + 0.05), _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                waiters.remove(fut)
+        return loop.time() < deadline
+
+    def _wake_one(self) -> None:
+        waiters = self._capacity_waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     def _send(self, identity: bytes, frame: bytes) -> None:
         sock = self._sock
@@ -1021,6 +1064,13 @@ class _Call:
             while True:
                 try:
                     decision = gw.router.route(req, exclude=self._exclude())
+                except BackpressureError as exc:
+                    # Every eligible node is at its concurrency limit: wait in the
+                    # bounded admission queue for a slot, within the deadline.
+                    if await gw._wait_for_capacity(self.deadline):
+                        continue
+                    lc.to(_S.FAILED)
+                    raise self._final_error(exc) from exc
                 except FederationError as exc:
                     lc.to(_S.FAILED)
                     raise self._final_error(exc) from exc

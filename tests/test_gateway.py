@@ -19,6 +19,7 @@ import zmq.asyncio
 
 from fedgate import (
     AllNodesUnhealthyError,
+    BackpressureError,
     Capability,
     DeadlineExceededError,
     InferenceRequest,
@@ -306,3 +307,26 @@ async def test_concurrent_requests_spread_over_equal_nodes() -> None:
         counts = [served(x) for x in w.values()]
         assert max(counts) <= 2 * 90 / 3, counts
 
+
+
+async def test_saturated_nodes_queue_requests_until_a_slot_frees() -> None:
+    opts = {"tokens": 2, "ttft": 0.01}
+    async with federation({"node": "a", "options": opts, "max_concurrency": 2}) as (gw, workers):
+        results = await asyncio.gather(*(gw.infer(req(f"q{i}")) for i in range(20)))
+        assert [r.tokens for r in results] == [2] * 20
+        assert served(workers["a"]) == 20 and gw.stats().failed_requests == 0
+        assert "overloaded" not in workers["a"].stats.errors
+
+
+async def test_admission_queue_is_bounded() -> None:
+    config = GatewayConfig(max_queued=0, request_timeout=5.0)
+    opts = {"tokens": 2, "ttft": 0.2}
+    async with federation({"node": "a", "options": opts, "max_concurrency": 1}, config=config) as (
+        gw,
+        workers,
+    ):
+        outcomes = await asyncio.gather(
+            *(gw.infer(req(f"b{i}")) for i in range(3)), return_exceptions=True
+        )
+        assert sum(isinstance(o, BackpressureError) for o in outcomes) == 2
+        assert served(workers["a"]) == 1
