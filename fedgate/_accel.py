@@ -12,6 +12,7 @@ normal install whose compiled modules did not load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from types import ModuleType
 
@@ -33,10 +34,8 @@ def _load(compiled: bool) -> tuple[ModuleType, ModuleType]:
 def twins() -> dict[str, tuple[ModuleType, ModuleType]]:
     """Both implementations that can load here, by name ("compiled", "pure")."""
     found = {"pure": _load(False)}
-    try:
+    with contextlib.suppress(ImportError):
         found["compiled"] = _load(True)
-    except ImportError:
-        pass
     return found
 
 

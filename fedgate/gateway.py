@@ -36,7 +36,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -519,7 +519,7 @@ class Gateway:
             self._ctx = None
             raise OSError(f"cannot bind {endpoint!r}: {exc}") from exc
         self._sock = sock
-        self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)  # type: ignore[arg-type]
         self._monitor = asyncio.create_task(self._monitor_loop(), name="fedgate-monitor")
         self._on_readable()
         log.info("gateway %s listening on %s", self.gateway_id, ", ".join(self._endpoints))
@@ -537,7 +537,7 @@ class Gateway:
                 await self._monitor
         await asyncio.sleep(0)  # let callers observe their failed attempts
         assert self._loop is not None
-        self._loop.remove_reader(sock.getsockopt(zmq.FD))
+        self._loop.remove_reader(sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
         sock.close(0)
         self._sock = None
         if self._ctx is not None:
@@ -783,11 +783,13 @@ class Gateway:
 
     # ------------------------------------------------------------- socket side
     def _schedule_drain(self) -> None:
-        if not self._drain_pending and self._sock is not None:
-            if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self._drain_pending = True
-                assert self._loop is not None
-                self._loop.call_soon(self._on_readable)
+        sock = self._sock
+        if not self._drain_pending and sock is not None and (
+            cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        ):
+            self._drain_pending = True
+            assert self._loop is not None
+            self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
         self._drain_pending = False
@@ -827,36 +829,37 @@ class Gateway:
     def _dispatch(self, identity: bytes, msg: wire.WorkerMessage) -> None:
         kind = type(msg)
         if kind is wire.Partial or kind is wire.Final or kind is wire.Error:
-            att = self._attempts.get(msg.rid)  # type: ignore[union-attr]
+            frame = cast("wire.Partial | wire.Final | wire.Error", msg)
+            att = self._attempts.get(frame.rid)
             # Fencing: a frame must come from the worker the attempt was sent to, for
             # the current attempt number; anything else belongs to an abandoned attempt.
-            if att is None or att.number != msg.attempt or att.worker.identity != identity:  # type: ignore[union-attr]
+            if att is None or att.number != frame.attempt or att.worker.identity != identity:
                 self._stale += 1
-                if kind is wire.Error and msg.code == wire.ERR_CANCELLED:  # type: ignore[union-attr]
+                if kind is wire.Error and cast(wire.Error, frame).code == wire.ERR_CANCELLED:
                     self._cancel_acks += 1
                 return
             if kind is wire.Partial:
-                att.buffered += len(msg.tokens)  # type: ignore[union-attr]
+                att.buffered += len(cast(wire.Partial, frame).tokens)
                 if att.buffered > self.config.stream_buffer:
                     att.push(_OVERFLOW)
                     return
-            att.push(msg)
-        elif kind is wire.Heartbeat:
+            att.push(frame)
+        elif isinstance(msg, wire.Heartbeat):
             worker = self._by_identity.get(identity)
-            if worker is None or worker.worker_id != msg.worker_id or not worker.alive:  # type: ignore[union-attr]
+            if worker is None or worker.worker_id != msg.worker_id or not worker.alive:
                 self._try_send(identity, wire.Reannounce())
                 return
             self.health.heartbeat(worker.node)
-        elif kind is wire.Ready:
-            self._register(identity, msg)  # type: ignore[arg-type]
-        elif kind is wire.Disconnect:
+        elif isinstance(msg, wire.Ready):
+            self._register(identity, msg)
+        elif isinstance(msg, wire.Disconnect):
             worker = self._by_identity.get(identity)
-            if worker is not None and worker.worker_id == msg.worker_id:  # type: ignore[union-attr]
+            if worker is not None and worker.worker_id == msg.worker_id:
                 # Draining: no new work; its in-flight requests still finish or fail explicitly.
                 self.router.set_alive(worker.node, False)
                 log.info(
                     "worker %s (%s) disconnecting: %s", worker.node, worker.worker_id, msg.reason
-                )  # type: ignore[union-attr]
+                )
 
     def _try_send(self, identity: bytes, msg: wire.Message) -> None:
         with contextlib.suppress(FederationError):

@@ -295,7 +295,10 @@ class Reannounce(_Msg, tag=10):
 
 
 class Disconnect(_Msg, tag=11):
-    """worker → gateway: clean shutdown. No new requests; heartbeats go on while in-flight work drains."""
+    """worker → gateway: clean shutdown.
+
+    No new requests; heartbeats go on while in-flight work drains.
+    """
 
     node: Id
     worker_id: WorkerId

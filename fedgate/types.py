@@ -152,7 +152,11 @@ class QoSRequirements:
         object.__setattr__(self, "max_latency", _optional_positive(self.max_latency, "max_latency"))
         if self.min_throughput is not None:
             mt = self.min_throughput
-            if isinstance(mt, bool) or not isinstance(mt, (int, float)) or not (0 <= mt < float("inf")):
+            if (
+                isinstance(mt, bool)
+                or not isinstance(mt, (int, float))
+                or not (0 <= mt < float("inf"))
+            ):
                 raise ValueError(f"min_throughput: expected a finite number >= 0, got {mt!r}")
         object.__setattr__(self, "privacy", PrivacyLevel.parse(self.privacy))
         if not isinstance(self.prefer_gpu, bool):
@@ -249,4 +253,6 @@ class Region:
         if self.cost is not None:
             c = self.cost
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf"):
-                raise ValueError(f"region {self.id!r} cost: expected a finite number >= 0, got {c!r}")
+                raise ValueError(
+                    f"region {self.id!r} cost: expected a finite number >= 0, got {c!r}"
+                )

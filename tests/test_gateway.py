@@ -32,7 +32,7 @@ from fedgate import (
 )
 from fedgate.backends.base import BackendRequest, backend_failure
 from fedgate.backends.synthetic import synthetic_token
-from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
+from fedgate.breaker import CircuitBreaker, CircuitState
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.health import HealthChecker, HealthConfig
 from fedgate.statemachine import RequestState

@@ -23,7 +23,9 @@ def test_compiled_core_loaded_in_a_normal_install() -> None:
 
 
 def test_no_extensions_switch_forces_the_pure_twins() -> None:
-    code = "from fedgate import _accel; print(_accel.IMPLEMENTATION, _accel.LatencyTable.__module__)"
+    code = (
+        "from fedgate import _accel; print(_accel.IMPLEMENTATION, _accel.LatencyTable.__module__)"
+    )
     env = {**os.environ, "FEDGATE_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
