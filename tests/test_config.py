@@ -252,6 +252,7 @@ BAD = [
     ("[gateway]\nsend_hwm = 1.5", "gateway.send_hwm", "1.5"),
     ("[gateway]\nstream_buffer = 0", "gateway.stream_buffer", "0"),
     ("[gateway]\nrecent_routes = -1", "gateway.recent_routes", "-1"),
+    ("[gateway]\nmax_queued = -1", "gateway.max_queued", "-1"),
     ("[gateway]\nmax_retries = -1", "gateway.max_retries", "-1"),
     ("[gateway]\nretry_budget_ratio = 1.5", "gateway.retry_budget_ratio", "1.5"),
     # [retry]
