@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +52,23 @@ while True:
 """
 """A ROUTER that sends every message straight back (run with ``python -c``)."""
 
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _new_loop(uvloop: bool) -> asyncio.AbstractEventLoop:
+    if uvloop:
+        import uvloop as _uvloop
+
+        return _uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 _REQUEST = InferenceRequest(Capability.GENERATE, b"x", request_id="bench-0")
 # Run the children from the checkout, so they import the fedgate being measured.
 _REPO = Path(__file__).resolve().parent.parent
@@ -69,9 +87,14 @@ class Rig:
     it from synchronous code (asv and pytest-benchmark call plain functions).
     """
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, *, uvloop: bool | None = None) -> None:
         self.workers = workers
-        self.loop = asyncio.new_event_loop()
+        # uvloop (when installed) on both sides, for ours and the baseline alike:
+        # FEDGATE_BENCH_UVLOOP=0 measures the stock asyncio loop instead.
+        if uvloop is None:
+            uvloop = os.environ.get("FEDGATE_BENCH_UVLOOP", "1") != "0" and _has_uvloop()
+        self.uvloop = uvloop
+        self.loop = _new_loop(uvloop)
         self.gateway: Gateway | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.echo: subprocess.Popen[bytes] | None = None
@@ -85,6 +108,13 @@ class Rig:
         )
 
     # ------------------------------------------------------------------ lifecycle
+    def worker_flags(self, index: int) -> list[str]:
+        """Flags of worker ``index``: zero-delay synthetic, one token."""
+        return [
+            "--region", "us-west-2", "--model", "m", "--capability", "generate",
+            "--tokens", "1", "--log-level", "WARNING",
+        ]  # fmt: skip
+
     def start(self) -> Rig:
         try:
             self.loop.run_until_complete(self._start())
@@ -102,10 +132,10 @@ class Rig:
         )
         await gateway.start()  # compiles the routing kernels (seconds, once per process)
         self.gateway = gateway
-        flags = "--region us-west-2 --model m --capability generate --tokens 1 --log-level WARNING"
         for i in range(self.workers):
             argv = ["-m", "fedgate.worker", "--gateway", gateway.endpoints[0], "--node", f"b{i}"]
-            self.procs.append(_spawn(*argv, *flags.split()))
+            flags = self.worker_flags(i) + (["--uvloop"] if self.uvloop else [])
+            self.procs.append(_spawn(*argv, *flags))
         await gateway.wait_for_workers(self.workers, timeout=30.0)
 
         self.echo = _spawn("-c", ECHO_SERVER, stdout=subprocess.PIPE)

@@ -66,6 +66,11 @@ __all__ = ["Gateway", "GatewayBuilder", "GatewayConfig", "GatewayStats", "NodeSt
 log = logging.getLogger("fedgate.gateway")
 
 _S = RequestState
+# Plain ints: zmq's flag enums cost an enum construction per operation.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def _finite(name: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
@@ -287,6 +292,8 @@ class _Attempt:
 
     __slots__ = (
         "buffered",
+        "closed",
+        "deadline",
         "inbox",
         "last_frame",
         "number",
@@ -307,6 +314,8 @@ class _Attempt:
         self.buffered = 0
         self.last_frame = 0.0
         self.started = 0.0
+        self.deadline = 0.0
+        self.closed = False
 
     def push(self, event: Any) -> None:
         self.inbox.append(event)
@@ -452,9 +461,14 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._drain_pending = False
+        self._check_pending = False
         self._by_identity: dict[bytes, _Worker] = {}
         self._by_node: dict[NodeId, _Worker] = {}
         self._attempts: dict[str, _Attempt] = {}
+        # Open attempts in deadline order (see _watch_deadline).
+        self._deadlines: collections.deque[_Attempt] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = math.inf  # when _deadline_timer fires
         self._rng = random.Random()
         self._breaker_trips_at_start = breaker.trips
         # Counters (read by stats()).
@@ -536,6 +550,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
         await asyncio.sleep(0)  # let callers observe their failed attempts
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         assert self._loop is not None
         self._loop.remove_reader(sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
         sock.close(0)
@@ -710,7 +728,8 @@ class Gateway:
         )
         self._send(worker.identity, frame)  # raises before anything is registered
         att.started = att.last_frame = now
-        att.timer = loop.call_at(call.deadline, att.push, _TIMEOUT)
+        att.deadline = call.deadline
+        self._watch_deadline(att)
         self._attempts[call.rid] = att
         worker.attempts[call.rid] = att
         self.router.acquire(worker.node)
@@ -725,6 +744,7 @@ class Gateway:
         if worker.attempts.pop(att.rid, None) is not None:
             self.router.release(worker.node)
             self._wake_one()
+        att.closed = True  # the deadline watch skips it from now on
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None
@@ -732,6 +752,56 @@ class Gateway:
             with contextlib.suppress(FederationError):
                 self._send(worker.identity, wire.encode(wire.Cancel(att.rid, att.number)))
                 self._cancels_sent += 1
+
+    def _watch_deadline(self, att: _Attempt) -> None:
+        """Fail ``att`` with a timeout at its deadline, unless it is closed first.
+
+        Deadlines mostly arrive in order (one request_timeout for all), so the
+        open attempts wait in one FIFO behind a single loop timer: no timer
+        handle per request, and no heap of cancelled ones. An attempt whose
+        deadline is earlier than the newest watched one gets a timer of its own.
+        """
+        loop = self._loop
+        assert loop is not None
+        watched = self._deadlines
+        while watched and watched[0].closed:
+            watched.popleft()
+        if watched and att.deadline < watched[-1].deadline:
+            att.timer = loop.call_at(att.deadline, att.push, _TIMEOUT)
+            return
+        if len(watched) > 64 and len(watched) > 2 * len(self._attempts):
+            # Closed attempts stuck behind a long-lived one at the head: bounded
+            # memory, at most twice the attempts in flight.
+            watched = self._deadlines = collections.deque(a for a in watched if not a.closed)
+        watched.append(att)
+        # The head holds the earliest deadline; the timer may still be set for a
+        # later one (its attempts closed and were pruned): bring it forward.
+        head = watched[0].deadline
+        timer = self._deadline_timer
+        if timer is None or head < self._deadline_at:
+            if timer is not None:
+                timer.cancel()
+            self._deadline_at = head
+            self._deadline_timer = loop.call_at(head, self._expire_deadlines)
+
+    def _expire_deadlines(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._deadline_timer = None
+        watched = self._deadlines
+        # The loop may run a timer up to its clock resolution early.
+        now = loop.time() + 1e-6
+        while watched:
+            att = watched[0]
+            if att.closed:
+                watched.popleft()
+            elif att.deadline <= now:
+                watched.popleft()
+                att.push(_TIMEOUT)
+            else:
+                self._deadline_at = att.deadline
+                self._deadline_timer = loop.call_at(att.deadline, self._expire_deadlines)
+                return
 
     async def _wait_for_capacity(self, deadline: float) -> bool:
         """Queue until a node slot is released (True) or the deadline / queue bound hits (False)."""
@@ -769,7 +839,12 @@ class Gateway:
         if sock is None:
             raise NodeUnreachableError("gateway is not running")
         try:
-            sock.send_multipart((identity, frame), zmq.NOBLOCK)
+            # Two plain sends with precomputed int flags: send_multipart builds
+            # flag enums per frame. ROUTER_MANDATORY and a full pipe both fail on
+            # the identity frame, before anything is queued; once it is accepted
+            # the message is atomic.
+            sock.send(identity, _SNDMORE_NOBLOCK)
+            sock.send(frame, _NOBLOCK)
         except zmq.Again:
             raise BackpressureError(
                 f"send queue to worker {identity!r} is full ({self.config.send_hwm} frames)"
@@ -778,14 +853,23 @@ class Gateway:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise NodeUnreachableError(f"worker {identity!r} is not connected") from None
             raise
-        # A send can consume the socket's edge-triggered read notification.
-        self._schedule_drain()
+        # A send can consume the socket's edge-triggered read notification: look
+        # at the socket once before the loop next sleeps (one look for all the
+        # sends of this iteration, not one getsockopt per send).
+        if not self._check_pending:
+            self._check_pending = True
+            assert self._loop is not None
+            self._loop.call_soon(self._after_sends)
 
     # ------------------------------------------------------------- socket side
+    def _after_sends(self) -> None:
+        self._check_pending = False
+        self._schedule_drain()
+
     def _schedule_drain(self) -> None:
         sock = self._sock
         if not self._drain_pending and sock is not None and (
-            cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+            cast(int, sock.getsockopt(_EVENTS)) & _POLLIN
         ):
             self._drain_pending = True
             assert self._loop is not None
@@ -796,19 +880,27 @@ class Gateway:
         sock = self._sock
         if sock is None:
             return
-        recv = sock.recv_multipart
+        recv = sock.recv
+        decode = wire.decode_worker_message
+        dispatch = self._dispatch
+        max_bytes = self.config.max_frame_bytes
         # Bounded batch: a flood of frames must not starve the callers' tasks.
         for _ in range(4096):
             try:
-                frames = recv(zmq.NOBLOCK)
+                identity = recv(_NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 2:
+            # A ROUTER message is [identity, payload, ...] with at least one part
+            # after the identity. The payload comes as a zmq.Frame only to read
+            # its "more" flag without a getsockopt call.
+            part = recv(_NOBLOCK, copy=False)
+            if part.more:
+                while recv(_NOBLOCK, copy=False).more:
+                    pass  # read and drop the rest, so the next message starts clean
                 self._malformed += 1
                 continue
-            identity, payload = frames
             try:
-                msg = wire.decode_worker_message(payload, self.config.max_frame_bytes)
+                msg = decode(part.bytes, max_bytes)
             except wire.ProtocolError as exc:
                 self._malformed += 1
                 if self._malformed <= 10 or self._malformed % 1000 == 0:
@@ -819,7 +911,7 @@ class Gateway:
                         exc,
                     )
                 continue
-            self._dispatch(identity, msg)
+            dispatch(identity, msg)
         self._schedule_drain()
         if not self._drain_pending:
             self._drain_pending = True

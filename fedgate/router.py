@@ -577,10 +577,13 @@ class Router:
             if s is None:
                 raise ValueError(f"node: expected a node known to the router, got {node!r}")
             inflight = self._arrays.inflight
-            inflight[s] += 1
-            if self._max_concurrency[s]:
+            count = int(inflight[s]) + 1
+            inflight[s] = count
+            limit = self._max_concurrency[s]
+            # Saturation changes only when the count crosses the limit.
+            if limit and (count >= limit) != (s in self._saturated):
                 self._update_saturation(s)
-            return int(inflight[s])
+            return count
 
     def release(self, node: NodeId) -> int:
         """Count one request fewer in flight on ``node``; returns the new count.
@@ -593,12 +596,14 @@ class Router:
         with self._lock:
             s = self._slot_of.get(node)
             inflight = self._arrays.inflight
-            if s is None or inflight[s] <= 0:
+            count = -1 if s is None else int(inflight[s]) - 1
+            if s is None or count < 0:
                 raise ValueError(f"release: expected a request in flight on {node!r}, got none")
-            inflight[s] -= 1
-            if self._max_concurrency[s]:
+            inflight[s] = count
+            limit = self._max_concurrency[s]
+            if limit and (count >= limit) != (s in self._saturated):
                 self._update_saturation(s)
-            return int(inflight[s])
+            return count
 
     def inflight(self, node: NodeId) -> int:
         """Requests in flight on ``node`` (0 for an unknown node)."""

@@ -61,7 +61,9 @@ async def federation(
         GatewayBuilder()
         .bind("tcp://127.0.0.1:*")
         .config(config or GatewayConfig(request_timeout=5.0, retry_delay=0.01))
-        .health(HealthChecker(HealthConfig(heartbeat_interval=0.1, heartbeat_liveness=3)))
+        # Generous liveness: these workers share the test's loop, and nothing here
+        # tests death detection (test_gateway_process.py does, with real processes).
+        .health(HealthChecker(HealthConfig(heartbeat_interval=0.1, heartbeat_liveness=20)))
         .regions(*regions)
     )
     if breaker is not None:

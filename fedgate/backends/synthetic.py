@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
+from ..errors import WorkerError
 from .base import BackendRequest, backend_failure, bad_input
 
 __all__ = [
@@ -216,6 +217,29 @@ class SyntheticBackend:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise bad_input(f"synthetic: max_tokens: expected an int >= 0, got {n!r}")
         return min(n, MAX_TOKENS)
+
+    def complete(self, req: BackendRequest) -> list[list[bytes]] | None:
+        """The chunks :meth:`generate` would yield, when it would yield them without waiting.
+
+        At full speed (no time to first token, no token rate, no fault armed) and
+        for at most one chunk, the whole answer is known now: the worker sends it
+        without starting a task. Anything else (a delay, a fault, a longer
+        generation that must let other work run between chunks, or input that
+        :meth:`generate` would reject) returns None and takes the general path.
+        """
+        if self.ttft or self.token_rate or self._after or self._block_seconds:
+            return None
+        try:
+            total = self.length(req)
+        except WorkerError:
+            return None  # generate() reports it, typed
+        start = req.resume_from
+        if start > total or total - start > MAX_CHUNK_TOKENS:
+            return None
+        if total == start:
+            return []
+        rid = req.request_id
+        return [[synthetic_token(rid, j) for j in range(start, total)]]
 
     async def generate(self, req: BackendRequest) -> AsyncIterator[list[bytes]]:
         """Yield the tokens of ``req`` from ``req.resume_from``, in due-time chunks."""

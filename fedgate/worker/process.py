@@ -15,6 +15,16 @@ Partial per chunk of tokens, then Final; every reply goes back on the socket
 the request came from. Cancel and the attempt's deadline cancel the task, which
 answers Error ``cancelled`` / ``deadline``. Exactly one Final or Error answers
 every accepted Request — even a request cancelled before its task first ran.
+A backend that can hand over its whole answer at once (``complete(req)``, as
+the synthetic backend at full speed does) is answered inline, with the same
+frames and no task: nothing is left to cancel or time out.
+
+The sockets are plain pyzmq sockets read from the loop's file-descriptor
+callback (no future per message, no task per socket) and written with
+non-blocking sends. A frame the socket cannot take yet waits in the link's
+backlog, in order, and the task that sent it waits until it has left
+(backpressure: a slow gateway slows the backend down; the backlog holds at
+most one frame per task plus the newest control frame).
 
 Stopping (:meth:`Worker.stop`, SIGTERM/SIGINT in the CLI): send Disconnect,
 accept nothing new (Error ``shutdown``), stop heartbeating, let in-flight
@@ -27,12 +37,13 @@ loop died.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
@@ -234,23 +245,61 @@ class WorkerStats:
     tokens_sent: int = 0
 
 
+class _Out:
+    """A frame the socket could not take at once, queued behind the ones before it.
+
+    ``frame`` becomes None when its sender withdrew it (a cancelled reply, a
+    heartbeat replaced by a newer one); ``waiter`` is resolved once it is handed
+    to libzmq (or the link closes).
+    """
+
+    __slots__ = ("frame", "waiter")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame: bytes | None = frame
+        self.waiter: asyncio.Future[None] | None = None
+
+
 class _Link:
-    """One gateway: its socket and registration state."""
+    """One gateway: its socket, registration state and send backlog."""
 
-    __slots__ = ("endpoint", "fire_pending", "gateway_id", "index", "refused", "sock", "welcomed")
+    __slots__ = (
+        "backlog",
+        "closed",
+        "drain_pending",
+        "endpoint",
+        "fd",
+        "fire_pending",
+        "gateway_id",
+        "index",
+        "refused",
+        "retry",
+        "retry_delay",
+        "sock",
+        "welcomed",
+    )
 
-    def __init__(self, index: int, endpoint: str, sock: zmq.asyncio.Socket) -> None:
+    def __init__(self, index: int, endpoint: str, sock: zmq.Socket[Any]) -> None:
         self.index = index
         self.endpoint = endpoint
         self.sock = sock
+        self.fd = cast(int, sock.getsockopt(zmq.FD))
         self.welcomed = False
         self.refused = False
+        self.closed = False
         self.gateway_id: str | None = None
-        self.fire_pending: asyncio.Future[Any] | None = None
+        self.fire_pending: _Out | None = None
+        # Frames waiting for the socket (bounded: every task waits for its own
+        # frame to leave before it produces the next, and control frames replace
+        # each other). Empty on the fast path.
+        self.backlog: collections.deque[_Out] = collections.deque()
+        self.drain_pending = False
+        self.retry: asyncio.TimerHandle | None = None
+        self.retry_delay = _RETRY_MIN
 
 
 class _Active:
-    """One request attempt being served."""
+    """One request attempt being served by a task."""
 
     __slots__ = ("deadline", "key", "link", "reason", "replied", "started", "task", "timer")
 
@@ -265,11 +314,19 @@ class _Active:
         self.timer: asyncio.TimerHandle | None = None
 
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    # Fire-and-forget sends: a failure (socket closed at shutdown, EAGAIN) is
-    # expected and must not surface as "exception was never retrieved".
-    if not fut.cancelled():
-        fut.exception()
+# Plain ints: zmq's flag enums cost a construction per call.
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+# Receive batch per loop callback: a flood of requests must not starve the
+# tasks already serving (nor the heartbeat).
+_RECV_BATCH = 512
+# While a frame waits for a blocked socket, its file descriptor normally says
+# when it can go; a timer retries too (backing off), in case a wake-up was
+# consumed by another call on the socket.
+_RETRY_MIN = 0.001
+_RETRY_MAX = 0.1
 
 
 class Worker:
@@ -282,7 +339,7 @@ class Worker:
     backend : Backend, optional
         A ready backend; by default one is built from ``config.backend`` and
         ``config.backend_options`` (now, so bad options fail before any socket).
-    context : zmq.asyncio.Context, optional
+    context : zmq.Context or zmq.asyncio.Context, optional
         Share a context (needed for ``inproc://`` gateways); by default the
         worker owns one and terminates it when it stops.
 
@@ -303,7 +360,7 @@ class Worker:
         config: WorkerConfig,
         *,
         backend: Backend | None = None,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[Any] | zmq.asyncio.Context | None = None,
     ) -> None:
         if not isinstance(config, WorkerConfig):
             raise TypeError(f"config: expected a WorkerConfig, got {type(config).__name__}")
@@ -334,6 +391,14 @@ class Worker:
         self._task: asyncio.Task[int] | None = None
         self._last_malformed_log = -math.inf
         self._ready_frame = b""
+        # A backend that can answer some requests without waiting (the synthetic
+        # one at full speed) serves them inline, without a task (see _on_request).
+        complete = getattr(self.backend, "complete", None)
+        self._complete: Callable[[BackendRequest], list[list[bytes]] | None] | None = (
+            complete if callable(complete) else None
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failure: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"Worker(node={self.config.node!r}, worker_id={self.worker_id!r})"
@@ -399,10 +464,15 @@ class Worker:
         self._ran = True
         cfg = self.config
         own_context = self._context is None
-        ctx = zmq.asyncio.Context() if own_context else self._context
-        assert ctx is not None
+        # Plain (synchronous) sockets read from the loop's file-descriptor
+        # callback: no future per receive or send, no task per socket. A shared
+        # asyncio context is shadowed, so inproc:// endpoints still meet.
+        ctx: zmq.Context[Any] = (
+            zmq.Context() if self._context is None else zmq.Context.shadow(self._context)
+        )
         background: list[asyncio.Task[None]] = []
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self._failure = loop.create_future()
         try:
             for index, endpoint in enumerate(cfg.gateways):
                 self._links.append(_Link(index, endpoint, self._socket(ctx, endpoint)))
@@ -432,19 +502,18 @@ class Worker:
                 ", ".join(cfg.gateways),
             )
             for link in self._links:
+                loop.add_reader(link.fd, self._on_readable, link)
                 self._fire(link, self._ready_frame)
                 self.stats.readies_sent += 1
-            background = [loop.create_task(self._receive(link)) for link in self._links]
             background.append(loop.create_task(self._heartbeat()))
             self._started.set()
             stop_wait = loop.create_task(self._stop.wait())
-            done, _ = await asyncio.wait(
-                [stop_wait, *background], return_when=asyncio.FIRST_COMPLETED
-            )
+            watched: list[asyncio.Future[Any]] = [stop_wait, self._failure, *background]
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             stop_wait.cancel()
             if stop_wait not in done:
-                for task in done:
-                    exc = None if task.cancelled() else task.exception()
+                for fut in done:
+                    exc = None if fut.cancelled() else fut.exception()
                     log.error("worker loop ended unexpectedly: %r", exc, exc_info=exc)
                 self._exit_code = EXIT_FAILED
                 self._drain = False
@@ -460,7 +529,7 @@ class Worker:
                 await asyncio.wait(leftovers, timeout=1.0)
             linger = int(cfg.close_linger * 1000)
             for link in self._links:
-                link.sock.close(linger=linger)
+                self._close_link(link, linger)
             try:
                 await self.backend.aclose()
             except Exception:
@@ -470,9 +539,9 @@ class Worker:
         log.info("worker %s stopped (exit status %d)", self.worker_id, self._exit_code)
         return self._exit_code
 
-    def _socket(self, ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    def _socket(self, ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
         cfg = self.config
-        sock = ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
@@ -489,6 +558,23 @@ class Worker:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
         sock.connect(endpoint)
         return sock
+
+    def _close_link(self, link: _Link, linger: int) -> None:
+        if link.closed:
+            return
+        # Last chance for queued replies (Disconnect, shutdown errors) to leave.
+        self._flush(link)
+        link.closed = True
+        if link.retry is not None:
+            link.retry.cancel()
+            link.retry = None
+        if self._loop is not None:
+            self._loop.remove_reader(link.fd)
+        for out in link.backlog:
+            if out.waiter is not None and not out.waiter.done():
+                out.waiter.set_result(None)
+        link.backlog.clear()
+        link.sock.close(linger=linger)
 
     async def _shutdown(self) -> None:
         self._draining = True
@@ -549,6 +635,91 @@ class Worker:
                 self._fire(link, self._ready_frame)
                 self.stats.readies_sent += 1
 
+    # --- sending -------------------------------------------------------------
+
+    def _send(self, link: _Link, frame: bytes) -> _Out | None:
+        """Hand ``frame`` to libzmq now, or queue it behind the frames before it.
+
+        Returns None when it left at once (the fast path: one non-blocking send,
+        nothing allocated), else its place in the link's backlog.
+        """
+        if not link.backlog and not link.closed:
+            try:
+                link.sock.send(frame, _NOBLOCK)
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return None  # closing: nothing can be sent any more
+                raise
+            else:
+                # A send may consume the socket's edge-triggered read
+                # notification: look at the socket once more this loop iteration.
+                if not link.drain_pending:
+                    link.drain_pending = True
+                    cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
+                return None
+        out = _Out(frame)
+        if link.closed:
+            return out
+        link.backlog.append(out)
+        self._arm_retry(link)
+        if not link.drain_pending:
+            # The failed send may have consumed a notification: look once more soon.
+            link.drain_pending = True
+            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
+        return out
+
+    async def _sent(self, link: _Link, out: _Out) -> None:
+        """Wait until a queued frame has left; cancelled, it is withdrawn unsent."""
+        if out.frame is None or link.closed:  # already sent, withdrawn, or never will be
+            return
+        fut = out.waiter = cast(asyncio.AbstractEventLoop, self._loop).create_future()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            out.frame = None
+            raise
+
+    def _flush(self, link: _Link) -> None:
+        """Send queued frames in order until the socket is full again."""
+        backlog = link.backlog
+        if link.closed:
+            return
+        sock = link.sock
+        while backlog:
+            out = backlog[0]
+            frame = out.frame
+            if frame is not None:
+                try:
+                    sock.send(frame, _NOBLOCK)
+                except zmq.Again:
+                    self._arm_retry(link)
+                    return
+                except zmq.ZMQError as exc:
+                    if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                        return
+                    raise
+                out.frame = None  # sent: nothing left to withdraw
+            backlog.popleft()
+            waiter = out.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        link.retry_delay = _RETRY_MIN
+        if link.retry is not None:
+            link.retry.cancel()
+            link.retry = None
+
+    def _arm_retry(self, link: _Link) -> None:
+        if link.retry is None and not link.closed:
+            loop = cast(asyncio.AbstractEventLoop, self._loop)
+            link.retry = loop.call_later(link.retry_delay, self._retry, link)
+            link.retry_delay = min(_RETRY_MAX, link.retry_delay * 2)
+
+    def _retry(self, link: _Link) -> None:
+        link.retry = None
+        self._on_readable(link)
+
     def _fire(self, link: _Link, frame: bytes) -> None:
         """Send a periodic or control frame without waiting.
 
@@ -557,44 +728,72 @@ class Worker:
         one pending frame, not one per interval.
         """
         pending = link.fire_pending
-        if pending is not None and not pending.done():
-            pending.cancel()
-        fut = cast("asyncio.Future[Any]", link.sock.send(frame))
-        if fut.done():
-            _consume(fut)
-            link.fire_pending = None
-        else:
-            fut.add_done_callback(_consume)
-            link.fire_pending = fut
+        if pending is not None:
+            pending.frame = None
+        link.fire_pending = self._send(link, frame)
 
     def _reply_later(self, link: _Link, msg: Error) -> None:
         """Send a reply from synchronous code (it may wait for the socket; never replaced)."""
         self.stats.errors[msg.code] = self.stats.errors.get(msg.code, 0) + 1
-        fut = cast("asyncio.Future[Any]", link.sock.send(encode(msg)))
-        if fut.done():
-            _consume(fut)
-        else:
-            fut.add_done_callback(_consume)
+        self._send(link, encode(msg))
 
     # --- receiving -----------------------------------------------------------
 
-    async def _receive(self, link: _Link) -> None:
-        recv = link.sock.recv_multipart
+    def _on_readable(self, link: _Link) -> None:
+        """The socket's file descriptor fired (or a send asked for a look): drain it."""
+        if link.closed:
+            link.drain_pending = False
+            return
+        # Sends made while draining need no look of their own: the drain ends
+        # with a receive that finds nothing, which is that look.
+        link.drain_pending = True
+        try:
+            self._read_link(link)
+            if link.backlog and not link.closed:
+                self._settle(link)
+        finally:
+            link.drain_pending = False
+
+    def _settle(self, link: _Link) -> None:
+        """Frames still queued after a drain: make sure no wake-up was lost.
+
+        The drain's last receive may have consumed the "writable again"
+        notification, and the flush's sends a "readable" one: ask the socket
+        what it can do now (ZMQ_EVENTS) and look again if anything is due.
+        """
+        self._flush(link)
+        if link.closed:
+            return
+        events = cast(int, link.sock.getsockopt(_EVENTS))
+        if events & _POLLIN or (link.backlog and events & _POLLOUT):
+            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
+
+    def _read_link(self, link: _Link) -> None:
+        if link.backlog:
+            self._flush(link)
+        recv = link.sock.recv
         max_bytes = self.config.max_frame_bytes
         on_request = self._on_request
         on_cancel = self._on_cancel
-        while True:
+        for _ in range(_RECV_BATCH):
             try:
-                frames = await recv()
+                # A zmq.Frame, only to read its "more" flag without a getsockopt.
+                part = recv(_NOBLOCK, copy=False)
+                if part.more:
+                    parts = 2
+                    while recv(_NOBLOCK, copy=False).more:
+                        parts += 1
+                    self._malformed(link, f"expected 1 frame per message, got {parts}")
+                    continue
+            except zmq.Again:
+                return
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     return
-                raise
-            if len(frames) != 1:
-                self._malformed(link, f"expected 1 frame per message, got {len(frames)}")
-                continue
+                self._fail(exc)
+                return
             try:
-                msg = decode_gateway_message(frames[0], max_bytes)
+                msg = decode_gateway_message(part.bytes, max_bytes)
             except ProtocolError as exc:
                 self._malformed(link, str(exc))
                 continue
@@ -610,6 +809,16 @@ class Worker:
                 log.exception(
                     "worker failed to handle %s from %s", type(msg).__name__, link.endpoint
                 )
+            if link.closed:
+                return
+        # Batch full: more may be waiting, and the descriptor will not fire for it.
+        cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The receive side broke: run() ends with EXIT_FAILED."""
+        failure = self._failure
+        if failure is not None and not failure.done():
+            failure.set_exception(exc)
 
     def _malformed(self, link: _Link, why: str) -> None:
         self.stats.malformed_frames += 1
@@ -685,13 +894,51 @@ class Worker:
         if why is not None:
             self._reply_later(link, error(rid, attempt, ERR_UNSUPPORTED, why))
             return
+        req = BackendRequest(
+            msg.request_id,
+            msg.capability,
+            msg.input,
+            msg.tenant,
+            msg.model if msg.model is not None else self._default_model,
+            msg.resume_from,
+            msg.stream,
+        )
+        # Inline when the backend has the whole answer now and the socket is not
+        # backed up (then the reply must wait its turn, which takes a task):
+        # nothing to cancel and no deadline to run, so no task, no timer.
+        complete = self._complete
+        if complete is not None and not link.backlog:
+            chunks = complete(req)
+            if chunks is not None:
+                self._answer_now(link, msg, chunks)
+                return
         entry = _Active(link, key, msg.deadline)
         self._active[key] = entry
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._serve(entry, msg))
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        task = loop.create_task(self._serve(entry, msg, req))
         entry.task = task
         entry.timer = loop.call_later(msg.deadline, self._cancel, entry, ERR_DEADLINE)
         task.add_done_callback(functools.partial(self._finish, entry))
+
+    def _answer_now(self, link: _Link, msg: Request, chunks: list[list[bytes]]) -> None:
+        """Reply to a request whose chunks are all known: the frames _serve would send."""
+        rid = msg.rid
+        attempt = msg.attempt
+        index = msg.resume_from
+        send = self._send
+        if msg.stream:
+            for chunk in chunks:
+                if chunk:
+                    send(link, encode(Partial(rid, attempt, index, chunk)))
+                    index += len(chunk)
+            output = b""
+        else:
+            parts = [token for chunk in chunks for token in chunk]
+            index += len(parts)
+            output = b"".join(parts)
+        self.stats.tokens_sent += index - msg.resume_from
+        send(link, encode(Final(rid, attempt, index, output)))
+        self.stats.completed += 1
 
     def _unsupported(self, msg: Request) -> str | None:
         if msg.capability not in self._capabilities:
@@ -722,20 +969,12 @@ class Worker:
 
     # --- serving one request -------------------------------------------------
 
-    async def _serve(self, entry: _Active, msg: Request) -> None:
+    async def _serve(self, entry: _Active, msg: Request, req: BackendRequest) -> None:
         rid = msg.rid
         attempt = msg.attempt
-        send = entry.link.sock.send
+        link = entry.link
+        send = self._send
         stats = self.stats
-        req = BackendRequest(
-            msg.request_id,
-            msg.capability,
-            msg.input,
-            msg.tenant,
-            msg.model if msg.model is not None else self._default_model,
-            msg.resume_from,
-            msg.stream,
-        )
         index = msg.resume_from
         try:
             chunks = self.backend.generate(req)
@@ -745,7 +984,11 @@ class Worker:
                         if not chunk:
                             continue
                         entry.started = True
-                        await send(encode(Partial(rid, attempt, index, chunk)))
+                        # Backpressure: a frame the socket cannot take yet is
+                        # waited for before the backend produces the next.
+                        out = send(link, encode(Partial(rid, attempt, index, chunk)))
+                        if out is not None:
+                            await self._sent(link, out)
                         index += len(chunk)
                     output = b""
                 else:
@@ -760,9 +1003,12 @@ class Worker:
                 if aclose is not None:
                     await aclose()
             # The deadline still runs while Final waits for the socket: past it the
-            # gateway has given up on this attempt, and Error "deadline" says so.
+            # gateway has given up on this attempt, and Error "deadline" says so
+            # (the Final is withdrawn unsent).
             stats.tokens_sent += index - msg.resume_from
-            await send(encode(Final(rid, attempt, index, output)))
+            out = send(link, encode(Final(rid, attempt, index, output)))
+            if out is not None:
+                await self._sent(link, out)
             entry.replied = True
             stats.completed += 1
             return
@@ -777,7 +1023,9 @@ class Worker:
                 rid, attempt, ERR_BACKEND, f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
             )
         stats.tokens_sent += index - msg.resume_from
-        await send(encode(reply))
+        out = send(link, encode(reply))
+        if out is not None:
+            await self._sent(link, out)
         entry.replied = True
         stats.errors[reply.code] = stats.errors.get(reply.code, 0) + 1
 

@@ -1,0 +1,176 @@
+"""asv: gateway memory with 10 000 registered nodes and 1 000 streams in flight.
+
+The scenario runs in a fresh interpreter (``python -m benchmarks.memory``), so
+its resident set is the gateway's alone:
+
+1. import fedgate and compile the routing kernels: the **baseline** RSS (the
+   floor any gateway process pays before it knows a single node);
+2. start a gateway and register ``nodes`` nodes through the gateway's own
+   handling of Ready frames (as if that many workers had announced
+   themselves: catalog, health, breaker, router arrays, worker records), in
+   eight regions, serving ``embed``;
+3. start two real synthetic worker processes serving ``generate`` (slow
+   streams: 2 tokens/s, up to 1 000 at once each) and open ``streams``
+   concurrent ``infer_stream()`` calls, each reading its tokens as they come;
+4. once every stream has delivered its first token, read the process's RSS
+   (``VmRSS``) and its peak (``VmHWM``).
+
+It prints one JSON line: ``{"baseline_mb", "rss_mb", "peak_mb", "nodes", "streams"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GatewayMemory", "measure", "rss_mb"]
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MB, from /proc (Linux)."""
+    fields: dict[str, float] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+async def _scenario(nodes: int, streams: int, baseline: float) -> dict[str, Any]:
+    from fedgate import protocol as wire
+    from fedgate.gateway import GatewayBuilder, GatewayConfig
+    from fedgate.types import Capability, InferenceRequest
+
+    gateway = (
+        GatewayBuilder()
+        .bind("tcp://127.0.0.1:*")
+        .config(GatewayConfig(request_timeout=600.0, monitor_interval=0.5))
+        .build()
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    await gateway.start()
+    try:
+        for i in range(nodes):
+            ready = wire.Ready(
+                f"fake-{i:05d}", f"region-{i % 8}", f"{i:016x}", ["embedder"], ["embed"],
+                i % 2 == 0, 1.0, 64, True, 3600.0, 1, "bench",
+            )  # fmt: skip
+            # Through the gateway's own frame handling, as if the Ready had arrived.
+            gateway._dispatch(f"fake-{i}".encode(), ready)
+        for i in range(2):
+            argv = [
+                sys.executable, "-m", "fedgate.worker", "--gateway", gateway.endpoints[0],
+                "--node", f"slow{i}", "--region", "us-west-2", "--model", "m",
+                "--capability", "generate", "--tokens", "65536", "--token-rate", "2",
+                "--max-concurrency", "1000", "--log-level", "WARNING",
+            ]  # fmt: skip
+            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=_REPO))
+        await gateway.wait_for_workers(2 + nodes, timeout=60.0)
+
+        first = 0
+        all_started = asyncio.Event()
+        stop = asyncio.Event()
+
+        async def reader(i: int) -> None:
+            nonlocal first
+            request = InferenceRequest(Capability.GENERATE, b"", request_id=f"m{i}")
+            started = False
+            async for _token in gateway.infer_stream(request):
+                if not started:
+                    started = True
+                    first += 1
+                    if first == streams:
+                        all_started.set()
+                if stop.is_set():
+                    break
+
+        tasks = [asyncio.create_task(reader(i)) for i in range(streams)]
+        await asyncio.wait_for(all_started.wait(), timeout=120.0)
+        in_flight = gateway.stats().active_streams
+        rss, peak = rss_mb()
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        registered = len(gateway.router.nodes())
+    finally:
+        await gateway.stop()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return {
+        "baseline_mb": round(baseline, 1),
+        "rss_mb": round(rss, 1),
+        "peak_mb": round(peak, 1),
+        "nodes": registered,
+        "streams": in_flight,
+    }
+
+
+def _main(nodes: int, streams: int) -> None:
+    logging.basicConfig(level=logging.ERROR)
+    import fedgate.gateway  # noqa: F401  (the imports every gateway pays)
+    from fedgate._jit import warm_up
+
+    warm_up()
+    baseline, _ = rss_mb()
+    try:
+        import uvloop
+
+        run: Any = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    print(json.dumps(run(_scenario(nodes, streams, baseline))), flush=True)
+
+
+def measure(nodes: int = 10_000, streams: int = 1_000) -> dict[str, Any]:
+    """Run the scenario in a fresh interpreter; its JSON result as a dict."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", str(nodes), str(streams)],
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(_REPO)},
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"memory scenario failed ({out.returncode}): {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+# --------------------------------------------------------------------------- asv
+
+
+class GatewayMemory:
+    """RSS (MB) of a gateway with 10 000 nodes and 1 000 streams, beside the bare imports."""
+
+    timeout = 300.0
+    number = 1
+    repeat = 1
+
+    def setup_cache(self) -> dict[str, Any]:
+        return measure()
+
+    def track_gateway_rss_mb(self, result: dict[str, Any]) -> float:
+        return float(result["rss_mb"])
+
+    def track_baseline_rss_mb(self, result: dict[str, Any]) -> float:
+        return float(result["baseline_mb"])
+
+    track_gateway_rss_mb.unit = "MB"  # type: ignore[attr-defined]
+    track_baseline_rss_mb.unit = "MB"  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    _main(int(sys.argv[1]), int(sys.argv[2]))
