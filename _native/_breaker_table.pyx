@@ -219,6 +219,21 @@ cdef int brk_step_failure(uint64_t word, uint64_t now, const BreakerConfig *cfg,
     return _TRIPPED if fg_brk_state(new_word[0]) == FG_BRK_OPEN else _NONE
 
 
+cdef int brk_step_release(uint64_t word, uint64_t now, const BreakerConfig *cfg,
+                          uint64_t *new_word) noexcept nogil:
+    # A probe that ends with no verdict on the node (the client cancelled, the
+    # input was bad): give its slot back so the next call can probe instead of
+    # waiting for probe_timeout to count it as a failure.
+    cdef uint64_t w = brk_settle(word, now, cfg)
+    cdef unsigned probes = fg_brk_probes(w)
+    new_word[0] = w
+    if fg_brk_state(w) != FG_BRK_HALF_OPEN or probes == 0:
+        return _REOPENED if w != word else _NONE
+    new_word[0] = fg_brk_pack(FG_BRK_HALF_OPEN, fg_brk_failures(w), probes - 1,
+                              fg_brk_successes(w), fg_brk_level(w), fg_brk_deadline(w))
+    return _NONE
+
+
 # A step that leaves the word unchanged writes nothing, so a rejected call on
 # an OPEN node is a single load.
 
@@ -251,6 +266,16 @@ cdef int brk_record_failure(fg_brk_atomic *word, uint64_t now,
     cdef int transition
     while True:
         transition = brk_step_failure(old, now, cfg, &new)
+        if new == old or fg_brk_cas(word, &old, new):
+            return transition
+
+
+cdef int brk_release(fg_brk_atomic *word, uint64_t now, const BreakerConfig *cfg) noexcept nogil:
+    cdef uint64_t old = fg_brk_load(word)
+    cdef uint64_t new
+    cdef int transition
+    while True:
+        transition = brk_step_release(old, now, cfg, &new)
         if new == old or fg_brk_cas(word, &old, new):
             return transition
 
@@ -479,6 +504,20 @@ cdef class BreakerTable:
         cdef int transition
         with nogil:
             transition = brk_record_failure(word, t, &self._cfg)
+        return transition
+
+    def release(self, Py_ssize_t slot, double now):
+        """Give back a half-open probe slot without a verdict; return the transition code.
+
+        For a probe that ended for a reason that says nothing about the node
+        (a client's cancel, bad input). Anything but HALF_OPEN with probes in
+        flight is left as it is.
+        """
+        cdef fg_brk_atomic *word = self._word(slot)
+        cdef uint64_t t = self._now(now)
+        cdef int transition
+        with nogil:
+            transition = brk_release(word, t, &self._cfg)
         return transition
 
     def run_batch(self, ops, slots, nows, decisions, transitions):

@@ -242,6 +242,17 @@ def _step_failure(word: int, now: int, cfg: _Config) -> tuple[int, int]:
     return new, TRIPPED if _state(new) == OPEN else NO_TRANSITION
 
 
+def _step_release(word: int, now: int, cfg: _Config) -> tuple[int, int]:
+    """(new word, transition): give back a half-open probe slot without a verdict."""
+    w = _settle(word, now, cfg)
+    probes = _probes(w)
+    if _state(w) != HALF_OPEN or probes == 0:
+        return w, REOPENED if w != word else NO_TRANSITION
+    return _pack(HALF_OPEN, _failures(w), probes - 1, _successes(w), _level(w), _deadline(w)), (
+        NO_TRANSITION
+    )
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -467,6 +478,15 @@ class BreakerTable:
         t = self._now(now)
         with self._lock:
             new, transition = _step_failure(self._words[i], t, self._cfg)
+            self._words[i] = new
+        return transition
+
+    def release(self, slot: int, now: float) -> int:
+        """Give back a half-open probe slot without a verdict; return the transition code."""
+        i = self._slot(slot)
+        t = self._now(now)
+        with self._lock:
+            new, transition = _step_release(self._words[i], t, self._cfg)
             self._words[i] = new
         return transition
 

@@ -508,6 +508,24 @@ class CircuitBreaker:
                 self._table.record_failure(s, now)
             self._observe(s, now)
 
+    def release(self, node: NodeId) -> None:
+        """Give back a half-open probe that ended without a verdict on ``node``.
+
+        For a probe the client cancelled, or one that failed for a reason that
+        is not the node's (bad input, overload, shutdown): the next call may
+        probe at once instead of waiting for ``probe_timeout`` to count the
+        abandoned probe as a failure. No effect unless ``node`` is HALF_OPEN
+        with probes in flight.
+        """
+        s = self._slots.get(node)
+        if s is None:
+            return
+        with self._lock:
+            now = self._clock()
+            self._observe(s, now)
+            self._table.release(s, now)
+            self._observe(s, now)
+
     def reset(self, node: NodeId) -> None:
         """Force ``node``'s breaker CLOSED with no failures (an operator's action)."""
         s = self._slots.get(node)

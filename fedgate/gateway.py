@@ -1174,7 +1174,8 @@ class _Call:
                 if worker is None or not worker.alive:
                     self.tried.add(node)
                     continue
-                if gw.breaker.admit(node) is Admission.REJECT:
+                admission = gw.breaker.admit(node)
+                if admission is Admission.REJECT:
                     gw._local_rejections += 1
                     self.tried.add(node)
                     if self.last_error is None:
@@ -1251,6 +1252,9 @@ class _Call:
                     finally:
                         # Reached on success, failure, and when the caller stops reading.
                         gw._close(att, cancel=not finished and att.worker.alive)
+                        if error is None and not finished and admission is Admission.PROBE:
+                            # The caller stopped: no verdict on the node, free the probe.
+                            gw.breaker.release(node)
                     if finished:
                         self._succeeded(node, att.started)
                         lc.to(_S.COMPLETED)
@@ -1262,6 +1266,8 @@ class _Call:
                     gw.health.report_failure(node)
                     gw.breaker.record_failure(node)
                     gw._per_node[node].failures += 1
+                elif admission is Admission.PROBE:
+                    gw.breaker.release(node)
                 if not (retryable and self._may_retry(retrying)):
                     lc.to(_S.FAILED)
                     raise self._final_error(error)

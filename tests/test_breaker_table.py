@@ -257,6 +257,26 @@ def test_r2_probes_admitted_up_to_the_limit_and_success_closes(
     assert table.allow(0, t + 3) == ADMIT
 
 
+def test_release_gives_a_probe_slot_back_without_a_verdict(core: types.SimpleNamespace) -> None:
+    table = core.BreakerTable(nodes=1, half_open_max_probes=1, probe_timeout=10.0)
+    trip(table, 0, T0)
+    t = T0 + 30.0
+    assert table.admit(0, t) == (PROBE, PROBING)
+    assert table.admit(0, t) == (REJECT, NONE)
+    deadline = table.reset_at(0)
+    assert table.release(0, t + 1) == NONE
+    # Still half-open, nothing counted either way, and the slot is free again.
+    assert table.snapshot(0, t + 1)[:3] == (HALF_OPEN, 5, 0)
+    assert table.level(0) == 0 and table.reset_at(0) == deadline
+    assert table.admit(0, t + 2) == (PROBE, NONE)
+    # Releasing anything else changes nothing.
+    closed = core.BreakerTable(nodes=1)
+    assert closed.release(0, t) == NONE and closed.state(0, t) == CLOSED
+    tripped = core.BreakerTable(nodes=1)
+    trip(tripped, 0, T0)
+    assert tripped.release(0, T0 + 1) == NONE and tripped.state(0, T0 + 1) == OPEN
+
+
 def test_r2_success_threshold_counts_probe_successes(core: types.SimpleNamespace) -> None:
     table = core.BreakerTable(nodes=1, half_open_max_probes=1, success_threshold=3)
     trip(table, 0, T0)

@@ -32,7 +32,7 @@ from fedgate import (
 )
 from fedgate.backends.base import BackendRequest, backend_failure
 from fedgate.backends.synthetic import synthetic_token
-from fedgate.breaker import CircuitBreaker, CircuitState
+from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.health import HealthChecker, HealthConfig
 from fedgate.statemachine import RequestState
@@ -332,3 +332,23 @@ async def test_admission_queue_is_bounded() -> None:
         )
         assert sum(isinstance(o, BackpressureError) for o in outcomes) == 2
         assert served(workers["a"]) == 1
+
+
+async def test_a_cancelled_half_open_probe_frees_its_slot_without_a_verdict() -> None:
+    breaker = CircuitBreaker(BreakerConfig(open_timeout=0.2, probe_timeout=30.0))
+    opts = {"tokens": 10_000, "token_rate": 2000}
+    async with federation({"node": "a", "options": opts}, breaker=breaker) as (gw, _):
+        for _ in range(5):
+            gw.breaker.record_failure("a")
+        await asyncio.sleep(0.25)
+        assert gw.breaker.state("a") is CircuitState.HALF_OPEN
+        agen = gw.infer_stream(req("probe-1"))
+        await agen.__anext__()  # this stream is the probe
+        assert gw.breaker.status("a").probes == 1
+        await agen.aclose()  # the client goes away: not the node's fault
+        status = gw.breaker.status("a")
+        assert (status.state, status.probes) == (CircuitState.HALF_OPEN, 0)
+        # Probes again at once (a short answer), and the success closes the breaker.
+        response = await gw.infer(req("probe-2", input=b'{"max_tokens": 2}'))
+        assert response.node_id == "a"
+        assert gw.breaker.state("a") is CircuitState.CLOSED

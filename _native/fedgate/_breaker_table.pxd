@@ -66,6 +66,8 @@ cdef int brk_step_success(uint64_t word, uint64_t now, const BreakerConfig *cfg,
                           uint64_t *new_word) noexcept nogil
 cdef int brk_step_failure(uint64_t word, uint64_t now, const BreakerConfig *cfg,
                           uint64_t *new_word) noexcept nogil
+cdef int brk_step_release(uint64_t word, uint64_t now, const BreakerConfig *cfg,
+                          uint64_t *new_word) noexcept nogil
 
 # The same, applied to a shared word by a CAS loop.
 cdef int brk_allow(fg_brk_atomic *word, uint64_t now, const BreakerConfig *cfg,
@@ -74,6 +76,7 @@ cdef int brk_record_success(fg_brk_atomic *word, uint64_t now,
                             const BreakerConfig *cfg) noexcept nogil
 cdef int brk_record_failure(fg_brk_atomic *word, uint64_t now,
                             const BreakerConfig *cfg) noexcept nogil
+cdef int brk_release(fg_brk_atomic *word, uint64_t now, const BreakerConfig *cfg) noexcept nogil
 
 
 cdef class BreakerTable:
