@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._listeners import add_listener
 from .clock import Clock, to_seconds
 from .types import NodeId
 
@@ -344,17 +345,7 @@ class CircuitBreaker:
         callable
             Call it to unsubscribe.
         """
-        if not callable(listener):
-            raise TypeError(f"listener: expected a callable, got {listener!r}")
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return add_listener(self._listeners, listener, self._lock)
 
     def slot(self, node: NodeId, *, create: bool = True) -> int:
         """The node's slot in :attr:`table` and :attr:`codes` (registering it when ``create``).

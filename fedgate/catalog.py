@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from ._listeners import add_listener
 from .types import Capability, ModelId, NodeId, RegionId
 
 __all__ = [
@@ -169,7 +170,7 @@ class ModelCatalog:
         """
         if not callable(listener):
             raise TypeError(f"listener: expected a callable, got {listener!r}")
-        with self._lock:
+        with self._lock:  # re-entrant: the replay and the subscription are one step
             if replay:
                 for model, deployments in self._models.items():
                     for d in deployments.values():
@@ -178,14 +179,7 @@ class ModelCatalog:
                                 "registered", model, d.node_id, d.region_id, d.capabilities
                             )
                         )
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+            return add_listener(self._listeners, listener, self._lock)
 
     def _emit(self, event: CatalogEvent) -> None:
         self._version += 1

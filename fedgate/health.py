@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._listeners import add_listener
 from .clock import Clock, to_seconds
 from .types import NodeId
 
@@ -323,17 +324,7 @@ class HealthChecker:
         callable
             Call it to unsubscribe.
         """
-        if not callable(listener):
-            raise TypeError(f"listener: expected a callable, got {listener!r}")
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return add_listener(self._listeners, listener, self._lock)
 
     def _grow(self) -> None:
         cap = self._codes.shape[0] * 2
