@@ -8,7 +8,6 @@ real frames); the tests with separate processes and signals are in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
+from inproc import federation
 
 from fedgate import (
     AllNodesUnhealthyError,
@@ -33,8 +33,7 @@ from fedgate import (
 from fedgate.backends.base import BackendRequest, backend_failure
 from fedgate.backends.synthetic import synthetic_token
 from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
-from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
-from fedgate.health import HealthChecker, HealthConfig
+from fedgate.gateway import GatewayConfig
 from fedgate.statemachine import RequestState
 from fedgate.worker.process import Worker, WorkerConfig
 
@@ -47,58 +46,6 @@ def req(rid: str, **kw: Any) -> InferenceRequest:
 
 def expected(rid: str, n: int, start: int = 0) -> list[bytes]:
     return [synthetic_token(rid, i) for i in range(start, n)]
-
-
-@contextlib.asynccontextmanager
-async def federation(
-    *nodes: dict[str, Any],
-    regions: tuple[Region, ...] = (),
-    config: GatewayConfig | None = None,
-    breaker: CircuitBreaker | None = None,
-) -> AsyncIterator[tuple[Gateway, dict[str, Worker]]]:
-    """A gateway on a random loopback port and one in-process worker per node spec."""
-    builder = (
-        GatewayBuilder()
-        .bind("tcp://127.0.0.1:*")
-        .config(config or GatewayConfig(request_timeout=5.0, retry_delay=0.01))
-        # Generous liveness: these workers share the test's loop, and nothing here
-        # tests death detection (test_gateway_process.py does, with real processes).
-        .health(HealthChecker(HealthConfig(heartbeat_interval=0.1, heartbeat_liveness=20)))
-        .regions(*regions)
-    )
-    if breaker is not None:
-        builder = builder.circuit_breaker(breaker)
-    gateway = builder.build()
-    workers: dict[str, Worker] = {}
-    async with gateway:
-        endpoint = gateway.endpoints[0]
-        try:
-            for spec in nodes:
-                spec = dict(spec)
-                backend = spec.pop("backend_obj", None)
-                cfg = WorkerConfig(
-                    [endpoint],
-                    spec.pop("node"),
-                    spec.pop("region", "us-west-2"),
-                    spec.pop("models", ["m"]),
-                    spec.pop("capabilities", ["generate"]),
-                    heartbeat_interval=0.1,
-                    drain_timeout=0.5,
-                    close_linger=0.0,
-                    backend_options=spec.pop("options", {"tokens": 8}),
-                    **spec,
-                )
-                worker = Worker(cfg, backend=backend)
-                await worker.__aenter__()
-                workers[cfg.node] = worker
-            await gateway.wait_for_workers(len(nodes), timeout=5.0)
-            yield gateway, workers
-        finally:
-            for worker in workers.values():
-                worker.stop(drain=False)
-            for worker in workers.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker.__aexit__(None, None, None), 5.0)
 
 
 def served(worker: Worker) -> int:

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import inproc
 import msgspec
 import pytest
 import zmq
@@ -22,8 +23,7 @@ import zmq.asyncio
 
 from fedgate import Capability, InferenceRequest, ManualClock, PrivacyLevel, Region
 from fedgate.breaker import BreakerConfig, CircuitBreaker
-from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
-from fedgate.health import HealthChecker, HealthConfig
+from fedgate.gateway import Gateway, GatewayBuilder
 from fedgate.policy import CompositePolicy, GpuPolicy, LatencyPolicy
 from fedgate.telemetry import (
     PROBE_NOTE,
@@ -36,59 +36,15 @@ from fedgate.telemetry import (
     snapshot,
     telemetry_for,
 )
-from fedgate.worker.process import Worker, WorkerConfig
 
 GEN = Capability.GENERATE
 
 
 @contextlib.asynccontextmanager
-async def federation(
-    *nodes: dict[str, Any],
-    breaker: CircuitBreaker | None = None,
-    policy: CompositePolicy | None = None,
-    regions: tuple[Region, ...] = (),
-) -> AsyncIterator[Gateway]:
-    """A gateway on a random loopback port with one in-process worker per node spec."""
-    builder = (
-        GatewayBuilder()
-        .bind("tcp://127.0.0.1:*")
-        .config(GatewayConfig(request_timeout=5.0, retry_delay=0.01))
-        .health(HealthChecker(HealthConfig(heartbeat_interval=0.1, heartbeat_liveness=30)))
-        .regions(*regions)
-    )
-    if breaker is not None:
-        builder = builder.circuit_breaker(breaker)
-    if policy is not None:
-        builder = builder.policy(policy)
-    gateway = builder.build()
-    workers: list[Worker] = []
-    async with gateway:
-        try:
-            for spec in nodes:
-                spec = dict(spec)
-                cfg = WorkerConfig(
-                    [gateway.endpoints[0]],
-                    spec.pop("node"),
-                    spec.pop("region", "us-west-2"),
-                    spec.pop("models", ["m"]),
-                    spec.pop("capabilities", ["generate"]),
-                    heartbeat_interval=0.1,
-                    drain_timeout=0.5,
-                    close_linger=0.0,
-                    backend_options={"tokens": 4},
-                    **spec,
-                )
-                worker = Worker(cfg)
-                await worker.__aenter__()
-                workers.append(worker)
-            await gateway.wait_for_workers(len(nodes), timeout=5.0)
-            yield gateway
-        finally:
-            for worker in workers:
-                worker.stop(drain=False)
-            for worker in workers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker.__aexit__(None, None, None), 5.0)
+async def federation(*nodes: dict[str, Any], **kw: Any) -> AsyncIterator[Gateway]:
+    """A gateway with one in-process worker per node spec (see ``inproc.federation``)."""
+    async with inproc.federation(*nodes, options={"tokens": 4}, **kw) as (gateway, _):
+        yield gateway
 
 
 def req(rid: str, **kw: Any) -> InferenceRequest:

@@ -20,18 +20,17 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import inproc
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
-from fedgate import Capability, InferenceRequest, PrivacyLevel, Region, RegionId
+from fedgate import Capability, InferenceRequest, PrivacyLevel, Region
 from fedgate.breaker import BreakerConfig, CircuitBreaker
-from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
-from fedgate.health import HealthChecker, HealthConfig
+from fedgate.gateway import Gateway, GatewayConfig
 from fedgate.telemetry import TelemetryClient, TelemetryServer, snapshot, telemetry_for
 from fedgate.top import cli
 from fedgate.top.app import KEYS, TABS, TopApp
-from fedgate.worker.process import Worker, WorkerConfig
 
 FIXTURE = Path(__file__).parent / "data" / "top_snapshot.json"
 SIZE = (132, 42)
@@ -42,54 +41,13 @@ TAB_IDS = [tab for tab, _, _ in TABS]
 
 
 @contextlib.asynccontextmanager
-async def federation(
-    *nodes: dict[str, Any],
-    regions: tuple[Region, ...] = (),
-    breaker: CircuitBreaker | None = None,
-    origin: str | None = None,
-) -> AsyncIterator[Gateway]:
-    """A gateway on a random loopback port with one in-process worker per node spec."""
-    builder = (
-        GatewayBuilder()
-        .bind("tcp://127.0.0.1:*")
-        .config(GatewayConfig(request_timeout=5.0, retry_delay=0.01, max_retries=1))
-        # Generous liveness: the app shares the loop, and Textual's start-up can hold
-        # it longer than three heartbeats on a busy machine.
-        .health(HealthChecker(HealthConfig(heartbeat_interval=0.1, heartbeat_liveness=30)))
-        .regions(*regions)
-        .origin(RegionId(origin) if origin else None)
-    )
-    if breaker is not None:
-        builder = builder.circuit_breaker(breaker)
-    gateway = builder.build()
-    workers: list[Worker] = []
-    async with gateway:
-        try:
-            for spec in nodes:
-                spec = dict(spec)
-                cfg = WorkerConfig(
-                    [gateway.endpoints[0]],
-                    spec.pop("node"),
-                    spec.pop("region", "us-west-2"),
-                    spec.pop("models", ["llama-3-8b"]),
-                    spec.pop("capabilities", ["generate"]),
-                    heartbeat_interval=0.1,
-                    drain_timeout=0.5,
-                    close_linger=0.0,
-                    backend_options=spec.pop("options", {"tokens": 4}),
-                    **spec,
-                )
-                worker = Worker(cfg)
-                await worker.__aenter__()
-                workers.append(worker)
-            await gateway.wait_for_workers(len(nodes), timeout=5.0)
-            yield gateway
-        finally:
-            for worker in workers:
-                worker.stop(drain=False)
-            for worker in workers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker.__aexit__(None, None, None), 5.0)
+async def federation(*nodes: dict[str, Any], **kw: Any) -> AsyncIterator[Gateway]:
+    """A gateway with one in-process worker per node spec (see ``inproc.federation``)."""
+    config = GatewayConfig(request_timeout=5.0, retry_delay=0.01, max_retries=1)
+    async with inproc.federation(
+        *nodes, config=config, model="llama-3-8b", options={"tokens": 4}, **kw
+    ) as (gateway, _):
+        yield gateway
 
 
 SEED_NODES = (
