@@ -3,7 +3,7 @@
 One request, top to bottom (everything below runs on the gateway's event loop)::
 
     infer() / infer_stream()
-      └─ _Call.run()                         the attempt loop; one _Call per request
+      └─ _Call.run_unary() / _Call.run()     the attempt loop; one _Call per request
            ├─ router.route(request, exclude)  sovereignty first, then health, breaker, policy
            ├─ breaker.admit(node)             an OPEN breaker rejects locally
            ├─ _Gateway._open()                REQUEST frame → the worker's DEALER
@@ -36,8 +36,9 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+import msgspec
 import zmq
 
 from . import protocol as wire
@@ -189,9 +190,8 @@ class NodeStats:
     tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RouteRecord:
-    """One routing decision, kept for the dashboard."""
+class RouteRecord(msgspec.Struct, frozen=True, gc=False):
+    """One routing decision, kept for the dashboard (a cheap frozen struct: one per attempt)."""
 
     at: float
     request_id: str
@@ -576,8 +576,7 @@ class Gateway:
             deadline passed, or every attempt failed.
         """
         call = self._call(request, stream=False)
-        async for _ in call.run():
-            pass
+        await call.run_unary()
         return call.response()
 
     async def infer_stream(self, request: InferenceRequest) -> AsyncIterator[bytes]:
@@ -1072,8 +1071,23 @@ class Gateway:
                 log.exception("gateway monitor error")
 
 
+class _Failure(NamedTuple):
+    """Why an attempt ended without an answer, and what that means for the node and the request."""
+
+    error: Exception
+    node_caused: bool  # counts against the node's health and breaker
+    retryable: bool  # another node may still serve the request
+
+
 class _Call:
-    """One request's attempt loop: routing, dispatch, failover, resume."""
+    """One request's attempt loop: routing, dispatch, failover, resume.
+
+    :meth:`run_unary` (``infer``) and :meth:`run` (``infer_stream``, an async
+    generator of token chunks) are the same loop; the steps they share are the
+    methods below. The unary loop is a plain coroutine because an async
+    generator costs every call a registration with the loop's shutdown set and
+    an extra frame per resumption, which ``infer`` never needs.
+    """
 
     __slots__ = (
         "attempts",
@@ -1087,10 +1101,12 @@ class _Call:
         "output",
         "region",
         "request",
+        "retrying",
         "rid",
         "score",
         "started",
         "stream",
+        "tenant",
         "tried",
     )
 
@@ -1120,6 +1136,8 @@ class _Call:
         self.node = NodeId("")
         self.region = RegionId("")
         self.score = 0.0
+        self.retrying = False
+        self.tenant: NodeStats | None = None
 
     def response(self) -> InferenceResponse:
         gw = self.gw
@@ -1135,181 +1153,287 @@ class _Call:
             request_id=self.request.request_id,
         )
 
+    # ------------------------------------------------------------- the two loops
+    async def run_unary(self) -> None:
+        """Run the request to its answer (``self.output``), failing over as needed."""
+        loop = self.gw._loop
+        assert loop is not None
+        outcome = self._begin()
+        try:
+            self.lifecycle.to(_S.ROUTING)
+            while True:
+                choice = self._choose()
+                while isinstance(choice, BackpressureError):
+                    # Every eligible node is at its concurrency limit.
+                    await self._wait_for_capacity(choice)
+                    choice = self._choose()
+                worker, score, admission = choice
+                att = self._send_attempt(worker, score)
+                failure: _Failure | None = None
+                if isinstance(att, _Attempt):
+                    finished = False
+                    try:
+                        while True:
+                            step = self._step(await att.next(loop), att)
+                            if step is None:
+                                finished = True
+                                break
+                            if isinstance(step, _Failure):
+                                failure = step
+                                break
+                    finally:
+                        self._end_attempt(att, admission, finished, failure)
+                    if finished:
+                        outcome = self._completed(att)
+                        return
+                else:
+                    failure = att
+                assert failure is not None
+                await self._after_failure(worker.node, admission, failure)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._end(outcome)
+
+    async def run(self) -> AsyncGenerator[list[bytes], None]:
+        """Run the request as a stream: yields each chunk of new tokens, in order."""
+        loop = self.gw._loop
+        assert loop is not None
+        outcome = self._begin()
+        try:
+            self.lifecycle.to(_S.ROUTING)
+            while True:
+                choice = self._choose()
+                while isinstance(choice, BackpressureError):
+                    await self._wait_for_capacity(choice)
+                    choice = self._choose()
+                worker, score, admission = choice
+                att = self._send_attempt(worker, score)
+                failure: _Failure | None = None
+                if isinstance(att, _Attempt):
+                    finished = False
+                    try:
+                        while True:
+                            step = self._step(await att.next(loop), att)
+                            if step is None:
+                                finished = True
+                                break
+                            if isinstance(step, _Failure):
+                                failure = step
+                                break
+                            if step:
+                                yield step
+                    finally:
+                        # Reached on success, failure, and when the caller stops reading.
+                        self._end_attempt(att, admission, finished, failure)
+                    if finished:
+                        outcome = self._completed(att)
+                        return
+                else:
+                    failure = att
+                assert failure is not None
+                await self._after_failure(worker.node, admission, failure)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            self._end(outcome)
+
+    # ------------------------------------------------------------ shared steps
+    def _begin(self) -> str:
+        gw = self.gw
+        req = self.request
+        gw._total += 1
+        gw._active += 1
+        if req.tenant_id:
+            self.tenant = tenant = gw._per_tenant[req.tenant_id]
+            tenant.requests += 1
+        return "failed"  # the outcome until the request completes or is cancelled
+
+    def _end(self, outcome: str) -> None:
+        gw = self.gw
+        tenant = self.tenant
+        gw._active -= 1
+        if self.retrying:
+            gw._retrying -= 1
+        if outcome == "ok":
+            gw._ok += 1
+            if tenant is not None:
+                tenant.successes += 1
+                tenant.tokens += self.next_index
+        elif outcome == "cancelled":
+            gw._cancelled += 1
+        else:
+            gw._failed += 1
+            if tenant is not None:
+                tenant.failures += 1
+
     def _exclude(self) -> set[NodeId]:
         if not self.stream or self.next_index == 0:
             return self.tried
         # Past the commit point only a node that can continue the generation may serve.
         return self.tried | {w.node for w in self.gw._by_node.values() if not w.resumable}
 
-    async def run(self) -> AsyncGenerator[list[bytes], None]:
+    def _choose(self) -> tuple[_Worker, float, Admission] | BackpressureError:
+        """The next node to try, admitted by its breaker, or the router's
+        BackpressureError when every eligible node is full (wait for capacity).
+
+        Raises the caller's error when no node is left.
+        """
+        gw = self.gw
+        req = self.request
+        tried = self.tried
+        while True:
+            try:
+                decision = gw.router.route(req, exclude=self._exclude())
+            except BackpressureError as exc:
+                return exc
+            except FederationError as exc:
+                self.lifecycle.to(_S.FAILED)
+                raise self._final_error(exc) from exc
+            node = decision.node_id
+            worker = gw._by_node.get(node)
+            if worker is None or not worker.alive:
+                tried.add(node)
+                continue
+            admission = gw.breaker.admit(node)
+            if admission is Admission.REJECT:
+                gw._local_rejections += 1
+                tried.add(node)
+                if self.last_error is None:
+                    self.last_error = CircuitOpenError(f"node {node}: circuit breaker open")
+                continue
+            self.lifecycle.to(_S.INFERRING)
+            self.attempts += 1
+            tried.add(node)
+            if gw.recent_routes.maxlen:
+                gw.recent_routes.append(
+                    RouteRecord(
+                        time.time(),
+                        req.request_id,
+                        req.tenant_id,
+                        str(req.capability),
+                        node,
+                        decision.region_id,
+                        decision.score,
+                        self.attempts,
+                    )
+                )
+            return worker, decision.score, admission
+
+    async def _wait_for_capacity(self, full: BackpressureError) -> None:
+        """Wait in the bounded admission queue for a slot, within the deadline.
+
+        Raises the caller's error (``full``) when the queue is full or the deadline passes.
+        """
+        if not await self.gw._wait_for_capacity(self.deadline):
+            self.lifecycle.to(_S.FAILED)
+            raise self._final_error(full) from full
+
+    def _send_attempt(self, worker: _Worker, score: float) -> _Attempt | _Failure:
+        """Send the attempt to ``worker``; a failure when the send itself fails."""
+        gw = self.gw
+        try:
+            att = gw._open(self, worker, self.attempts)
+        except BackpressureError as exc:
+            return _Failure(exc, False, True)
+        except NodeUnreachableError as exc:
+            gw._lose(worker, "not connected")
+            return _Failure(exc, True, True)
+        self.node, self.region, self.score = worker.node, worker.region, score
+        return att
+
+    def _step(self, event: Any, att: _Attempt) -> list[bytes] | _Failure | None:
+        """Apply one inbox event: new tokens to pass on, None when done, or the failure."""
+        kind = type(event)
+        if kind is wire.Final:
+            if not self.stream:
+                self.output = event.output
+                self.next_index = event.tokens
+                return None
+            if event.tokens != self.next_index:
+                return _Failure(
+                    NodeUnreachableError(
+                        f"node {self.node} ended the stream at {self.next_index} "
+                        f"tokens but reported {event.tokens}"
+                    ),
+                    True,
+                    True,
+                )
+            return None
+        if kind is wire.Partial:
+            loop = self.gw._loop
+            assert loop is not None
+            att.last_frame = loop.time()
+            fresh = self._accept(event)
+            if fresh is None:  # a gap: the node broke the stream
+                return _Failure(
+                    NodeUnreachableError(
+                        f"node {self.node} skipped tokens (expected index "
+                        f"{self.next_index}, got {event.index})"
+                    ),
+                    True,
+                    True,
+                )
+            if fresh and self.first_token_at < 0:
+                self.first_token_at = loop.time()
+                self.lifecycle.to(_S.STREAMING)
+            return fresh
+        if kind is wire.Error:
+            return self._worker_error(event)
+        return self._local_error(event, self.node)  # crash, stall, deadline, overflow, shutdown
+
+    def _end_attempt(
+        self, att: _Attempt, admission: Admission, finished: bool, failure: _Failure | None
+    ) -> None:
+        gw = self.gw
+        gw._close(att, cancel=not finished and att.worker.alive)
+        if failure is None and not finished and admission is Admission.PROBE:
+            # The caller stopped: no verdict on the node, free the probe.
+            gw.breaker.release(att.worker.node)
+
+    def _completed(self, att: _Attempt) -> str:
+        self._succeeded(att.worker.node, att.started)
+        self.lifecycle.to(_S.COMPLETED)
+        return "ok"
+
+    async def _after_failure(self, node: NodeId, admission: Admission, failure: _Failure) -> None:
+        """Book a failed attempt, then back off for the next one or raise the caller's error."""
         gw = self.gw
         loop = gw._loop
         assert loop is not None
         lc = self.lifecycle
-        req = self.request
-        tenant = gw._per_tenant[req.tenant_id] if req.tenant_id else None
-        gw._total += 1
-        gw._active += 1
-        if tenant is not None:
-            tenant.requests += 1
-        retrying = False
-        outcome = "failed"
-        try:
-            lc.to(_S.ROUTING)
-            while True:
-                try:
-                    decision = gw.router.route(req, exclude=self._exclude())
-                except BackpressureError as exc:
-                    # Every eligible node is at its concurrency limit: wait in the
-                    # bounded admission queue for a slot, within the deadline.
-                    if await gw._wait_for_capacity(self.deadline):
-                        continue
-                    lc.to(_S.FAILED)
-                    raise self._final_error(exc) from exc
-                except FederationError as exc:
-                    lc.to(_S.FAILED)
-                    raise self._final_error(exc) from exc
-                node = decision.node_id
-                worker = gw._by_node.get(node)
-                if worker is None or not worker.alive:
-                    self.tried.add(node)
-                    continue
-                admission = gw.breaker.admit(node)
-                if admission is Admission.REJECT:
-                    gw._local_rejections += 1
-                    self.tried.add(node)
-                    if self.last_error is None:
-                        self.last_error = CircuitOpenError(f"node {node}: circuit breaker open")
-                    continue
-                lc.to(_S.INFERRING)
-                self.attempts += 1
-                self.tried.add(node)
-                if gw.recent_routes.maxlen:
-                    gw.recent_routes.append(
-                        RouteRecord(
-                            time.time(),
-                            req.request_id,
-                            req.tenant_id,
-                            str(req.capability),
-                            node,
-                            decision.region_id,
-                            decision.score,
-                            self.attempts,
-                        )
-                    )
-                error: Exception | None = None
-                node_caused = retryable = True
-                await_result = None
-                try:
-                    att = gw._open(self, worker, self.attempts)
-                except BackpressureError as exc:
-                    error, node_caused = exc, False
-                except NodeUnreachableError as exc:
-                    gw._lose(worker, "not connected")
-                    error = exc
-                else:
-                    self.node, self.region, self.score = node, worker.region, decision.score
-                    await_result = att
-                if await_result is not None:
-                    att = await_result
-                    finished = False
-                    try:
-                        while True:
-                            event = await att.next(loop)
-                            kind = type(event)
-                            if kind is wire.Partial:
-                                att.last_frame = loop.time()
-                                fresh = self._accept(event)
-                                if fresh is None:  # a gap: the node broke the stream
-                                    error = NodeUnreachableError(
-                                        f"node {node} skipped tokens (expected index "
-                                        f"{self.next_index}, got {event.index})"
-                                    )
-                                    break
-                                if fresh:
-                                    if self.first_token_at < 0:
-                                        self.first_token_at = loop.time()
-                                        lc.to(_S.STREAMING)
-                                    yield fresh
-                            elif kind is wire.Final:
-                                if self.stream and event.tokens != self.next_index:
-                                    error = NodeUnreachableError(
-                                        f"node {node} ended the stream at {self.next_index} "
-                                        f"tokens but reported {event.tokens}"
-                                    )
-                                    break
-                                if not self.stream:
-                                    self.output = event.output
-                                    self.next_index = event.tokens
-                                finished = True
-                                break
-                            elif kind is wire.Error:
-                                error, node_caused, retryable = self._worker_error(event)
-                                break
-                            else:  # _Lost: crash, stall, deadline, overflow, shutdown
-                                error, node_caused, retryable = self._local_error(event, node)
-                                break
-                    finally:
-                        # Reached on success, failure, and when the caller stops reading.
-                        gw._close(att, cancel=not finished and att.worker.alive)
-                        if error is None and not finished and admission is Admission.PROBE:
-                            # The caller stopped: no verdict on the node, free the probe.
-                            gw.breaker.release(node)
-                    if finished:
-                        self._succeeded(node, att.started)
-                        lc.to(_S.COMPLETED)
-                        outcome = "ok"
-                        return
-                assert error is not None
-                self.last_error = error
-                if node_caused:
-                    gw.health.report_failure(node)
-                    gw.breaker.record_failure(node)
-                    gw._per_node[node].failures += 1
-                elif admission is Admission.PROBE:
-                    gw.breaker.release(node)
-                if not (retryable and self._may_retry(retrying)):
-                    lc.to(_S.FAILED)
-                    raise self._final_error(error)
-                lc.to(_S.RETRYING)
-                if not retrying:
-                    retrying = True
-                    gw._retrying += 1
-                gw._retries += 1
-                if node_caused:
-                    gw._failovers += 1
-                if self.next_index:
-                    gw._resumes += 1
-                delay = (
-                    gw.config.retry_delay * (2 ** (self.attempts - 1)) * (0.5 + gw._rng.random())
-                )
-                if loop.time() + delay >= self.deadline:
-                    lc.to(_S.FAILED)
-                    raise DeadlineExceededError(
-                        f"request {req.request_id!r}: deadline passed while retrying "
-                        f"after {self.attempts} attempt(s): {error}"
-                    ) from error
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                lc.to(_S.ROUTING)
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            raise
-        finally:
-            gw._active -= 1
-            if retrying:
-                gw._retrying -= 1
-            if outcome == "ok":
-                gw._ok += 1
-                if tenant is not None:
-                    tenant.successes += 1
-                    tenant.tokens += self.next_index
-            elif outcome == "cancelled":
-                gw._cancelled += 1
-            else:
-                gw._failed += 1
-                if tenant is not None:
-                    tenant.failures += 1
+        error = failure.error
+        self.last_error = error
+        if failure.node_caused:
+            gw.health.report_failure(node)
+            gw.breaker.record_failure(node)
+            gw._per_node[node].failures += 1
+        elif admission is Admission.PROBE:
+            gw.breaker.release(node)
+        if not (failure.retryable and self._may_retry(self.retrying)):
+            lc.to(_S.FAILED)
+            raise self._final_error(error)
+        lc.to(_S.RETRYING)
+        if not self.retrying:
+            self.retrying = True
+            gw._retrying += 1
+        gw._retries += 1
+        if failure.node_caused:
+            gw._failovers += 1
+        if self.next_index:
+            gw._resumes += 1
+        delay = gw.config.retry_delay * (2 ** (self.attempts - 1)) * (0.5 + gw._rng.random())
+        if loop.time() + delay >= self.deadline:
+            lc.to(_S.FAILED)
+            raise DeadlineExceededError(
+                f"request {self.request.request_id!r}: deadline passed while retrying "
+                f"after {self.attempts} attempt(s): {error}"
+            ) from error
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lc.to(_S.ROUTING)
 
     def _accept(self, msg: wire.Partial) -> list[bytes] | None:
         """New tokens of a Partial, in order; [] for a duplicate, None for a gap."""
@@ -1342,30 +1466,30 @@ class _Call:
         if self.first_token_at >= 0:
             gw._lat.record(1, self.first_token_at - self.started)
 
-    def _worker_error(self, msg: wire.Error) -> tuple[Exception, bool, bool]:
-        """(error, node_caused, retryable) for a worker's Error frame."""
+    def _worker_error(self, msg: wire.Error) -> _Failure:
+        """The failure a worker's Error frame reports."""
         code = msg.code
         text = f"node {self.node} failed request {self.request.request_id!r}: {code}: {msg.message}"
         if code == wire.ERR_BAD_INPUT:
             # The caller's input: never the node's fault, and no other node will like it more.
-            return WorkerError(text, code=code, node_caused=False), False, False
+            return _Failure(WorkerError(text, code=code, node_caused=False), False, False)
         node_caused = msg.node_caused or wire.is_node_caused(code)
         if code == wire.ERR_DEADLINE:
-            return DeadlineExceededError(text), node_caused, False
-        return WorkerError(text, code=code, node_caused=node_caused), node_caused, True
+            return _Failure(DeadlineExceededError(text), node_caused, False)
+        return _Failure(WorkerError(text, code=code, node_caused=node_caused), node_caused, True)
 
-    def _local_error(self, event: _Lost, node: NodeId) -> tuple[Exception, bool, bool]:
-        """(error, node_caused, retryable) for a failure the gateway observed itself."""
+    def _local_error(self, event: _Lost, node: NodeId) -> _Failure:
+        """The failure the gateway observed itself (no frame from the node)."""
         rid = self.request.request_id
         if event is _TIMEOUT:
             # It counts against the node: it took longer than the request allowed.
-            return (
+            return _Failure(
                 DeadlineExceededError(f"request {rid!r} exceeded its deadline on node {node}"),
                 True,
                 False,
             )
         if event is _OVERFLOW:
-            return (
+            return _Failure(
                 BackpressureError(
                     f"request {rid!r}: reader too slow, more than {self.gw.config.stream_buffer} "
                     "tokens buffered"
@@ -1374,8 +1498,10 @@ class _Call:
                 False,
             )
         if event.code == "shutdown":
-            return NodeUnreachableError(f"request {rid!r}: {event.message}"), False, False
-        return NodeUnreachableError(f"request {rid!r} on node {node}: {event.message}"), True, True
+            return _Failure(NodeUnreachableError(f"request {rid!r}: {event.message}"), False, False)
+        return _Failure(
+            NodeUnreachableError(f"request {rid!r} on node {node}: {event.message}"), True, True
+        )
 
     def _may_retry(self, already_retrying: bool) -> bool:
         """Attempts left, time left, and room in the gateway's retry budget."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar, NewType
+
+import msgspec
 
 from .clock import to_seconds
 
@@ -166,6 +168,9 @@ class QoSRequirements:
             raise ValueError(f"cost_tolerance: expected an int in 0..100, got {ct!r}")
 
 
+_DEFAULT_QOS = QoSRequirements()
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
     """One inference call.
@@ -194,7 +199,8 @@ class InferenceRequest:
 
     capability: Capability
     input: bytes
-    qos: QoSRequirements = field(default_factory=QoSRequirements)
+    # One shared default: it is frozen, and the router recognises it by identity.
+    qos: QoSRequirements = _DEFAULT_QOS
     request_id: str = ""
     tenant_id: str | None = None
     model: ModelId | None = None
@@ -219,9 +225,14 @@ class InferenceRequest:
         object.__setattr__(self, "deadline", _optional_positive(self.deadline, "deadline"))
 
 
-@dataclass(frozen=True, slots=True)
-class InferenceResponse:
-    """The result of :meth:`Gateway.infer`."""
+class InferenceResponse(msgspec.Struct, frozen=True, gc=False):
+    """The result of :meth:`Gateway.infer`.
+
+    A frozen msgspec struct rather than a frozen dataclass: the gateway builds
+    one per request, and a frozen dataclass pays an ``object.__setattr__`` per
+    field (~1.4 µs against ~0.1 µs). It holds no containers, so it needs no
+    garbage-collector tracking.
+    """
 
     output: bytes
     node_id: NodeId
