@@ -284,6 +284,7 @@ class _Lost:
 
 
 _TIMEOUT = _Lost("deadline", "deadline")
+_BACKPRESSURE = "backpressure"  # a full send queue: not the node's fault
 _OVERFLOW = _Lost("overflow", "overflow")
 
 
@@ -298,6 +299,7 @@ class _Attempt:
         "last_frame",
         "number",
         "rid",
+        "sent",
         "started",
         "timer",
         "waiter",
@@ -316,6 +318,7 @@ class _Attempt:
         self.started = 0.0
         self.deadline = 0.0
         self.closed = False
+        self.sent = False  # its REQUEST has left (see Gateway._queue)
 
     def push(self, event: Any) -> None:
         self.inbox.append(event)
@@ -465,6 +468,8 @@ class Gateway:
         self._by_identity: dict[bytes, _Worker] = {}
         self._by_node: dict[NodeId, _Worker] = {}
         self._attempts: dict[str, _Attempt] = {}
+        # REQUEST frames queued in this loop iteration (see _queue).
+        self._out: list[tuple[bytes, bytes, _Attempt]] = []
         # Open attempts in deadline order (see _watch_deadline).
         self._deadlines: collections.deque[_Attempt] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -554,6 +559,7 @@ class Gateway:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         self._deadlines.clear()
+        self._out.clear()
         assert self._loop is not None
         self._loop.remove_reader(sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
         sock.close(0)
@@ -704,7 +710,9 @@ class Gateway:
         return _Call(self, request, stream)
 
     def _open(self, call: _Call, worker: _Worker, number: int) -> _Attempt:
-        """Send one REQUEST and register its attempt (fenced by attempt number)."""
+        """Register one attempt (fenced by attempt number) and queue its REQUEST."""
+        if self._sock is None:
+            raise NodeUnreachableError("gateway is not running")
         att = _Attempt(call.rid, number, worker)
         loop = self._loop
         assert loop is not None
@@ -725,7 +733,6 @@ class Gateway:
                 call.stream,
             )
         )
-        self._send(worker.identity, frame)  # raises before anything is registered
         att.started = att.last_frame = now
         att.deadline = call.deadline
         self._watch_deadline(att)
@@ -733,6 +740,7 @@ class Gateway:
         worker.attempts[call.rid] = att
         self.router.acquire(worker.node)
         self._per_node[worker.node].requests += 1
+        self._queue(worker.identity, frame, att)
         return att
 
     def _close(self, att: _Attempt, *, cancel: bool) -> None:
@@ -747,7 +755,11 @@ class Gateway:
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None
-        if cancel and worker.alive and self._sock is not None:
+        # A REQUEST still queued is simply never sent (the flush skips closed
+        # attempts): there is nothing to cancel.
+        if cancel and att.sent and worker.alive and self._sock is not None:
+            # Now, not queued: its REQUEST has left, so order holds, and the
+            # worker should stop as soon as possible.
             with contextlib.suppress(FederationError):
                 self._send(worker.identity, wire.encode(wire.Cancel(att.rid, att.number)))
                 self._cancels_sent += 1
@@ -833,7 +845,65 @@ class Gateway:
                 fut.set_result(None)
                 return
 
+    def _queue(self, identity: bytes, frame: bytes, att: _Attempt) -> None:
+        """Send the REQUEST of ``att`` at the end of this loop iteration.
+
+        The requests of all the callers that run in one iteration leave
+        together: libzmq's I/O thread then wakes once and writes them in one go,
+        instead of one wake-up and one TCP write per request (the worker does
+        the same with its replies). A failed send reaches the attempt through
+        its inbox, as a lost node does.
+        """
+        out = self._out
+        if not out:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_out)
+        out.append((identity, frame, att))
+
+    def _flush_out(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        sock = self._sock
+        if sock is None:
+            return  # stopped: stop() has failed every attempt
+        send = sock.send
+        for identity, frame, att in out:
+            if att.closed:
+                continue  # ended before it left (the caller went away)
+            try:
+                # Two plain sends with precomputed int flags: send_multipart builds
+                # flag enums per frame. ROUTER_MANDATORY and a full pipe both fail
+                # on the identity frame, before anything is queued; once it is
+                # accepted the message is atomic.
+                send(identity, _SNDMORE_NOBLOCK)
+                send(frame, _NOBLOCK)
+            except zmq.ZMQError as exc:
+                self._unsent(att, exc)
+                continue
+            att.sent = True
+        # The sends may have consumed the socket's edge-triggered read notification.
+        self._schedule_drain()
+
+    def _unsent(self, att: _Attempt, exc: zmq.ZMQError) -> None:
+        """A REQUEST could not be handed to libzmq: fail its attempt like the gateway's own loss."""
+        worker = att.worker
+        if isinstance(exc, zmq.Again):
+            att.push(
+                _Lost(
+                    _BACKPRESSURE,
+                    f"send queue to worker {worker.node} is full ({self.config.send_hwm} frames)",
+                )
+            )
+        elif exc.errno == zmq.EHOSTUNREACH:
+            self._lose(worker, "not connected")  # fails this attempt too, and fails it over
+        else:
+            log.error("cannot send to worker %s: %s", worker.node, exc)
+            att.push(_Lost("shutdown", f"cannot send to node {worker.node}: {exc}"))
+
     def _send(self, identity: bytes, frame: bytes) -> None:
+        """Send a control frame now (registration, heartbeats): errors are the caller's."""
         sock = self._sock
         if sock is None:
             raise NodeUnreachableError("gateway is not running")
@@ -1332,15 +1402,12 @@ class _Call:
             raise self._final_error(full) from full
 
     def _send_attempt(self, worker: _Worker, score: float) -> _Attempt | _Failure:
-        """Send the attempt to ``worker``; a failure when the send itself fails."""
+        """Start the attempt on ``worker`` (a failed send arrives in its inbox)."""
         gw = self.gw
         try:
             att = gw._open(self, worker, self.attempts)
-        except BackpressureError as exc:
-            return _Failure(exc, False, True)
-        except NodeUnreachableError as exc:
-            gw._lose(worker, "not connected")
-            return _Failure(exc, True, True)
+        except NodeUnreachableError as exc:  # the gateway stopped under this request
+            return _Failure(exc, False, False)
         self.node, self.region, self.score = worker.node, worker.region, score
         return att
 
@@ -1497,6 +1564,8 @@ class _Call:
                 False,
                 False,
             )
+        if event.code == _BACKPRESSURE:
+            return _Failure(BackpressureError(f"request {rid!r}: {event.message}"), False, True)
         if event.code == "shutdown":
             return _Failure(NodeUnreachableError(f"request {rid!r}: {event.message}"), False, False)
         return _Failure(

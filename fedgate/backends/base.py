@@ -14,8 +14,9 @@ other exception escaping ``generate`` is reported as code ``"backend"``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from ..errors import WorkerError
 from ..protocol import ERR_BACKEND, ERR_BAD_INPUT, ERR_UNSUPPORTED
@@ -23,9 +24,11 @@ from ..protocol import ERR_BACKEND, ERR_BAD_INPUT, ERR_UNSUPPORTED
 __all__ = ["Backend", "BackendRequest", "backend_failure", "bad_input", "unsupported"]
 
 
-@dataclass(frozen=True, slots=True)
-class BackendRequest:
+class BackendRequest(msgspec.Struct, frozen=True, gc=False):
     """One attempt of one request, as a backend sees it.
+
+    A frozen msgspec struct: the worker builds one per request, and a frozen
+    dataclass costs ten times as much to construct.
 
     Parameters
     ----------

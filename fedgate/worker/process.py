@@ -266,6 +266,7 @@ class _Link:
     __slots__ = (
         "backlog",
         "closed",
+        "corked",
         "drain_pending",
         "endpoint",
         "fd",
@@ -294,6 +295,8 @@ class _Link:
         # each other). Empty on the fast path.
         self.backlog: collections.deque[_Out] = collections.deque()
         self.drain_pending = False
+        # Frames produced during a drain, sent when it ends (see _on_readable).
+        self.corked: list[bytes] | None = None
         self.retry: asyncio.TimerHandle | None = None
         self.retry_delay = _RETRY_MIN
 
@@ -318,6 +321,7 @@ class _Active:
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
 _POLLOUT = int(zmq.POLLOUT)
 # Receive batch per loop callback: a flood of requests must not starve the
 # tasks already serving (nor the heartbeat).
@@ -643,6 +647,10 @@ class Worker:
         Returns None when it left at once (the fast path: one non-blocking send,
         nothing allocated), else its place in the link's backlog.
         """
+        corked = link.corked
+        if corked is not None:  # inside a drain: leaves with the others at its end
+            corked.append(frame)
+            return None
         if not link.backlog and not link.closed:
             try:
                 link.sock.send(frame, _NOBLOCK)
@@ -744,12 +752,24 @@ class Worker:
         if link.closed:
             link.drain_pending = False
             return
-        # Sends made while draining need no look of their own: the drain ends
-        # with a receive that finds nothing, which is that look.
+        # Replies produced while draining are held back and handed to libzmq
+        # together at the end: the I/O thread then wakes once and writes them
+        # in one go, instead of one wake-up and one TCP write per reply.
         link.drain_pending = True
+        corked = link.corked = []
         try:
             self._read_link(link)
-            if link.backlog and not link.closed:
+        finally:
+            link.corked = None
+        try:
+            if corked and not link.closed:
+                send = self._send
+                for frame in corked:
+                    send(link, frame)
+                # Those sends came after the drain's last (empty) receive and may
+                # have consumed the socket's read notification: look again.
+                self._settle(link)
+            elif link.backlog and not link.closed:
                 self._settle(link)
         finally:
             link.drain_pending = False
@@ -771,15 +791,19 @@ class Worker:
     def _read_link(self, link: _Link) -> None:
         if link.backlog:
             self._flush(link)
-        recv = link.sock.recv
+        sock = link.sock
+        recv = sock.recv
+        more = sock.getsockopt
         max_bytes = self.config.max_frame_bytes
         on_request = self._on_request
         on_cancel = self._on_cancel
         for _ in range(_RECV_BATCH):
             try:
-                # A zmq.Frame, only to read its "more" flag without a getsockopt.
-                part = recv(_NOBLOCK, copy=False)
-                if part.more:
+                # As bytes, not a zmq.Frame: each drain ends with a receive that
+                # finds nothing, and that failure costs twice as much with
+                # copy=False (~12 µs against ~6). RCVMORE is a plain option read.
+                part = recv(_NOBLOCK)
+                if more(_RCVMORE):
                     parts = 2
                     while recv(_NOBLOCK, copy=False).more:
                         parts += 1
@@ -793,7 +817,7 @@ class Worker:
                 self._fail(exc)
                 return
             try:
-                msg = decode_gateway_message(part.bytes, max_bytes)
+                msg = decode_gateway_message(part, max_bytes)
             except ProtocolError as exc:
                 self._malformed(link, str(exc))
                 continue
