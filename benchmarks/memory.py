@@ -3,8 +3,10 @@
 The scenario runs in a fresh interpreter (``python -m benchmarks.memory``), so
 its resident set is the gateway's alone:
 
-1. import fedgate and compile the routing kernels: the **baseline** RSS (the
-   floor any gateway process pays before it knows a single node);
+1. import fedgate (``imports_mb``) and warm the routing kernels up
+   (``warm_up_s``; from Numba's on-disk cache when an earlier process
+   compiled them, ``kernels_from_cache``): the **baseline** RSS (the floor
+   any gateway process pays before it knows a single node);
 2. start a gateway and register ``nodes`` nodes through the gateway's own
    handling of Ready frames (as if that many workers had announced
    themselves: catalog, health, breaker, router arrays, worker records), in
@@ -15,23 +17,37 @@ its resident set is the gateway's alone:
 4. once every stream has delivered its first token, read the process's RSS
    (``VmRSS``) and its peak (``VmHWM``).
 
-It prints one JSON line: ``{"baseline_mb", "rss_mb", "peak_mb", "nodes", "streams"}``.
+It prints one JSON line: ``{"baseline_mb", "rss_mb", "peak_mb", "nodes",
+"streams", "imports_mb", "warm_up_s", "kernels_from_cache"}``. With
+``trace=N`` (``python -m benchmarks.memory NODES STREAMS N``) tracemalloc
+follows every allocation after the baseline: ``"traced_mb"`` is what those
+allocations still hold at step 4 (after a garbage collection), and
+``"top_sites"`` the N fedgate (or scenario) source lines holding the most of
+it. Each allocation is charged to the innermost frame in fedgate or this
+file, so a dict grown inside the stdlib counts against the fedgate line that
+grew it. Tracing costs time and memory of its own: RSS figures of a traced
+run are not comparable, and the fake nodes get a long heartbeat interval so
+that the slower registration does not expire them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 __all__ = ["GatewayMemory", "measure", "rss_mb"]
 
 _REPO = Path(__file__).resolve().parent.parent
+_FEDGATE = str(_REPO / "fedgate")
 
 
 def rss_mb() -> tuple[float, float]:
@@ -45,17 +61,42 @@ def rss_mb() -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-async def _scenario(nodes: int, streams: int, baseline: float) -> dict[str, Any]:
+def _top_sites(snapshot: tracemalloc.Snapshot, limit: int) -> list[dict[str, Any]]:
+    """The source lines in fedgate (or this scenario) that hold the most traced memory."""
+    sites: dict[str, list[int]] = {}
+    for trace in snapshot.traces:
+        frames = trace.traceback[::-1]  # innermost first
+        owner = next(
+            (f for f in frames if f.filename.startswith(_FEDGATE) or f.filename == __file__),
+            frames[0],
+        )
+        where = f"{os.path.relpath(owner.filename, _REPO)}:{owner.lineno}"
+        site = sites.setdefault(where, [0, 0])
+        site[0] += trace.size
+        site[1] += 1
+    top = sorted(sites.items(), key=lambda item: -item[1][0])[:limit]
+    return [
+        {"site": where, "mb": round(size / 2**20, 2), "blocks": blocks}
+        for where, (size, blocks) in top
+    ]
+
+
+async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -> dict[str, Any]:
     from fedgate import protocol as wire
     from fedgate.gateway import GatewayBuilder, GatewayConfig
+    from fedgate.health import HealthChecker, HealthConfig
     from fedgate.types import Capability, InferenceRequest
 
-    gateway = (
+    builder = (
         GatewayBuilder()
         .bind("tcp://127.0.0.1:*")
         .config(GatewayConfig(request_timeout=600.0, monitor_interval=0.5))
-        .build()
     )
+    if trace:
+        # The fake nodes never heartbeat: untraced, the workers start well inside
+        # the default 3 s liveness; tracing slows registration past it.
+        builder.health(HealthChecker(HealthConfig(heartbeat_interval=3600.0)))
+    gateway = builder.build()
     procs: list[subprocess.Popen[bytes]] = []
     await gateway.start()
     try:
@@ -97,6 +138,13 @@ async def _scenario(nodes: int, streams: int, baseline: float) -> dict[str, Any]
         await asyncio.wait_for(all_started.wait(), timeout=120.0)
         in_flight = gateway.stats().active_streams
         rss, peak = rss_mb()
+        top = traced = None
+        if trace:
+            # Cyclic garbage (exceptions and their frames) is not state.
+            gc.collect()
+            traced = tracemalloc.get_traced_memory()[0] / 2**20
+            top = _top_sites(tracemalloc.take_snapshot(), trace)
+            tracemalloc.stop()  # the teardown need not crawl
         stop.set()
         for task in tasks:
             task.cancel()
@@ -107,35 +155,56 @@ async def _scenario(nodes: int, streams: int, baseline: float) -> dict[str, Any]
         for proc in procs:
             proc.kill()
             proc.wait()
-    return {
+    result: dict[str, Any] = {
         "baseline_mb": round(baseline, 1),
         "rss_mb": round(rss, 1),
         "peak_mb": round(peak, 1),
         "nodes": registered,
         "streams": in_flight,
     }
+    if top is not None:
+        result["traced_mb"] = round(traced or 0.0, 1)
+        result["top_sites"] = top
+    return result
 
 
-def _main(nodes: int, streams: int) -> None:
+def _main(nodes: int, streams: int, trace: int = 0) -> None:
     logging.basicConfig(level=logging.ERROR)
     import fedgate.gateway  # noqa: F401  (the imports every gateway pays)
-    from fedgate._jit import warm_up
+    from fedgate._jit import kernels, warm_up
 
+    imports, _ = rss_mb()
+    start = time.perf_counter()
     warm_up()
+    warm_up_s = time.perf_counter() - start
     baseline, _ = rss_mb()
+    from_cache = all(sum(k.stats.cache_hits.values()) > 0 for k in kernels().values())
     try:
         import uvloop
 
         run: Any = uvloop.run
     except ImportError:
         run = asyncio.run
-    print(json.dumps(run(_scenario(nodes, streams, baseline))), flush=True)
+    if trace:
+        # Deep enough to reach a fedgate frame from inside the stdlib; each
+        # extra frame slows every traced allocation.
+        tracemalloc.start(6)
+    result = run(_scenario(nodes, streams, baseline, trace))
+    result.update(
+        imports_mb=round(imports, 1),
+        warm_up_s=round(warm_up_s, 2),
+        kernels_from_cache=from_cache,
+    )
+    print(json.dumps(result), flush=True)
 
 
-def measure(nodes: int = 10_000, streams: int = 1_000) -> dict[str, Any]:
-    """Run the scenario in a fresh interpreter; its JSON result as a dict."""
+def measure(nodes: int = 10_000, streams: int = 1_000, trace: int = 0) -> dict[str, Any]:
+    """Run the scenario in a fresh interpreter; its JSON result as a dict.
+
+    ``trace`` > 0 adds ``"top_sites"``: that many allocation sites, largest first.
+    """
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", str(nodes), str(streams)],
+        [sys.executable, "-m", "benchmarks.memory", str(nodes), str(streams), str(trace)],
         cwd=_REPO,
         capture_output=True,
         text=True,
@@ -153,7 +222,7 @@ def measure(nodes: int = 10_000, streams: int = 1_000) -> dict[str, Any]:
 
 
 class GatewayMemory:
-    """RSS (MB) of a gateway with 10 000 nodes and 1 000 streams, beside the bare imports."""
+    """RSS (MB) of a gateway with 10 000 nodes and 1 000 streams, its baseline, its imports."""
 
     timeout = 300.0
     number = 1
@@ -168,9 +237,13 @@ class GatewayMemory:
     def track_baseline_rss_mb(self, result: dict[str, Any]) -> float:
         return float(result["baseline_mb"])
 
+    def track_imports_rss_mb(self, result: dict[str, Any]) -> float:
+        return float(result["imports_mb"])
+
     track_gateway_rss_mb.unit = "MB"  # type: ignore[attr-defined]
     track_baseline_rss_mb.unit = "MB"  # type: ignore[attr-defined]
+    track_imports_rss_mb.unit = "MB"  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
-    _main(int(sys.argv[1]), int(sys.argv[2]))
+    _main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)

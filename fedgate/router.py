@@ -275,7 +275,9 @@ class Router:
         self._last_latency_refresh = -math.inf
 
         self._rr_last: dict[tuple[ModelId | None, Capability], int] = {}
-        self._ring_points = np.zeros((cap, _VIRTUAL_POINTS), dtype=np.uint64)
+        # Allocated on the first consistent-hash pick: 512 bytes a node that
+        # the other strategies never read (8 MB for 16 384 slots).
+        self._ring_points = np.zeros((0, _VIRTUAL_POINTS), dtype=np.uint64)
         self._ring_ready = 0  # slots [0, _ring_ready) have their points computed
         self._ring_sorted: npt.NDArray[np.uint64] | None = None
         self._ring_owner: npt.NDArray[np.intp] | None = None
@@ -441,7 +443,6 @@ class Router:
         self._hmap = grown(self._hmap)
         self._bmap = grown(self._bmap)
         self._seen_seq = grown(self._seen_seq)
-        self._ring_points = grown(self._ring_points)
         self._scores = np.empty(cap, dtype=np.float64)
         self._reasons = np.empty(cap, dtype=np.int8)
         self._scratch_mask = np.zeros(cap, dtype=np.uint8)
@@ -834,6 +835,10 @@ class Router:
     def _ring_pick(self, affinity: str, scores: npt.NDArray[np.float64]) -> int:
         n = scores.shape[0]
         if self._ring_ready < n:
+            if self._ring_points.shape[0] < n:
+                points = np.zeros((self._hmap.shape[0], _VIRTUAL_POINTS), dtype=np.uint64)
+                points[: self._ring_ready] = self._ring_points[: self._ring_ready]
+                self._ring_points = points
             for s in range(self._ring_ready, n):
                 self._ring_points[s] = _ring_points(self._ids[s])
             self._ring_ready = n

@@ -9,13 +9,16 @@ module-scoped ``warm`` fixture), not once per example.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -678,20 +681,29 @@ def test_warm_up_compiles_each_kernel_once() -> None:
 
 def test_jit_options() -> None:
     options = _jit.JIT_OPTIONS
-    assert options["nogil"] and not options["cache"] and not options["fastmath"]
+    assert options["nogil"] and options["cache"] and not options["fastmath"]
     assert not options["boundscheck"]
+    if not JIT_OFF:
+        # The cache is warm_up()'s to enable (decorating with it would write at import).
+        assert all("cache" not in k.targetoptions for k in _jit.kernels().values())
 
 
 LAZY_CHECK = textwrap.dedent(
     """
+    import os
     import fedgate
     import fedgate._scoring as s
     from fedgate import _jit
     assert s._score_kernel.signatures == [], s._score_kernel.signatures
     assert s._components_kernel.signatures == [], s._components_kernel.signatures
-    compiled = {name: entry[0].signatures for name, entry in _jit._REGISTRY.items()}
+    compiled = {name: k.signatures for name, k in _jit.kernels().items()}
     assert "fedgate._scoring._score_kernel" in compiled, compiled
     assert not any(compiled.values()), compiled
+    # No on-disk cache yet: nothing was looked up, nothing written.
+    paths = [k.stats.cache_path for k in _jit.kernels().values()]
+    assert paths == [None, None], paths
+    cache_dir = os.environ["NUMBA_CACHE_DIR"]
+    assert not os.path.exists(cache_dir), os.listdir(cache_dir)
     """
 )
 
@@ -701,10 +713,154 @@ def _without_jit_switch() -> dict[str, str]:
 
 
 @pytest.mark.skipif(JIT_OFF, reason="checks lazy compilation, which needs the JIT")
-def test_import_compiles_nothing() -> None:
-    done = subprocess.run([sys.executable, "-c", LAZY_CHECK], env=_without_jit_switch(),
+def test_import_compiles_nothing(tmp_path: Path) -> None:
+    env = {**_without_jit_switch(), "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    done = subprocess.run([sys.executable, "-c", LAZY_CHECK], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+# A gateway start in a fresh interpreter: warm_up(), then one routing decision
+# through each kernel on a fixed fleet (NaN, inf, every health and breaker
+# state), printed bit for bit with the kernels' cache statistics.
+CACHE_PROBE = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import fedgate
+    from fedgate import _jit
+    from fedgate import _scoring as sc
+
+    _jit.warm_up()
+    n = 40
+    rng = np.random.default_rng(7)
+    a = sc.NodeArrays()
+    a.add_region(1)
+    a.add_region(3)
+    for _ in range(n):
+        a.add_node()
+    a.health[:n] = rng.integers(0, 4, n)
+    a.p50[:n] = rng.choice([np.nan, 0.0, 0.02, 0.3, np.inf], n)
+    a.p99[:n] = a.p50[:n] * 2
+    a.region[:n] = rng.integers(-1, 3, n)
+    a.cost[:n] = rng.choice([np.nan, 0.0, 0.5, 2.0, np.inf], n)
+    a.gpu[:n] = rng.integers(0, 2, n)
+    a.inflight[:n] = rng.integers(0, 5, n)
+    a.breaker[:n] = rng.integers(0, 3, n)
+    a.alive[:n] = rng.random(n) < 0.9
+    mask = (rng.random(n) < 0.9).astype(np.uint8)
+    weights = sc.make_weights(gpu=0.5)
+    params = sc.make_params(privacy=1, origin=0, prefer_gpu=True, load_penalty=0.1)
+    best = sc.score_nodes(a, mask, weights, params)
+    components, scores, reasons, best2 = sc.score_components(a, mask, weights, params)
+    stats = {
+        name: {"hits": sum(k.stats.cache_hits.values()),
+               "misses": sum(k.stats.cache_misses.values()),
+               "path": k.stats.cache_path}
+        for name, k in _jit.kernels().items()
+    }
+    result = [best, best2, components.tobytes().hex(), scores.tobytes().hex(), reasons.tolist()]
+    print(json.dumps({"file": fedgate.__file__, "stats": stats, "result": result}))
+    """
+)
+
+
+def _probe(cache_dir: Path, cwd: Path | None = None, **env: str) -> tuple[dict[str, Any], str]:
+    """Run CACHE_PROBE with its Numba cache in cache_dir; (its JSON line, its stderr)."""
+    full_env = {**_without_jit_switch(), "NUMBA_CACHE_DIR": str(cache_dir), **env}
+    done = subprocess.run([sys.executable, "-c", CACHE_PROBE], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=110)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+
+def _hits_misses(probe: dict[str, Any]) -> set[tuple[int, int]]:
+    return {(k["hits"], k["misses"]) for k in probe["stats"].values()}
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A Numba cache directory a first process filled: (its path, that process's probe)."""
+    cache = tmp_path_factory.mktemp("numba-cache")
+    first, _ = _probe(cache)
+    return cache, first
+
+
+def _copy(cache: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "numba-cache"
+    shutil.copytree(cache, copy)
+    return copy
+
+
+@pytest.mark.skipif(JIT_OFF, reason="the on-disk cache needs the JIT")
+def test_second_process_loads_kernels_from_the_disk_cache(
+    filled_cache: tuple[Path, dict[str, Any]],
+) -> None:
+    cache, first = filled_cache
+    assert set(first["stats"]) == {"fedgate._scoring._score_kernel",
+                                   "fedgate._scoring._components_kernel"}  # fmt: skip
+    assert _hits_misses(first) == {(0, 1)}
+    for name, stats in first["stats"].items():
+        assert stats["path"].startswith(str(cache)), (name, stats)
+    assert len(list(cache.rglob("*.nbi"))) == 2 and len(list(cache.rglob("*.nbc"))) == 2
+    second, _ = _probe(cache)
+    assert _hits_misses(second) == {(1, 0)}
+    assert second["result"] == first["result"]
+
+
+@pytest.mark.skipif(JIT_OFF, reason="the on-disk cache needs the JIT")
+def test_disk_cache_is_keyed_by_codegen_settings(
+    filled_cache: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    # Numba's own key ignores NUMBA_BOUNDSCHECK and the decorator options:
+    # served from this cache, a process that asked for bounds checks would
+    # run the unchecked code.
+    cache = _copy(filled_cache[0], tmp_path)
+    other, _ = _probe(cache, NUMBA_BOUNDSCHECK="1")
+    assert _hits_misses(other) == {(0, 1)}
+    assert other["result"] == filled_cache[1]["result"]
+    # Both entries now live side by side.
+    assert _hits_misses(_probe(cache, NUMBA_BOUNDSCHECK="1")[0]) == {(1, 0)}
+    assert _hits_misses(_probe(cache)[0]) == {(1, 0)}
+
+
+@pytest.mark.skipif(JIT_OFF, reason="the on-disk cache needs the JIT")
+def test_corrupt_disk_cache_costs_a_compile_not_the_start(
+    filled_cache: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    cache = _copy(filled_cache[0], tmp_path)
+    for data in cache.rglob("*.nbc"):
+        data.write_bytes(data.read_bytes()[:100])
+    after, stderr = _probe(cache)
+    assert "unreadable Numba cache" in stderr
+    assert _hits_misses(after) == {(0, 1)}
+    assert after["result"] == filled_cache[1]["result"]
+    # The compile replaced the bad entries.
+    healed, stderr = _probe(cache)
+    assert _hits_misses(healed) == {(1, 0)} and "Numba cache" not in stderr
+
+
+@pytest.mark.skipif(JIT_OFF, reason="the on-disk cache needs the JIT")
+def test_no_writable_cache_directory_compiles_in_memory(
+    filled_cache: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    # A copy of the package whose __pycache__ cannot be a directory, and every
+    # other place Numba looks under a plain file: no cache location at all
+    # (file modes would not stop root). Numba alone raises RuntimeError here.
+    site = tmp_path / "site"
+    shutil.copytree(Path(_jit.__file__).parent, site / "fedgate",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (site / "fedgate" / "__pycache__").write_bytes(b"")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    before = sorted(tmp_path.rglob("*"))
+    probe, stderr = _probe(blocker / "numba", cwd=tmp_path, PYTHONPATH=str(site),
+                           XDG_CACHE_HOME=str(blocker / "xdg"), HOME=str(blocker))  # fmt: skip
+    assert probe["file"] == str(site / "fedgate" / "__init__.py")
+    assert "no usable Numba cache" in stderr
+    assert {k["path"] for k in probe["stats"].values()} == {None}
+    assert probe["result"] == filled_cache[1]["result"]
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_import_fedgate_is_fast() -> None:
