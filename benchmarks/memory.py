@@ -17,8 +17,10 @@ its resident set is the gateway's alone:
 4. once every stream has delivered its first token, read the process's RSS
    (``VmRSS``) and its peak (``VmHWM``).
 
-It prints one JSON line: ``{"baseline_mb", "rss_mb", "peak_mb", "nodes",
-"streams", "imports_mb", "warm_up_s", "kernels_from_cache"}``. With
+It prints one JSON line: ``{"baseline_mb", "rss_mb", "peak_mb", "private_mb",
+"libraries_mb", "nodes", "streams", "imports_mb", "warm_up_s",
+"kernels_from_cache"}`` (``private_mb``: the part of the RSS no other process
+shares; ``libraries_mb``: pages of mapped ``.so`` files in it). With
 ``trace=N`` (``python -m benchmarks.memory NODES STREAMS N``) tracemalloc
 follows every allocation after the baseline: ``"traced_mb"`` is what those
 allocations still hold at step 4 (after a garbage collection), and
@@ -44,7 +46,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatewayMemory", "measure", "rss_mb"]
+__all__ = ["GatewayMemory", "measure", "private_mb", "rss_mb"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _FEDGATE = str(_REPO / "fedgate")
@@ -59,6 +61,32 @@ def rss_mb() -> tuple[float, float]:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = int(value.split()[0]) / 1024
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def private_mb() -> tuple[float, float]:
+    """(private memory, shared-library pages) of this process's RSS in MB (Linux).
+
+    Private: pages only this process maps (``Private_Clean + Private_Dirty``
+    of ``/proc/self/smaps_rollup``), what a second gateway process would add.
+    Library pages: resident pages of mapped ``.so`` files (LLVM's and NumPy's,
+    mostly); their relocated data pages are private, so the two overlap.
+    """
+    rollup: dict[str, float] = {}
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                rollup[key] = int(value.split()[0]) / 1024
+    libraries = 0.0
+    current = ""
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:
+                current = head[5] if len(head) > 5 else ""
+            elif head and head[0] == "Rss:" and ".so" in current:
+                libraries += int(head[1]) / 1024
+    return rollup["Private_Clean"] + rollup["Private_Dirty"], libraries
 
 
 def _top_sites(snapshot: tracemalloc.Snapshot, limit: int) -> list[dict[str, Any]]:
@@ -138,6 +166,7 @@ async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -
         await asyncio.wait_for(all_started.wait(), timeout=120.0)
         in_flight = gateway.stats().active_streams
         rss, peak = rss_mb()
+        private, libraries = private_mb()
         top = traced = None
         if trace:
             # Cyclic garbage (exceptions and their frames) is not state.
@@ -159,6 +188,8 @@ async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -
         "baseline_mb": round(baseline, 1),
         "rss_mb": round(rss, 1),
         "peak_mb": round(peak, 1),
+        "private_mb": round(private, 1),
+        "libraries_mb": round(libraries, 1),
         "nodes": registered,
         "streams": in_flight,
     }

@@ -190,6 +190,16 @@ def memory_rows(quick: bool) -> list[Row]:
             "≤ 150 MB",
             rss <= 150,
         ),
+        Row(
+            "  of which pages of .so libraries (LLVM, NumPy)",
+            result["libraries_mb"],
+            rss,
+            "MB",
+            result["libraries_mb"] / rss,
+            f"{result['libraries_mb'] / rss:.0%} of the RSS",
+            "(context)",
+            True,
+        ),
     ]
 
 
@@ -213,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         "\nbaselines: bare zmq.asyncio DEALER/ROUTER round trip and pipelined echo; bare ROUTER "
-        "streams; NumPy vectorised routing; RSS after imports + kernel compilation."
+        "streams; NumPy vectorised routing; RSS after imports + kernels loaded (from Numba's "
+        "disk cache when warm)."
     )
     return 0
 
