@@ -1,14 +1,21 @@
 """Build the compiled core: only the extension list and the Cython directives live here.
 
 Metadata is in pyproject.toml. ``FEDGATE_DEBUG_BUILD=1`` turns bounds and
-wraparound checks back on for hunting memory errors.
+wraparound checks back on for hunting memory errors. After the Cython modules,
+the routing kernels are compiled ahead of time by Numba
+(``_native/build_kernels_aot.py``); when that fails the build goes on and
+fedgate compiles them just in time instead (it says so), so
+``FEDGATE_NO_AOT=1`` skips it.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("FEDGATE_DEBUG_BUILD") == "1"
 
@@ -38,9 +45,33 @@ def ext(name: str) -> Extension:
 
 EXTENSIONS = [ext("_latency"), ext("_breaker_table")]
 # Development switch: rebuild one module while another is being edited.
-if only := os.environ.get("FEDGATE_BUILD_ONLY"):
-    EXTENSIONS = [e for e in EXTENSIONS if e.name == f"fedgate.{only}"]
+ONLY = os.environ.get("FEDGATE_BUILD_ONLY")
+if ONLY:
+    EXTENSIONS = [e for e in EXTENSIONS if e.name == f"fedgate.{ONLY}"]
+AOT = os.environ.get("FEDGATE_NO_AOT") != "1" and ONLY in (None, "", "_kernels_aot")
+
+
+class BuildExt(build_ext):
+    """The Cython modules, then ``fedgate._kernels_aot`` from the Numba kernels."""
+
+    def run(self) -> None:
+        super().run()
+        if not AOT:
+            return
+        # In a process of its own: compiling imports Numba and LLVM, which this
+        # build process need not hold, and a failure must not end the build.
+        target = self.get_ext_fullpath("fedgate._kernels_aot")
+        done = subprocess.run([sys.executable, "_native/build_kernels_aot.py", target])
+        if done.returncode:
+            print(
+                "fedgate: WARNING: the routing kernels were not compiled ahead of time; "
+                "fedgate will compile them just in time (Numba) in each gateway process",
+                file=sys.stderr,
+            )
 
 print(f"fedgate: building the accelerated core ({'debug' if DEBUG else 'release'} directives)")
 
-setup(ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES, annotate=False))
+setup(
+    ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES, annotate=False),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -3,10 +3,11 @@
 The scenario runs in a fresh interpreter (``python -m benchmarks.memory``), so
 its resident set is the gateway's alone:
 
-1. import fedgate (``imports_mb``) and warm the routing kernels up
-   (``warm_up_s``; from Numba's on-disk cache when an earlier process
-   compiled them, ``kernels_from_cache``): the **baseline** RSS (the floor
-   any gateway process pays before it knows a single node);
+1. import fedgate (``imports_mb``) and load the routing kernels as a gateway
+   does (``kernels``: ``"aot"``, compiled at install, or ``"jit"``: Numba
+   compiles them, ``warm_up_s``, or loads them from its on-disk cache,
+   ``kernels_from_cache``): the **baseline** RSS (the floor any gateway
+   process pays before it knows a single node);
 2. start a gateway and register ``nodes`` nodes through the gateway's own
    handling of Ready frames (as if that many workers had announced
    themselves: catalog, health, breaker, router arrays, worker records), in
@@ -18,7 +19,7 @@ its resident set is the gateway's alone:
    (``VmRSS``) and its peak (``VmHWM``).
 
 It prints one JSON line: ``{"baseline_mb", "rss_mb", "peak_mb", "private_mb",
-"libraries_mb", "nodes", "streams", "imports_mb", "warm_up_s",
+"libraries_mb", "nodes", "streams", "imports_mb", "kernels", "warm_up_s",
 "kernels_from_cache"}`` (``private_mb``: the part of the RSS no other process
 shares; ``libraries_mb``: pages of mapped ``.so`` files in it). With
 ``trace=N`` (``python -m benchmarks.memory NODES STREAMS N``) tracemalloc
@@ -202,14 +203,21 @@ async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -
 def _main(nodes: int, streams: int, trace: int = 0) -> None:
     logging.basicConfig(level=logging.ERROR)
     import fedgate.gateway  # noqa: F401  (the imports every gateway pays)
-    from fedgate._jit import kernels, warm_up
+    from fedgate._accel import routing_kernels
 
     imports, _ = rss_mb()
     start = time.perf_counter()
-    warm_up()
+    # What a gateway's start loads: the kernels compiled ahead of time, or
+    # Numba and its just-in-time kernels (from its disk cache when warm).
+    how = routing_kernels()[0]
+    from_cache = False
+    if how == "jit":
+        from fedgate._jit import kernels, warm_up
+
+        warm_up()
+        from_cache = all(sum(k.stats.cache_hits.values()) > 0 for k in kernels().values())
     warm_up_s = time.perf_counter() - start
     baseline, _ = rss_mb()
-    from_cache = all(sum(k.stats.cache_hits.values()) > 0 for k in kernels().values())
     try:
         import uvloop
 
@@ -223,6 +231,7 @@ def _main(nodes: int, streams: int, trace: int = 0) -> None:
     result = run(_scenario(nodes, streams, baseline, trace))
     result.update(
         imports_mb=round(imports, 1),
+        kernels=how,
         warm_up_s=round(warm_up_s, 2),
         kernels_from_cache=from_cache,
     )

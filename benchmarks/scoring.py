@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedgate import _jit
+from fedgate import _kernels as kn
 from fedgate import _scoring as sc
 
 N_REGIONS = 8
@@ -281,7 +282,7 @@ class ScoreNodes:
         sc.score_nodes(c.arrays, c.mask, c.weights, c.params, c.out_scores, c.out_reasons)
 
     def time_kernel(self, nodes: int) -> None:
-        sc._score_kernel(*self.kernel_args)
+        kn._score_kernel(*self.kernel_args)
 
     def time_numpy(self, nodes: int) -> None:
         self.numpy(self.case)
@@ -305,7 +306,7 @@ class Dispatch:
         self.case = c
 
     def time_kernel_empty(self) -> None:
-        sc._score_kernel(*self.kernel_args)
+        kn._score_kernel(*self.kernel_args)
 
     def time_wrapper_empty(self) -> None:
         c = self.case

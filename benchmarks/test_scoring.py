@@ -24,6 +24,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.scoring import Case, NumpyScorer, make_case, python_score
 from fedgate import _jit
+from fedgate import _kernels as kn
 from fedgate import _scoring as sc
 
 OURS = "fedgate score_nodes()"
@@ -122,7 +123,7 @@ def test_score_nodes(benchmark: BenchmarkFixture, nodes: int) -> None:
 @pytest.mark.parametrize("nodes", SIZES)
 def test_kernel_direct(benchmark: BenchmarkFixture, nodes: int) -> None:
     c = case(nodes)
-    kernel = sc._score_kernel
+    kernel = kn._score_kernel
     args = (*c.arrays.kernel_columns(), c.mask, c.arrays.clearance, c.weights, c.params,
             c.out_scores, c.out_reasons)  # fmt: skip
     run(benchmark, f"{nodes} nodes", DIRECT, lambda: kernel(*args))
@@ -164,7 +165,7 @@ def _noop16(
 
 def test_dispatch_empty_kernel(benchmark: BenchmarkFixture) -> None:
     c = case(0)
-    kernel = sc._score_kernel
+    kernel = kn._score_kernel
     args = (*c.arrays.kernel_columns(), c.mask, c.arrays.clearance, c.weights, c.params,
             c.out_scores, c.out_reasons)  # fmt: skip
     run(benchmark, "dispatch", "kernel, 0 nodes", lambda: kernel(*args))

@@ -83,7 +83,7 @@ JIT_OPTIONS: dict[str, Any] = {
 }
 
 # Modules that define kernels; warm_up() imports them so their kernels register.
-KERNEL_MODULES: tuple[str, ...] = ("fedgate._scoring",)
+KERNEL_MODULES: tuple[str, ...] = ("fedgate._kernels",)
 
 # Example arguments for warm_up(): a callable, so that nothing is built at import.
 Examples = Callable[[], Sequence[tuple[Any, ...]]]
@@ -147,7 +147,7 @@ def kernels() -> dict[str, Any]:
     Returns
     -------
     dict
-        ``"fedgate._scoring._score_kernel"`` → dispatcher (or plain function
+        ``"fedgate._kernels._score_kernel"`` → dispatcher (or plain function
         when the JIT is disabled).
     """
     for module in KERNEL_MODULES:

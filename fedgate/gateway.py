@@ -516,11 +516,13 @@ class Gateway:
         """Bind the ROUTER, start reading it, start the heartbeat monitor, warm the kernels."""
         if self._sock is not None:
             raise RuntimeError("gateway already started")
-        from ._jit import warm_up
+        if self.router.kernels == "jit":
+            from ._jit import warm_up
 
-        # Compiling the scoring kernel takes seconds: do it off the loop, before
-        # the first request pays for it.
-        await asyncio.to_thread(warm_up)
+            # Compiling the scoring kernels takes seconds (or a disk-cache load):
+            # off the loop, before the first request would pay for it. Kernels
+            # compiled ahead of time need none of it, nor Numba at all.
+            await asyncio.to_thread(warm_up)
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)

@@ -15,8 +15,9 @@ it incrementally:
   (:meth:`Router.set_alive`) and in-flight requests (:meth:`Router.acquire` /
   :meth:`Router.release`).
 
-A decision is then one pass of the Numba scoring kernel over the arrays and a
-pick by the load-balancing strategy among the eligible nodes:
+A decision is then one pass of the Numba scoring kernel over the arrays
+(compiled ahead of time at install, or just in time: :attr:`Router.kernels`)
+and a pick by the load-balancing strategy among the eligible nodes:
 
 ``least-latency`` (default)
     The best composite score, discounted by in-flight requests
@@ -66,6 +67,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _scoring
+from ._accel import routing_kernels
 from ._scoring import (
     P_COST_SCALE,
     P_COST_TOLERANCE,
@@ -242,6 +244,8 @@ class Router:
         self._clock: Clock = clock if clock is not None else health.clock
         self._refresh_interval = float(refresh_interval)
         self._lock = threading.RLock()
+        # "aot" (compiled at install: Numba is never loaded) or "jit"; see _accel.
+        self.kernels, self._score, self._components = routing_kernels()
         self._rng = np.random.default_rng(seed)
 
         self._arrays = NodeArrays(capacity=64)
@@ -791,11 +795,9 @@ class Router:
                     mask[s] = 0
         params = self._fill_params(request)
         scores = self._scores
-        # Typed Any: the column tuple hides the kernel's arity from mypy.
-        kernel: Any = _scoring._score_kernel
         best = int(
-            kernel(*self._columns, mask, self._arrays.clearance, self._weights, params, scores,
-                   self._reasons)
+            self._score(*self._columns, mask, self._arrays.clearance, self._weights, params,
+                        scores, self._reasons)
         )  # fmt: skip
         if best < 0:
             raise self._explain(request, base, excluded)
@@ -999,9 +1001,13 @@ class Router:
             if base is None:
                 return []
             n = self._arrays.n
-            components, scores, reasons, _best = _scoring.score_components(
-                self._arrays, base, self._weights, self._fill_params(request).copy()
-            )
+            components = np.empty((n, _scoring.N_WEIGHTS), dtype=np.float64)
+            scores = np.empty(n, dtype=np.float64)
+            reasons = np.empty(n, dtype=np.int8)
+            # The router's own arrays, valid by construction: the kernel directly,
+            # not the validating score_components() (which always runs the JIT one).
+            self._components(*self._columns, base, self._arrays.clearance, self._weights,
+                             self._fill_params(request), components, scores, reasons)  # fmt: skip
             names = [(p.name, p.index) for p in self._policy.policies]
             out: list[Candidate] = []
             for s in np.flatnonzero(base[:n]).tolist():

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedgate import _jit
+from fedgate import _kernels as kn
 from fedgate import _scoring as sc
 
 JIT_OFF = _jit.jit_disabled()
@@ -329,7 +330,7 @@ def test_reference_scores_reasons_and_choice(f: Fleet) -> None:
 
 
 @settings(PROPERTY, max_examples=5 if JIT_OFF else 20)
-@given(fleets(min_nodes=3 * sc._BLOCK, max_nodes=4 * sc._BLOCK))
+@given(fleets(min_nodes=3 * kn._BLOCK, max_nodes=4 * kn._BLOCK))
 def test_reference_large_fleets_across_blocks(f: Fleet) -> None:
     # The kernel scores in blocks of _BLOCK nodes: the choice must carry across.
     ref_scores, ref_reasons, _, ref_eff, ref_best = reference(f)
@@ -337,6 +338,45 @@ def test_reference_large_fleets_across_blocks(f: Fleet) -> None:
     assert reasons.tolist() == ref_reasons
     np.testing.assert_allclose(scores, np.array(ref_scores), rtol=1e-12, atol=1e-15)
     assert_same_choice(best, ref_best, ref_eff)
+
+
+# ---------------------------------------------------------------- ahead of time
+
+try:
+    from fedgate import _kernels_aot as aot
+except ImportError:  # a checkout never built: the router compiles just in time
+    aot = None
+
+
+@pytest.mark.skipif(aot is None or JIT_OFF, reason="needs fedgate._kernels_aot and the JIT")
+@PROPERTY
+@given(fleets(max_nodes=3 * kn._BLOCK))
+def test_aot_kernels_equal_the_jit_ones_bit_for_bit(f: Fleet) -> None:
+    # The same source compiled twice (pycc at install, Numba at run time) must
+    # give the same bits: the router uses whichever loaded.
+    assert aot is not None
+    a, mask, weights, params = f.arrays(), f.mask_array(), np.array(f.weights), f.params()
+    columns = a.kernel_columns()
+    size = a.capacity
+
+    def outputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.full((size, sc.N_WEIGHTS), -7.0), np.full(size, -7.0),
+                np.full(size, -7, dtype=np.int8))  # fmt: skip
+
+    _, jit_scores, jit_reasons = jit_out = outputs()
+    _, aot_scores, aot_reasons = aot_out = outputs()
+    jit_best = kn._score_kernel(*columns, mask, a.clearance, weights, params, jit_scores,
+                                jit_reasons)  # fmt: skip
+    aot_best = aot.score(*columns, mask, a.clearance, weights, params, aot_scores, aot_reasons)
+    assert aot_best == jit_best
+    np.testing.assert_array_equal(aot_scores, jit_scores)
+    np.testing.assert_array_equal(aot_reasons, jit_reasons)
+    jit_out, aot_out = outputs(), outputs()
+    jit_best = kn._components_kernel(*columns, mask, a.clearance, weights, params, *jit_out)
+    aot_best = aot.components(*columns, mask, a.clearance, weights, params, *aot_out)
+    assert aot_best == jit_best
+    for ours, theirs in zip(aot_out, jit_out, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 @PROPERTY
@@ -476,7 +516,7 @@ def test_reference_jit_mode() -> None:
     # In the NUMBA_DISABLE_JIT=1 rerun the kernels must really be plain Python.
     if os.environ.get("FEDGATE_EXPECT_NO_JIT") == "1":
         assert _jit.jit_disabled()
-        assert not hasattr(sc._score_kernel, "signatures")
+        assert not hasattr(kn._score_kernel, "signatures")
     else:
         assert _jit.jit_disabled() == (os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"))
 
@@ -595,7 +635,7 @@ def test_kernel_can_be_called_directly_after_validation() -> None:
     sc.check_weights(weights)
     sc.check_params(params)
     columns = a.kernel_columns()
-    best = sc._score_kernel(*columns, mask, a.clearance, weights, params, scores, reasons)
+    best = kn._score_kernel(*columns, mask, a.clearance, weights, params, scores, reasons)
     assert best == 1 == sc.score_nodes(a, mask, weights, params)
 
 
@@ -666,7 +706,7 @@ def test_warm_up_compiles_each_kernel_once() -> None:
         assert set(_jit.warm_up()) == set(_jit.kernels())
         return
     kernels = _jit.kernels()
-    assert set(kernels) == {"fedgate._scoring._score_kernel", "fedgate._scoring._components_kernel"}
+    assert set(kernels) == {"fedgate._kernels._score_kernel", "fedgate._kernels._components_kernel"}
     _jit.warm_up()
     before = {name: list(k.signatures) for name, k in kernels.items()}
     assert all(len(sigs) == 1 for sigs in before.values())
@@ -692,12 +732,12 @@ LAZY_CHECK = textwrap.dedent(
     """
     import os
     import fedgate
-    import fedgate._scoring as s
+    import fedgate._kernels as s
     from fedgate import _jit
     assert s._score_kernel.signatures == [], s._score_kernel.signatures
     assert s._components_kernel.signatures == [], s._components_kernel.signatures
     compiled = {name: k.signatures for name, k in _jit.kernels().items()}
-    assert "fedgate._scoring._score_kernel" in compiled, compiled
+    assert "fedgate._kernels._score_kernel" in compiled, compiled
     assert not any(compiled.values()), compiled
     # No on-disk cache yet: nothing was looked up, nothing written.
     paths = [k.stats.cache_path for k in _jit.kernels().values()]
@@ -797,8 +837,8 @@ def test_second_process_loads_kernels_from_the_disk_cache(
     filled_cache: tuple[Path, dict[str, Any]],
 ) -> None:
     cache, first = filled_cache
-    assert set(first["stats"]) == {"fedgate._scoring._score_kernel",
-                                   "fedgate._scoring._components_kernel"}  # fmt: skip
+    assert set(first["stats"]) == {"fedgate._kernels._score_kernel",
+                                   "fedgate._kernels._components_kernel"}  # fmt: skip
     assert _hits_misses(first) == {(0, 1)}
     for name, stats in first["stats"].items():
         assert stats["path"].startswith(str(cache)), (name, stats)
