@@ -191,7 +191,7 @@ def memory_rows(quick: bool) -> list[Row]:
             rss <= 150,
         ),
         Row(
-            "  of which pages of .so libraries (LLVM, NumPy)",
+            "  of which pages of mapped .so libraries",
             result["libraries_mb"],
             rss,
             "MB",
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         "\nbaselines: bare zmq.asyncio DEALER/ROUTER round trip and pipelined echo; bare ROUTER "
-        "streams; NumPy vectorised routing; RSS after imports + kernels loaded (from Numba's "
-        "disk cache when warm)."
+        "streams; NumPy vectorised routing; RSS after imports + routing kernels loaded "
+        "(compiled ahead of time, or by Numba when that module is missing)."
     )
     return 0
 
