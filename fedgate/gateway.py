@@ -471,6 +471,8 @@ class Gateway:
         # REQUEST frames queued in this loop iteration (see _queue).
         self._out: list[tuple[bytes, bytes, _Attempt]] = []
         self._batch_open = False
+        # The last read pass found a lone message (see _on_readable).
+        self._lone = False
         # Open attempts in deadline order (see _watch_deadline).
         self._deadlines: collections.deque[_Attempt] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -738,12 +740,17 @@ class Gateway:
         )
         att.started = att.last_frame = now
         att.deadline = call.deadline
+        # The REQUEST first, the bookkeeping after: no reply is read before this
+        # task yields, and the bookkeeping then overlaps the round trip instead
+        # of delaying it.
+        unsent = self._queue(worker.identity, frame, att)
         self._watch_deadline(att)
         self._attempts[call.rid] = att
         worker.attempts[call.rid] = att
         self.router.acquire(worker.node)
         self._per_node[worker.node].requests += 1
-        self._queue(worker.identity, frame, att)
+        if unsent is not None:
+            self._unsent(att, unsent)
         return att
 
     def _close(self, att: _Attempt, *, cancel: bool) -> None:
@@ -848,7 +855,7 @@ class Gateway:
                 fut.set_result(None)
                 return
 
-    def _queue(self, identity: bytes, frame: bytes, att: _Attempt) -> None:
+    def _queue(self, identity: bytes, frame: bytes, att: _Attempt) -> zmq.ZMQError | None:
         """Send the REQUEST of ``att`` now, or with the others at the end of this loop iteration.
 
         The first request of an iteration leaves at once (a lone caller waits
@@ -856,17 +863,19 @@ class Gateway:
         iteration leave together at its end, so libzmq's I/O thread wakes once
         and writes them in one go instead of one wake-up and one TCP write per
         request (the worker does the same with its replies). A failed send
-        reaches the attempt through its inbox, as a lost node does.
+        reaches the attempt through its inbox, as a lost node does: returns the
+        error of a send made now, for the caller to pass on once ``att`` is
+        registered.
         """
         if self._batch_open:
             self._out.append((identity, frame, att))
-            return
+            return None
         self._batch_open = True
         assert self._loop is not None
         self._loop.call_soon(self._flush_out)
         sock = self._sock
         assert sock is not None  # _open checked
-        self._send_request(sock, identity, frame, att)
+        return self._send_request(sock, identity, frame, att)
 
     def _flush_out(self) -> None:
         self._batch_open = False
@@ -878,14 +887,17 @@ class Gateway:
         if out:
             self._out = []
             for identity, frame, att in out:
-                if not att.closed:  # closed: ended before it left (the caller went away)
-                    self._send_request(sock, identity, frame, att)
+                if att.closed:
+                    continue  # ended before it left (the caller went away)
+                unsent = self._send_request(sock, identity, frame, att)
+                if unsent is not None:
+                    self._unsent(att, unsent)
         # The sends may have consumed the socket's edge-triggered read notification.
         self._schedule_drain()
 
     def _send_request(
         self, sock: zmq.Socket[Any], identity: bytes, frame: bytes, att: _Attempt
-    ) -> None:
+    ) -> zmq.ZMQError | None:
         try:
             # Two plain sends with precomputed int flags: send_multipart builds
             # flag enums per frame. ROUTER_MANDATORY and a full pipe both fail on
@@ -894,9 +906,9 @@ class Gateway:
             sock.send(identity, _SNDMORE_NOBLOCK)
             sock.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:
-            self._unsent(att, exc)
-        else:
-            att.sent = True
+            return exc
+        att.sent = True
+        return None
 
     def _unsent(self, att: _Attempt, exc: zmq.ZMQError) -> None:
         """A REQUEST could not be handed to libzmq: fail its attempt like the gateway's own loss."""
@@ -952,6 +964,7 @@ class Gateway:
         if not self._drain_pending and sock is not None and (
             cast(int, sock.getsockopt(_EVENTS)) & _POLLIN
         ):
+            self._lone = False  # more came in: read in batches again
             self._drain_pending = True
             assert self._loop is not None
             self._loop.call_soon(self._on_readable)
@@ -968,11 +981,20 @@ class Gateway:
         getsockopt = sock.getsockopt
         # Bounded batch: a flood of frames must not starve the callers' tasks.
         for n in range(4096):
-            if n == 1 and not cast(int, getsockopt(_EVENTS)) & _POLLIN:
-                # A lone message, the common case at low load: asking the socket
-                # re-arms its notification as an empty receive would, at a third
-                # of the cost (no exception raised), and the reply waits on it.
-                return
+            if n == 1:
+                # A lone message is the common case at low load. Asking the socket
+                # (ZMQ_EVENTS) re-arms its notification as an empty receive would,
+                # at a third of the cost (no exception raised). When the last
+                # pass was lone too, ask after the caller that message wakes has
+                # run, not before: that look is off the request's latency path.
+                if self._lone:
+                    assert self._loop is not None
+                    self._loop.call_soon(self._schedule_drain)
+                    return
+                if not cast(int, getsockopt(_EVENTS)) & _POLLIN:
+                    self._lone = True
+                    return
+                self._lone = False
             try:
                 identity = recv(_NOBLOCK)
             except zmq.Again:
@@ -1395,19 +1417,6 @@ class _Call:
             self.lifecycle.to(_S.INFERRING)
             self.attempts += 1
             tried.add(node)
-            if gw.recent_routes.maxlen:
-                gw.recent_routes.append(
-                    RouteRecord(
-                        time.time(),
-                        req.request_id,
-                        req.tenant_id,
-                        str(req.capability),
-                        node,
-                        decision.region_id,
-                        decision.score,
-                        self.attempts,
-                    )
-                )
             return worker, decision.score, admission
 
     async def _wait_for_capacity(self, full: BackpressureError) -> None:
@@ -1427,6 +1436,20 @@ class _Call:
         except NodeUnreachableError as exc:  # the gateway stopped under this request
             return _Failure(exc, False, False)
         self.node, self.region, self.score = worker.node, worker.region, score
+        if gw.recent_routes.maxlen:  # for the dashboard; after the send, off the latency path
+            req = self.request
+            gw.recent_routes.append(
+                RouteRecord(
+                    time.time(),
+                    req.request_id,
+                    req.tenant_id,
+                    str(req.capability),
+                    worker.node,
+                    worker.region,
+                    score,
+                    self.attempts,
+                )
+            )
         return att
 
     def _step(self, event: Any, att: _Attempt) -> list[bytes] | _Failure | None:
