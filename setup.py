@@ -35,7 +35,7 @@ CFLAGS = ["-std=c11", "-O0" if DEBUG else "-O3", "-g0" if not DEBUG else "-g"]
 
 def ext(name: str) -> Extension:
     return Extension(
-        f"fedgate.{name}",
+        f"fedgate._core.{name}",
         [f"_native/{name}.pyx"],
         include_dirs=["_native", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
@@ -47,12 +47,12 @@ EXTENSIONS = [ext("_latency"), ext("_breaker_table")]
 # Development switch: rebuild one module while another is being edited.
 ONLY = os.environ.get("FEDGATE_BUILD_ONLY")
 if ONLY:
-    EXTENSIONS = [e for e in EXTENSIONS if e.name == f"fedgate.{ONLY}"]
+    EXTENSIONS = [e for e in EXTENSIONS if e.name == f"fedgate._core.{ONLY}"]
 AOT = os.environ.get("FEDGATE_NO_AOT") != "1" and ONLY in (None, "", "_kernels_aot")
 
 
 class BuildExt(build_ext):
-    """The Cython modules, then ``fedgate._kernels_aot`` from the Numba kernels."""
+    """The Cython modules, then ``fedgate.routing._kernels_aot`` from the Numba kernels."""
 
     def run(self) -> None:
         super().run()
@@ -60,7 +60,7 @@ class BuildExt(build_ext):
             return
         # In a process of its own: compiling imports Numba and LLVM, which this
         # build process need not hold, and a failure must not end the build.
-        target = self.get_ext_fullpath("fedgate._kernels_aot")
+        target = self.get_ext_fullpath("fedgate.routing._kernels_aot")
         done = subprocess.run([sys.executable, "_native/build_kernels_aot.py", target])
         if done.returncode:
             print(

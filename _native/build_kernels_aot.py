@@ -1,12 +1,12 @@
-"""Compile fedgate's routing kernels ahead of time into ``fedgate._kernels_aot``.
+"""Compile fedgate's routing kernels ahead of time into ``fedgate.routing._kernels_aot``.
 
 ``setup.py`` runs this after the Cython extensions. The kernels are the Numba
-functions of ``fedgate/_kernels.py``, unchanged: Numba's ``pycc`` compiles
+functions of ``fedgate/routing/_kernels.py``, unchanged: Numba's ``pycc`` compiles
 them here for exactly the argument types the router passes (the dtypes of
 ``NodeArrays``) into an extension module that needs only NumPy at run time, so
 a gateway process never loads Numba and LLVM (~70 MB of its memory) nor pays
 a compile at start. Without this module fedgate compiles the same kernels just
-in time (see ``fedgate/_accel.py``).
+in time (see ``fedgate/routing/kernels.py``).
 
 Usage: ``python _native/build_kernels_aot.py OUTPUT_PATH``
 
@@ -23,18 +23,21 @@ import types
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent.parent / "fedgate"
+PACKAGE = Path(__file__).resolve().parent.parent / "fedgate"
 EXPORTS = (("score", "_score_kernel"), ("components", "_components_kernel"))
 
 
 def _kernels_module() -> types.ModuleType:
-    # The package's __init__ imports the whole library (pyzmq, msgspec, …),
-    # which the build environment does not have: stand in for the package and
-    # import only the kernels and what they read (NumPy and Numba).
-    package = types.ModuleType("fedgate")
-    package.__path__ = [str(SOURCE)]
-    sys.modules["fedgate"] = package
-    from fedgate import _kernels
+    # The packages' __init__ files import the whole library (pyzmq, msgspec, …)
+    # or the compiled core, which the build environment does not have: stand in
+    # for the packages and import only the kernels and what they read (NumPy,
+    # Numba, the codes).
+    for name in ("fedgate", "fedgate._core", "fedgate.routing"):
+        path = PACKAGE.parent.joinpath(*name.split("."))
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        sys.modules[name] = package
+    from fedgate.routing import _kernels
 
     return _kernels
 
@@ -47,10 +50,10 @@ def build(output: Path) -> None:
 
     kernels = _kernels_module()
     # pycc compiles with default flags, where the just-in-time kernels get
-    # fedgate's (fedgate/_jit.py: JIT_OPTIONS). The one that changes the code is
+    # fedgate's (fedgate/routing/_jit.py: JIT_OPTIONS). The one that changes the code is
     # the error model: Python's tests every float division for zero, which
     # keeps LLVM from vectorising the score loop (measured 4× slower).
-    from fedgate._jit import JIT_OPTIONS as options
+    from fedgate.routing._jit import JIT_OPTIONS as options
 
     class KernelFlags(compiler.Flags):  # type: ignore[misc]
         def __init__(self, *args: object, **kwargs: object) -> None:

@@ -136,11 +136,11 @@ def make_table(impl: str, **config: Any) -> Any:
     if impl == "dict":
         return DictBreaker(**config)
     if impl == "pure":
-        from fedgate import _breaker_table_py
+        from fedgate._core import _breaker_table_py
 
         return _breaker_table_py.BreakerTable(**config)
     try:
-        from fedgate import _breaker_table
+        from fedgate._core import _breaker_table
     except ImportError as exc:  # asv skips a benchmark whose setup raises this
         raise NotImplementedError("the compiled core is not built") from exc
     return _breaker_table.BreakerTable(**config)

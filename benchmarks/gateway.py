@@ -1,6 +1,6 @@
 """asv: end-to-end ``gateway.infer()`` to worker processes, beside a bare pyzmq round trip.
 
-Ours: :meth:`fedgate.gateway.Gateway.infer` on this process's event loop to
+Ours: :meth:`fedgate.gateway.gateway.Gateway.infer` on this process's event loop to
 zero-delay synthetic workers (``python -m fedgate.worker --tokens 1``, one
 token, no time to first token) over loopback TCP — routing, the attempt
 loop, encoding, the ROUTER socket, the worker's asyncio loop and backend, the
@@ -32,8 +32,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from fedgate import protocol as wire
-from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.gateway.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.transport import protocol as wire
 from fedgate.types import Capability, InferenceRequest
 
 __all__ = ["ECHO_SERVER", "GatewayLatency", "GatewayThroughput", "Rig"]
@@ -133,7 +133,7 @@ class Rig:
         await gateway.start()  # compiles the routing kernels (seconds, once per process)
         self.gateway = gateway
         for i in range(self.workers):
-            argv = ["-m", "fedgate.worker", "--gateway", gateway.endpoints[0], "--node", f"b{i}"]
+            argv = ["-m", "fedgate", "worker", "--gateway", gateway.endpoints[0], "--node", f"b{i}"]
             flags = self.worker_flags(i) + (["--uvloop"] if self.uvloop else [])
             self.procs.append(_spawn(*argv, *flags))
         await gateway.wait_for_workers(self.workers, timeout=30.0)

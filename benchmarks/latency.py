@@ -1,6 +1,6 @@
 """asv: the latency table (record, percentiles, all nodes) beside numpy on the same data.
 
-The table is the one ``fedgate._accel`` chose (normally the compiled core).
+The table is the one ``fedgate._core`` chose (normally the compiled core).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedgate._accel import LatencyTable
+from fedgate._core import LatencyTable
 
 TRIPLE = [50, 95, 99]
 

@@ -111,9 +111,9 @@ def _top_sites(snapshot: tracemalloc.Snapshot, limit: int) -> list[dict[str, Any
 
 
 async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -> dict[str, Any]:
-    from fedgate import protocol as wire
-    from fedgate.gateway import GatewayBuilder, GatewayConfig
-    from fedgate.health import HealthChecker, HealthConfig
+    from fedgate.federation.health import HealthChecker, HealthConfig
+    from fedgate.gateway.gateway import GatewayBuilder, GatewayConfig
+    from fedgate.transport import protocol as wire
     from fedgate.types import Capability, InferenceRequest
 
     builder = (
@@ -138,7 +138,7 @@ async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -
             gateway._dispatch(f"fake-{i}".encode(), ready)
         for i in range(2):
             argv = [
-                sys.executable, "-m", "fedgate.worker", "--gateway", gateway.endpoints[0],
+                sys.executable, "-m", "fedgate", "worker", "--gateway", gateway.endpoints[0],
                 "--node", f"slow{i}", "--region", "us-west-2", "--model", "m",
                 "--capability", "generate", "--tokens", "65536", "--token-rate", "2",
                 "--max-concurrency", "1000", "--log-level", "WARNING",
@@ -202,8 +202,8 @@ async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -
 
 def _main(nodes: int, streams: int, trace: int = 0) -> None:
     logging.basicConfig(level=logging.ERROR)
-    import fedgate.gateway  # noqa: F401  (the imports every gateway pays)
-    from fedgate._accel import routing_kernels
+    import fedgate.gateway.gateway  # noqa: F401  (the imports every gateway pays)
+    from fedgate.routing.kernels import routing_kernels
 
     imports, _ = rss_mb()
     start = time.perf_counter()
@@ -212,7 +212,7 @@ def _main(nodes: int, streams: int, trace: int = 0) -> None:
     how = routing_kernels()[0]
     from_cache = False
     if how == "jit":
-        from fedgate._jit import kernels, warm_up
+        from fedgate.routing._jit import kernels, warm_up
 
         warm_up()
         from_cache = all(sum(k.stats.cache_hits.values()) > 0 for k in kernels().values())

@@ -1,6 +1,6 @@
 """asv: one routing decision over 1 000 and 10 000 nodes, beside its baselines.
 
-``time_route`` is the whole decision through :meth:`fedgate.router.Router.route`
+``time_route`` is the whole decision through :meth:`fedgate.routing.router.Router.route`
 (refresh check, request vector, Numba kernel, load-balanced pick, the
 decision object). The baselines score and pick over the very same node
 arrays: ``time_numpy_baseline`` with vectorised NumPy, ``time_python_baseline``
@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedgate import _scoring
-from fedgate.breaker import CircuitBreaker
-from fedgate.catalog import ModelCatalog
+from fedgate._core import codes
 from fedgate.clock import ManualClock
-from fedgate.health import HealthChecker
-from fedgate.router import Router
+from fedgate.federation.breaker import CircuitBreaker
+from fedgate.federation.catalog import ModelCatalog
+from fedgate.federation.health import HealthChecker
+from fedgate.routing.router import Router
 from fedgate.types import (
     Capability,
     InferenceRequest,
@@ -120,44 +120,44 @@ def numpy_route(x: dict[str, Any]) -> int:
     """The same scoring and choice as the kernel, vectorised with NumPy."""
     p, w = x["params"], x["weights"]
     privacy, max_latency, origin = (
-        p[_scoring.P_PRIVACY],
-        p[_scoring.P_MAX_LATENCY],
-        p[_scoring.P_ORIGIN],
+        p[codes.P_PRIVACY],
+        p[codes.P_MAX_LATENCY],
+        p[codes.P_ORIGIN],
     )
-    tolerance = p[_scoring.P_COST_TOLERANCE] / 100.0
+    tolerance = p[codes.P_COST_TOLERANCE] / 100.0
     health, p50, p99, region = x["health"], x["p50"], x["p99"], x["region"]
     clearance = x["clearance"][region]
     eligible = (
         (x["mask"] != 0)
         & (x["alive"] != 0)
         & (clearance >= privacy)
-        & (health != _scoring.HEALTH_UNHEALTHY)
-        & (x["breaker"] != _scoring.BREAKER_OPEN)
+        & (health != codes.HEALTH_UNHEALTHY)
+        & (x["breaker"] != codes.BREAKER_OPEN)
         & ~(p50 > max_latency)
     )
     if not eligible.any():
         return -1
     s_health = np.select(
         [
-            health == _scoring.HEALTH_HEALTHY,
-            health == _scoring.HEALTH_DEGRADED,
-            health == _scoring.HEALTH_UNHEALTHY,
+            health == codes.HEALTH_HEALTHY,
+            health == codes.HEALTH_DEGRADED,
+            health == codes.HEALTH_UNHEALTHY,
         ],
         [1.0, 0.5, 0.0],
         0.3,
     )
     lat = 0.5 * p50 + 0.5 * p99
     s_latency = np.where(
-        np.isnan(lat), 0.5, 1.0 / (1.0 + np.maximum(lat, 0.0) / p[_scoring.P_LATENCY_SCALE])
+        np.isnan(lat), 0.5, 1.0 / (1.0 + np.maximum(lat, 0.0) / p[codes.P_LATENCY_SCALE])
     )
     s_privacy = (clearance >= privacy).astype(np.float64)
     s_locality = np.full(x["n"], 0.5) if origin < 0 else (region == origin).astype(np.float64)
     cost = x["cost"]
     cheap = np.where(
-        np.isnan(cost), 0.5, 1.0 / (1.0 + np.maximum(cost, 0.0) / p[_scoring.P_COST_SCALE])
+        np.isnan(cost), 0.5, 1.0 / (1.0 + np.maximum(cost, 0.0) / p[codes.P_COST_SCALE])
     )
     s_cost = (1.0 - tolerance) * cheap + tolerance * s_latency
-    s_gpu = (x["gpu"] != 0).astype(np.float64) if p[_scoring.P_PREFER_GPU] else np.full(x["n"], 0.5)
+    s_gpu = (x["gpu"] != 0).astype(np.float64) if p[codes.P_PREFER_GPU] else np.full(x["n"], 0.5)
     total = (
         w[0] * s_health
         + w[1] * s_latency
@@ -166,7 +166,7 @@ def numpy_route(x: dict[str, Any]) -> int:
         + w[4] * s_cost
         + w[5] * s_gpu
     ) / w.sum()
-    effective = np.where(eligible, total / (1.0 + p[_scoring.P_LOAD_PENALTY] * x["inflight"]), -1.0)
+    effective = np.where(eligible, total / (1.0 + p[codes.P_LOAD_PENALTY] * x["inflight"]), -1.0)
     return int(np.argmax(effective))
 
 

@@ -1,7 +1,7 @@
 """asv: the scoring kernel over 1 000 and 10 000 nodes, beside its baselines.
 
 ``time_score`` is the Numba kernel through its thin public wrapper
-(:func:`fedgate._scoring.score_nodes`: validation, then the kernel);
+(:func:`fedgate.routing.scoring.score_nodes`: validation, then the kernel);
 ``time_kernel`` the kernel called directly, as the router does after
 validating once. The baselines compute exactly the same scores, reasons and
 choice over the very same data: ``time_numpy`` with the best vectorised NumPy
@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedgate import _jit
-from fedgate import _kernels as kn
-from fedgate import _scoring as sc
+from fedgate._core import codes
+from fedgate.routing import _jit, arrays
+from fedgate.routing import _kernels as kn
+from fedgate.routing import scoring as sc
 
 N_REGIONS = 8
 # Clearance per region: a realistic mix, two regions cleared for RESTRICTED.
@@ -34,7 +35,7 @@ CLEARANCES = [3, 2, 1, 1, 2, 0, 1, 3]
 class Case:
     """One routing decision's inputs, in every form the three scorers take."""
 
-    arrays: sc.NodeArrays
+    arrays: arrays.NodeArrays
     mask: np.ndarray
     weights: np.ndarray
     params: np.ndarray
@@ -50,13 +51,13 @@ class Case:
 def make_case(n: int, seed: int = 0) -> Case:
     """A fleet that looks like a busy federation, and one INTERNAL request."""
     rng = np.random.default_rng(seed)
-    a = sc.NodeArrays(capacity=max(n, 1))
+    a = arrays.NodeArrays(capacity=max(n, 1))
     for level in CLEARANCES:
         a.add_region(level)
     for _ in range(n):
         a.add_node()
     a.health[:n] = rng.choice(
-        [sc.HEALTH_HEALTHY, sc.HEALTH_DEGRADED, sc.HEALTH_UNKNOWN, sc.HEALTH_UNHEALTHY],
+        [codes.HEALTH_HEALTHY, codes.HEALTH_DEGRADED, codes.HEALTH_UNKNOWN, codes.HEALTH_UNHEALTHY],
         n,
         p=[0.8, 0.1, 0.05, 0.05],
     )
@@ -69,12 +70,12 @@ def make_case(n: int, seed: int = 0) -> Case:
     a.gpu[:n] = rng.random(n) < 0.5
     a.inflight[:n] = rng.integers(0, 9, n)
     a.breaker[:n] = rng.choice(
-        [sc.BREAKER_CLOSED, sc.BREAKER_OPEN, sc.BREAKER_HALF_OPEN], n, p=[0.95, 0.03, 0.02]
+        [codes.BREAKER_CLOSED, codes.BREAKER_OPEN, codes.BREAKER_HALF_OPEN], n, p=[0.95, 0.03, 0.02]
     )
     a.alive[:n] = rng.random(n) < 0.98
     mask = (rng.random(max(n, 1)) < 0.9).astype(np.uint8)
-    weights = sc.make_weights(gpu=0.5)
-    params = sc.make_params(
+    weights = arrays.make_weights(gpu=0.5)
+    params = arrays.make_params(
         privacy=1, max_latency=0.5, origin=2, prefer_gpu=True, cost_tolerance=50,
         load_penalty=0.1,
     )  # fmt: skip
@@ -92,9 +93,9 @@ def make_case(n: int, seed: int = 0) -> Case:
 # Health code -> component, for every int8 bit pattern (codes it does not
 # know score as UNKNOWN, as in the kernel).
 _HEALTH_LUT = np.full(256, 0.3)
-_HEALTH_LUT[sc.HEALTH_HEALTHY] = 1.0
-_HEALTH_LUT[sc.HEALTH_DEGRADED] = 0.5
-_HEALTH_LUT[sc.HEALTH_UNHEALTHY] = 0.0
+_HEALTH_LUT[codes.HEALTH_HEALTHY] = 1.0
+_HEALTH_LUT[codes.HEALTH_DEGRADED] = 0.5
+_HEALTH_LUT[codes.HEALTH_UNHEALTHY] = 0.0
 
 
 class NumpyScorer:
@@ -131,23 +132,23 @@ class NumpyScorer:
         # Privacy: one table lookup per node. Ids outside the table (negative
         # ones wrap to huge as uint32) clip onto the extra last entry, which
         # says what an unknown region (INTERNAL) may take.
-        table = np.append(a.clearance >= privacy, privacy <= sc.DEFAULT_CLEARANCE)
+        table = np.append(a.clearance >= privacy, privacy <= codes.DEFAULT_CLEARANCE)
         cleared = self.cleared[:n]
         np.take(table, region.view(np.uint32), out=cleared, mode="clip")
 
         # Reasons: lowest priority first, each higher one overwriting.
         reasons = case.out_reasons[:n]
         np.greater(p50, max_latency, out=b0)
-        np.multiply(b0, sc.REASON_LATENCY, out=reasons, casting="unsafe")
-        np.equal(a.breaker[:n], sc.BREAKER_OPEN, out=b0)
-        np.copyto(reasons, sc.REASON_BREAKER_OPEN, where=b0)
-        np.equal(health, sc.HEALTH_UNHEALTHY, out=b0)
-        np.copyto(reasons, sc.REASON_UNHEALTHY, where=b0)
+        np.multiply(b0, codes.REASON_LATENCY, out=reasons, casting="unsafe")
+        np.equal(a.breaker[:n], codes.BREAKER_OPEN, out=b0)
+        np.copyto(reasons, codes.REASON_BREAKER_OPEN, where=b0)
+        np.equal(health, codes.HEALTH_UNHEALTHY, out=b0)
+        np.copyto(reasons, codes.REASON_UNHEALTHY, where=b0)
         np.logical_not(cleared, out=b0)
-        np.copyto(reasons, sc.REASON_PRIVACY, where=b0)
+        np.copyto(reasons, codes.REASON_PRIVACY, where=b0)
         np.logical_and(case.mask[:n], a.alive[:n], out=b0)
         np.logical_not(b0, out=b0)
-        np.copyto(reasons, sc.REASON_NOT_SERVING, where=b0)
+        np.copyto(reasons, codes.REASON_NOT_SERVING, where=b0)
 
         # Latency component f0 = scale / (scale + max(lat, 0)), 0.5 when NaN.
         np.multiply(p50, 0.5, out=f0)
@@ -191,7 +192,7 @@ class NumpyScorer:
         else:
             np.add(total, w[5] * 0.5, out=total)
         np.divide(total, weight_sum, out=total)
-        np.not_equal(reasons, sc.REASON_OK, out=b0)
+        np.not_equal(reasons, codes.REASON_OK, out=b0)
         np.copyto(total, math.nan, where=b0)
         if n == 0:
             return -1
@@ -203,7 +204,7 @@ class NumpyScorer:
         np.divide(total, f1, out=f1)
         np.copyto(f1, -math.inf, where=b0)
         best = int(np.argmax(f1))
-        return best if reasons[best] == sc.REASON_OK else -1
+        return best if reasons[best] == codes.REASON_OK else -1
 
 
 # ---------------------------------------------------------------- pure-Python baseline
@@ -223,24 +224,24 @@ def python_score(case: Case, out_scores: list[float], out_reasons: list[int]) ->
         zip(c["health"], c["p50"], c["p99"], c["region"], c["cost"], c["gpu"], c["inflight"],
             c["breaker"], c["alive"], c["mask"], strict=True)
     ):  # fmt: skip
-        level = clearance[r] if 0 <= r < n_regions else sc.DEFAULT_CLEARANCE
+        level = clearance[r] if 0 <= r < n_regions else codes.DEFAULT_CLEARANCE
         if not mask or not alive:
-            reason = sc.REASON_NOT_SERVING
+            reason = codes.REASON_NOT_SERVING
         elif level < privacy:
-            reason = sc.REASON_PRIVACY
-        elif h == sc.HEALTH_UNHEALTHY:
-            reason = sc.REASON_UNHEALTHY
-        elif breaker == sc.BREAKER_OPEN:
-            reason = sc.REASON_BREAKER_OPEN
+            reason = codes.REASON_PRIVACY
+        elif h == codes.HEALTH_UNHEALTHY:
+            reason = codes.REASON_UNHEALTHY
+        elif breaker == codes.BREAKER_OPEN:
+            reason = codes.REASON_BREAKER_OPEN
         elif p50 > max_latency:
-            reason = sc.REASON_LATENCY
+            reason = codes.REASON_LATENCY
         else:
-            reason = sc.REASON_OK
+            reason = codes.REASON_OK
         out_reasons[i] = reason
-        if reason != sc.REASON_OK:
+        if reason != codes.REASON_OK:
             out_scores[i] = math.nan
             continue
-        s_health = 1.0 if h == sc.HEALTH_HEALTHY else 0.5 if h == sc.HEALTH_DEGRADED else 0.3
+        s_health = 1.0 if h == codes.HEALTH_HEALTHY else 0.5 if h == codes.HEALTH_DEGRADED else 0.3
         lat = 0.5 * p50 + 0.5 * p99
         s_latency = 0.5 if lat != lat else lscale / (lscale + max(lat, 0.0))
         s_locality = 0.5 if origin < 0 else (1.0 if r == origin else 0.0)

@@ -37,9 +37,9 @@ import zmq
 import zmq.asyncio
 
 from benchmarks.gateway import Rig, _spawn
-from fedgate import protocol as wire
-from fedgate.backends.synthetic import MAX_CHUNK_TOKENS, synthetic_tokens
+from fedgate.transport import protocol as wire
 from fedgate.types import Capability, InferenceRequest
+from fedgate.worker.backends.synthetic import MAX_CHUNK_TOKENS, synthetic_tokens
 
 __all__ = ["STREAM_SERVER", "StreamRig", "StreamThroughput", "TokenLatency", "timed_tokens"]
 
@@ -127,7 +127,7 @@ class StreamRig(Rig):
         await super()._start()
         assert self.gateway is not None
         argv = [
-            "-m", "fedgate.worker", "--gateway", self.gateway.endpoints[0], "--node", "timed",
+            "-m", "fedgate", "worker", "--gateway", self.gateway.endpoints[0], "--node", "timed",
             "--region", "us-west-2", "--model", "m", "--capability", "code",
             "--backend", "python", "--callable", "benchmarks.streaming:timed_tokens",
             "--log-level", "WARNING",

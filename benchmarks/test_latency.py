@@ -1,7 +1,7 @@
 """Latency table: record and p50/p95/p99, each against its baseline in the same run.
 
 ``pytest benchmarks/test_latency.py -s`` prints, per case, the table that
-``fedgate._accel`` chose (normally the compiled one) beside the baselines:
+``fedgate._core`` chose (normally the compiled one) beside the baselines:
 a ``deque`` append and the pure twin for ``record``; ``numpy.percentile`` on
 the very same samples for the percentiles.
 """
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from fedgate import _accel
-from fedgate._latency_py import LatencyTable as PureLatencyTable
+from fedgate import _core
+from fedgate._core._latency_py import LatencyTable as PureLatencyTable
 
 WINDOW = 1024
 NODES = 1000
 TRIPLE = [50, 95, 99]
-OURS = f"fedgate ({_accel.IMPLEMENTATION})"
+OURS = f"fedgate ({_core.IMPLEMENTATION})"
 
 # case -> implementation -> median seconds per call
 _FIGURES: dict[str, dict[str, float]] = {}
@@ -66,7 +66,7 @@ def test_record(benchmark: BenchmarkFixture, impl: str) -> None:
         run(benchmark, "record", impl, lambda: append(0.045))
         assert len(window) == WINDOW
         return
-    cls = _accel.LatencyTable if impl == OURS else PureLatencyTable
+    cls = _core.LatencyTable if impl == OURS else PureLatencyTable
     table = cls(window=WINDOW, nodes=1)
     table.record_many(0, full_window())
     record = table.record
@@ -76,7 +76,7 @@ def test_record(benchmark: BenchmarkFixture, impl: str) -> None:
 
 @pytest.mark.parametrize("impl", [OURS, "numpy.percentile"])
 def test_percentiles_full_window(benchmark: BenchmarkFixture, impl: str) -> None:
-    table = _accel.LatencyTable(window=WINDOW, nodes=1)
+    table = _core.LatencyTable(window=WINDOW, nodes=1)
     table.record_many(0, full_window())
     samples = table.samples(0)
     expected = np.percentile(samples, TRIPLE)
@@ -92,7 +92,7 @@ def test_percentiles_full_window(benchmark: BenchmarkFixture, impl: str) -> None
     "impl", [OURS, "numpy.percentile(matrix, axis=1)", "numpy.percentile per node"]
 )
 def test_all_percentiles(benchmark: BenchmarkFixture, impl: str) -> None:
-    table = _accel.LatencyTable(window=WINDOW, nodes=NODES)
+    table = _core.LatencyTable(window=WINDOW, nodes=NODES)
     for slot in range(NODES):
         table.record_many(slot, full_window(slot))
     matrix = np.stack([table.samples(slot) for slot in range(NODES)])

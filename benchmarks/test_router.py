@@ -22,7 +22,7 @@ from benchmarks.router import (
     python_route,
     python_rows,
 )
-from fedgate.router import STRATEGIES
+from fedgate.routing.router import STRATEGIES
 
 OURS = "fedgate route()"
 SIZES = [1000, 10000]

@@ -2,7 +2,7 @@
 
 ``pytest benchmarks/test_scoring.py -s`` prints, per fleet size, the median
 of one scoring pass and choice through the thin wrapper
-(:func:`fedgate._scoring.score_nodes`) next to the best vectorised NumPy
+(:func:`fedgate.routing.scoring.score_nodes`) next to the best vectorised NumPy
 version of the same computation and a plain Python loop over lists, all on
 the very same data and checked first to agree (scores, reasons, choice). It
 also prints Numba's fixed cost per call (the kernel over no nodes, and a
@@ -23,9 +23,10 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.scoring import Case, NumpyScorer, make_case, python_score
-from fedgate import _jit
-from fedgate import _kernels as kn
-from fedgate import _scoring as sc
+from fedgate._core import codes
+from fedgate.routing import _jit
+from fedgate.routing import _kernels as kn
+from fedgate.routing import scoring as sc
 
 OURS = "fedgate score_nodes()"
 DIRECT = "kernel called directly"
@@ -98,7 +99,7 @@ def test_all_three_agree(nodes: int) -> None:
     c = case(nodes)
     best = sc.score_nodes(c.arrays, c.mask, c.weights, c.params, c.out_scores, c.out_reasons)
     scores, reasons = c.out_scores.copy(), c.out_reasons.copy()
-    assert best >= 0 and (reasons == sc.REASON_OK).sum() > nodes // 2  # a realistic fleet
+    assert best >= 0 and (reasons == codes.REASON_OK).sum() > nodes // 2  # a realistic fleet
 
     assert NumpyScorer(nodes)(c) == best
     np.testing.assert_array_equal(c.out_reasons, reasons)

@@ -1,7 +1,7 @@
 """fedgate — a federation gateway for ML inference.
 
 Import everything a user needs from here (policies also from
-:mod:`fedgate.policy`). Nothing here compiles a Numba kernel, and the modules
+:mod:`fedgate.federation.policy`). Nothing here compiles a Numba kernel, and the modules
 that import Numba (the router and the gateway) load on first use of one of
 their names, so ``import fedgate`` stays fast.
 """
@@ -11,18 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._accel import IMPLEMENTATION
-from .breaker import (
-    Admission,
-    BreakerConfig,
-    BreakerStatus,
-    BreakerTransition,
-    CircuitBreaker,
-    CircuitState,
-)
-from .catalog import CatalogEvent, Deployment, ModelCatalog, ModelMetadata
-from .clock import ManualClock
-from .errors import (
+from fedgate._core import IMPLEMENTATION
+from fedgate.clock import ManualClock
+from fedgate.errors import (
     AllNodesUnhealthyError,
     BackpressureError,
     CircuitOpenError,
@@ -36,8 +27,23 @@ from .errors import (
     StreamInterruptedError,
     WorkerError,
 )
-from .health import HealthChecker, HealthConfig, HealthState, HealthStatus, HealthTransition
-from .policy import (
+from fedgate.federation.breaker import (
+    Admission,
+    BreakerConfig,
+    BreakerStatus,
+    BreakerTransition,
+    CircuitBreaker,
+    CircuitState,
+)
+from fedgate.federation.catalog import CatalogEvent, Deployment, ModelCatalog, ModelMetadata
+from fedgate.federation.health import (
+    HealthChecker,
+    HealthConfig,
+    HealthState,
+    HealthStatus,
+    HealthTransition,
+)
+from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
     GpuPolicy,
@@ -47,8 +53,13 @@ from .policy import (
     Policy,
     PrivacyPolicy,
 )
-from .statemachine import InvalidTransitionError, RequestLifecycle, RequestState, TraceStep
-from .types import (
+from fedgate.federation.statemachine import (
+    InvalidTransitionError,
+    RequestLifecycle,
+    RequestState,
+    TraceStep,
+)
+from fedgate.types import (
     Capability,
     InferenceRequest,
     InferenceResponse,
@@ -61,10 +72,10 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .gateway import Gateway, GatewayBuilder, GatewayConfig, GatewayStats
-    from .router import Candidate, RouteDecision, Router
+    from fedgate.gateway.gateway import Gateway, GatewayBuilder, GatewayConfig, GatewayStats
+    from fedgate.routing.router import Candidate, RouteDecision, Router
 
-__version__ = "0.1.0"
+from fedgate._version import __version__
 
 # Names whose modules import Numba: loaded on first access (PEP 562).
 _LAZY = {
@@ -72,9 +83,9 @@ _LAZY = {
     "GatewayBuilder": "gateway",
     "GatewayConfig": "gateway",
     "GatewayStats": "gateway",
-    "Candidate": "router",
-    "RouteDecision": "router",
-    "Router": "router",
+    "Candidate": "routing.router",
+    "RouteDecision": "routing.router",
+    "Router": "routing.router",
 }
 
 

@@ -26,7 +26,7 @@ key by its dotted path and the value::
 Command-line flags override the file: :func:`apply_overrides` sets dotted keys
 in the parsed TOML data before it is checked, so a flag's value passes the same
 checks (its error names the flag). :func:`build_gateway` turns a config into a
-:class:`~fedgate.gateway.Gateway`; :func:`reload_gateway` applies a new config
+:class:`~fedgate.gateway.gateway.Gateway`; :func:`reload_gateway` applies a new config
 to a running one (policy, strategy, origin, region clearances) all or nothing.
 
 ``[policy]`` overlays a preset: ``preset = "enterprise_default"`` (the
@@ -46,9 +46,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .breaker import BreakerConfig, CircuitBreaker
-from .health import HealthChecker, HealthConfig
-from .policy import (
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
+from fedgate.federation.health import HealthChecker, HealthConfig
+from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
     GpuPolicy,
@@ -58,8 +58,8 @@ from .policy import (
     Policy,
     PrivacyPolicy,
 )
-from .telemetry import DEFAULT_ENDPOINT
-from .types import PrivacyLevel, Region, RegionId
+from fedgate.telemetry import DEFAULT_ENDPOINT
+from fedgate.types import PrivacyLevel, Region, RegionId
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,8 +67,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from .gateway import Gateway, GatewayConfig
-    from .worker.process import WorkerConfig
+    from fedgate.gateway.gateway import Gateway, GatewayConfig
+    from fedgate.worker.process import WorkerConfig
 
 __all__ = [
     "DEFAULT_BIND",
@@ -261,7 +261,7 @@ def _dataclass(
 
 
 def _default_gateway_config() -> GatewayConfig:
-    from .gateway import GatewayConfig
+    from fedgate.gateway.gateway import GatewayConfig
 
     return GatewayConfig()
 
@@ -282,7 +282,7 @@ class FedgateConfig:
     prometheus_port : int or None
         Serve Prometheus metrics on this port (0: any free one).
     strategy : str
-        Load-balancing strategy (:data:`fedgate.router.STRATEGIES`).
+        Load-balancing strategy (:data:`fedgate.routing.router.STRATEGIES`).
     origin : RegionId or None
         The gateway's own region, for the locality policy.
     gateway_id : str or None
@@ -371,8 +371,8 @@ class FedgateConfig:
 def _gateway_table(
     data: Mapping[str, Any], out: dict[str, Any], gw_fields: dict[str, tuple[str, Any]]
 ) -> None:
-    from .gateway import GatewayConfig
-    from .router import STRATEGIES
+    from fedgate.gateway.gateway import GatewayConfig
+    from fedgate.routing.router import STRATEGIES
 
     table = _table("gateway", data)
     known = [f.name for f in fields(GatewayConfig)]
@@ -544,7 +544,7 @@ def _simple_table(name: str, cls: Any, data: Any) -> Any:
 
 
 def _worker_table(data: Any) -> dict[str, Any]:
-    from .worker.process import WorkerConfig
+    from fedgate.worker.process import WorkerConfig
 
     table = _table("worker", data)
     allowed = [f.name for f in fields(WorkerConfig) if f.name != "backend_options"] + ["options"]
@@ -602,7 +602,7 @@ def parse_config(
 
 
 def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
-    from .gateway import GatewayConfig
+    from fedgate.gateway.gateway import GatewayConfig
 
     if not isinstance(data, Mapping):
         raise ConfigError(None, f"expected a table of settings, got {_typename(data)}")
@@ -758,12 +758,12 @@ def _copy(value: Any) -> Any:
 
 
 def build_gateway(cfg: FedgateConfig) -> Gateway:
-    """A :class:`~fedgate.gateway.Gateway` built from ``cfg`` (not started).
+    """A :class:`~fedgate.gateway.gateway.Gateway` built from ``cfg`` (not started).
 
     The telemetry endpoint and Prometheus port are not the gateway's: serve
     them with ``TelemetryServer(gateway, cfg.telemetry, cfg.prometheus_port)``.
     """
-    from .gateway import GatewayBuilder
+    from fedgate.gateway.gateway import GatewayBuilder
 
     builder = (
         GatewayBuilder()
@@ -839,7 +839,7 @@ def worker_config(cfg: FedgateConfig, **overrides: Any) -> WorkerConfig:
     ConfigError
         A required key is neither in the file nor given (``worker.node: missing``).
     """
-    from .worker.process import WorkerConfig
+    from fedgate.worker.process import WorkerConfig
 
     values = {**cfg.worker, **{k: v for k, v in overrides.items() if v is not None}}
     for key in _WORKER_REQUIRED:

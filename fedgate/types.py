@@ -14,7 +14,7 @@ from typing import ClassVar, NewType
 
 import msgspec
 
-from .clock import to_seconds
+from fedgate.clock import to_seconds
 
 __all__ = [
     "Capability",

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from fedgate import _accel
+from fedgate import _core
 
 
 @pytest.fixture(params=["compiled", "pure"])
@@ -15,9 +15,9 @@ def core(request: pytest.FixtureRequest) -> types.SimpleNamespace:
 
     ``core.LatencyTable``, ``core.BreakerTable``; ``core.name`` says which.
     """
-    found = _accel.twins()
+    found = _core.twins()
     if request.param not in found:
-        if _accel.NO_EXTENSIONS:
+        if _core.NO_EXTENSIONS:
             pytest.skip("FEDGATE_NO_EXTENSIONS=1: compiled core disabled")
         pytest.fail("the compiled core did not load; run `pip install -e .` to build it")
     latency, breaker = found[request.param]

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fedgate import RegionId
-from fedgate.breaker import CircuitBreaker
-from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
-from fedgate.health import HealthChecker, HealthConfig
-from fedgate.policy import CompositePolicy
+from fedgate.federation.breaker import CircuitBreaker
+from fedgate.federation.health import HealthChecker, HealthConfig
+from fedgate.federation.policy import CompositePolicy
+from fedgate.gateway.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.types import Region
 from fedgate.worker.process import Worker, WorkerConfig
 

@@ -9,7 +9,7 @@ so that a failing test can show what the worker said
 (:meth:`Fleet.logs`).
 
 Only the standard library and the gateway's public view of its workers
-(:meth:`fedgate.gateway.Gateway.workers`) are used, so the helpers work with
+(:meth:`fedgate.gateway.gateway.Gateway.workers`) are used, so the helpers work with
 any gateway a test builds.
 """
 
@@ -164,7 +164,7 @@ class Fleet:
         """
         if node in self.procs and self.procs[node].running:
             raise RuntimeError(f"node {node!r} already running as pid {self.procs[node].pid}")
-        argv = [sys.executable, "-m", "fedgate.worker", "--node", node, "--region", region]
+        argv = [sys.executable, "-m", "fedgate", "worker", "--node", node, "--region", region]
         for endpoint in gateways or (self.endpoint,):
             argv += ["--gateway", endpoint]
         if "--model" not in flags:

@@ -14,16 +14,17 @@ from typing import Any
 import pybackend_fixture
 import pytest
 
-from fedgate.backends import (
+from fedgate.errors import WorkerError
+from fedgate.worker.backends import (
     Backend,
     BackendRequest,
     backend_names,
     create_backend,
     register_backend,
 )
-from fedgate.backends.openai import OpenAIBackend
-from fedgate.backends.python import PythonBackend, load_callable
-from fedgate.backends.synthetic import (
+from fedgate.worker.backends.openai import OpenAIBackend
+from fedgate.worker.backends.python import PythonBackend, load_callable
+from fedgate.worker.backends.synthetic import (
     MAX_CHUNK_TOKENS,
     MAX_TOKENS,
     Fault,
@@ -33,7 +34,6 @@ from fedgate.backends.synthetic import (
     synthetic_token,
     synthetic_tokens,
 )
-from fedgate.errors import WorkerError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fedgate import _accel
-from fedgate.breaker import (
+from fedgate import _core
+from fedgate.clock import ManualClock
+from fedgate.federation.breaker import (
     Admission,
     BreakerConfig,
     BreakerTransition,
     CircuitBreaker,
     CircuitState,
 )
-from fedgate.clock import ManualClock
 from fedgate.types import NodeId
 
 N = NodeId("problem-node")
@@ -415,7 +415,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.events: list[BreakerTransition] = []
 
     @initialize(
-        impl=st.sampled_from(sorted(_accel.twins())),
+        impl=st.sampled_from(sorted(_core.twins())),
         threshold=st.integers(1, 4),
         base=st.integers(1, 50),
         extra=st.integers(0, 200),
@@ -425,7 +425,7 @@ class BreakerMachine(RuleBasedStateMachine):
     )
     def setup(self, impl: str, threshold: int, base: int, extra: int, max_probes: int,
               successes: int, probe_ms: int) -> None:  # fmt: skip
-        table = _accel.twins()[impl][1].BreakerTable
+        table = _core.twins()[impl][1].BreakerTable
         config = BreakerConfig(
             failure_threshold=threshold,
             open_timeout=base * MS,

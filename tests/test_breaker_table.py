@@ -29,7 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fedgate import _breaker_table_py
+from fedgate._core import _breaker_table_py
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 REJECT, ADMIT, PROBE = 0, 1, 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedgate.catalog import CatalogEvent, Deployment, ModelCatalog
+from fedgate.federation.catalog import CatalogEvent, Deployment, ModelCatalog
 from fedgate.types import Capability, ModelId, NodeId, RegionId
 
 M = ModelId("whisper-large-v3")

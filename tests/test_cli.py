@@ -25,10 +25,10 @@ import zmq
 from rich.console import Console
 
 from fedgate import cli
-from fedgate.backends.synthetic import synthetic_output, synthetic_token
+from fedgate.cli.demo import FEDERATION, REGIONS, DemoResult, Plan, render_summary
 from fedgate.config import load_config, loads_config
-from fedgate.demo import FEDERATION, REGIONS, DemoResult, Plan, render_summary
-from fedgate.gateway import Gateway
+from fedgate.gateway.gateway import Gateway
+from fedgate.worker.backends.synthetic import synthetic_output, synthetic_token
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -247,7 +247,7 @@ def test_demo_plan_shows_the_whole_story_in_any_duration(duration: float) -> Non
 
 
 def test_demo_federation_is_the_case_study_with_valid_worker_flags() -> None:
-    from fedgate.worker.cli import build_parser, config_from_args
+    from fedgate.cli.worker import build_parser, config_from_args
 
     assert [s.node for s in FEDERATION] == ["us-west-gpu-01", "eu-west-gpu-01", "ap-south-cpu-01"]
     clearance = {r.id: r.clearance.name for r in REGIONS}
@@ -431,7 +431,7 @@ def test_gateway_process_serves_a_worker_reloads_and_stops_cleanly(
     err = tmp_path / "gateway.err"
     with err.open("w") as errf:
         gw = subprocess.Popen(
-            [sys.executable, "-m", "fedgate.cli", "gateway", "--config", str(config),
+            [sys.executable, "-m", "fedgate", "gateway", "--config", str(config),
              "--bind", "tcp://127.0.0.1:0", "--telemetry", "tcp://127.0.0.1:0",
              "--ingress", "tcp://127.0.0.1:0", "--heartbeat-interval", "0.2"],
             stdout=subprocess.PIPE, stderr=errf, text=True, env=env(), cwd=tmp_path,
@@ -447,7 +447,7 @@ def test_gateway_process_serves_a_worker_reloads_and_stops_cleanly(
     wlog = tmp_path / "worker.log"
     with wlog.open("w") as wf:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "fedgate.worker", "--gateway", endpoint, "--node",
+            [sys.executable, "-m", "fedgate", "worker", "--gateway", endpoint, "--node",
              "eu-west-gpu-01", "--region", "eu-west-1", "--model", "llama-3-8b",
              "--capability", "generate", "--gpu", "--tokens", "6", "--heartbeat-interval", "0.2"],
             stdout=wf, stderr=wf, env=env(),
@@ -522,7 +522,7 @@ def test_gateway_process_with_a_bad_config_binds_nothing(tmp_path: Path) -> None
     bad.write_text(f'[gateway]\nbind = "tcp://127.0.0.1:{port}"\n[breaker]\nopen_timeout = nan\n')
     started = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "fedgate.cli", "gateway", "--config", str(bad)],
+        [sys.executable, "-m", "fedgate", "gateway", "--config", str(bad)],
         capture_output=True, text=True, env=env(), timeout=50,
     )  # fmt: skip
     assert out.returncode == 2
@@ -545,7 +545,7 @@ def _free_port() -> int:
 @pytest.mark.timeout(300)
 def test_demo_runs_a_failover_and_a_breaker_trip_without_violations(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "fedgate.cli", "demo", "--no-tui", "--duration", "8",
+        [sys.executable, "-m", "fedgate", "demo", "--no-tui", "--duration", "8",
          "--log-dir", str(tmp_path / "logs")],
         capture_output=True, text=True, env=env(), timeout=280,
     )  # fmt: skip

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from fedgate import PrivacyLevel, Region
-from fedgate.breaker import BreakerConfig
 from fedgate.config import (
     DEFAULT_BIND,
     TABLES,
@@ -28,9 +27,9 @@ from fedgate.config import (
     to_toml,
     worker_config,
 )
-from fedgate.gateway import GatewayConfig
-from fedgate.health import HealthConfig
-from fedgate.policy import (
+from fedgate.federation.breaker import BreakerConfig
+from fedgate.federation.health import HealthConfig
+from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
     GpuPolicy,
@@ -39,6 +38,7 @@ from fedgate.policy import (
     LocalityPolicy,
     PrivacyPolicy,
 )
+from fedgate.gateway.gateway import GatewayConfig
 from fedgate.telemetry import DEFAULT_ENDPOINT
 
 DATA = Path(__file__).parent / "data"

@@ -30,11 +30,11 @@ from fedgate import (
     Region,
     StreamInterruptedError,
 )
-from fedgate.backends.base import BackendRequest, backend_failure
-from fedgate.backends.synthetic import synthetic_token
-from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
-from fedgate.gateway import GatewayConfig
-from fedgate.statemachine import RequestState
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker, CircuitState
+from fedgate.federation.statemachine import RequestState
+from fedgate.gateway.gateway import GatewayConfig
+from fedgate.worker.backends.base import BackendRequest, backend_failure
+from fedgate.worker.backends.synthetic import synthetic_token
 from fedgate.worker.process import Worker, WorkerConfig
 
 GEN = Capability.GENERATE

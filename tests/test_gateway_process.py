@@ -59,10 +59,10 @@ from fedgate import (
     Region,
     RegionId,
 )
-from fedgate import protocol as wire
-from fedgate._jit import warm_up
-from fedgate.backends.synthetic import synthetic_output, synthetic_token
-from fedgate.policy import CompositePolicy
+from fedgate.federation.policy import CompositePolicy
+from fedgate.routing._jit import warm_up
+from fedgate.transport import protocol as wire
+from fedgate.worker.backends.synthetic import synthetic_output, synthetic_token
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedgate.clock import ManualClock
-from fedgate.health import (
+from fedgate.federation.health import (
     HealthChecker,
     HealthConfig,
     HealthState,

@@ -8,8 +8,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from fedgate import _scoring
-from fedgate.policy import (
+from fedgate._core import codes
+from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
     GpuPolicy,
@@ -19,6 +19,7 @@ from fedgate.policy import (
     Policy,
     PrivacyPolicy,
 )
+from fedgate.routing import arrays as _arrays
 
 ALL_KINDS = (HealthPolicy, LatencyPolicy, PrivacyPolicy, LocalityPolicy, CostPolicy, GpuPolicy)
 
@@ -34,12 +35,12 @@ def test_enterprise_default_is_the_seed_table() -> None:
     ]
     # No GPU policy: prefer_gpu does not move the score until one is added.
     assert composite.weights().tolist() == [2.0, 1.0, 1.0, 1.0, 1.0, 0.0]
-    assert np.array_equal(composite.weights(), _scoring.make_weights())
+    assert np.array_equal(composite.weights(), _arrays.make_weights())
 
 
 def test_weight_indices_match_the_kernel() -> None:
     for kind in ALL_KINDS:
-        assert _scoring.WEIGHT_NAMES[kind.index] == kind.name
+        assert codes.WEIGHT_NAMES[kind.index] == kind.name
 
 
 def test_with_policy_returns_a_new_composite_and_replaces_same_kind() -> None:

@@ -11,8 +11,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedgate import protocol
-from fedgate.protocol import (
+from fedgate.transport import protocol
+from fedgate.transport.protocol import (
     ERROR_CODES,
     MAX_FRAME_BYTES,
     NODE_CAUSED,

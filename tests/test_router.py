@@ -15,8 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
-from fedgate.catalog import ModelCatalog
 from fedgate.clock import ManualClock
 from fedgate.errors import (
     AllNodesUnhealthyError,
@@ -25,8 +23,10 @@ from fedgate.errors import (
     PrivacyViolationError,
     QoSViolationError,
 )
-from fedgate.health import HealthChecker, HealthConfig, HealthState
-from fedgate.policy import (
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker, CircuitState
+from fedgate.federation.catalog import ModelCatalog
+from fedgate.federation.health import HealthChecker, HealthConfig, HealthState
+from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
     GpuPolicy,
@@ -35,7 +35,7 @@ from fedgate.policy import (
     LocalityPolicy,
     PrivacyPolicy,
 )
-from fedgate.router import STRATEGIES, Router
+from fedgate.routing.router import STRATEGIES, Router
 from fedgate.types import (
     Capability,
     InferenceRequest,

@@ -26,9 +26,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedgate import _jit
-from fedgate import _kernels as kn
-from fedgate import _scoring as sc
+import fedgate
+from fedgate._core import codes
+from fedgate.routing import _jit, arrays
+from fedgate.routing import _kernels as kn
+from fedgate.routing import scoring as sc
 
 JIT_OFF = _jit.jit_disabled()
 # Pure-Python kernels are ~1000× slower: fewer examples keep that run short.
@@ -94,7 +96,7 @@ class Fleet:
         printer.text(repr(self))
 
     def params(self) -> np.ndarray:
-        return sc.make_params(
+        return arrays.make_params(
             privacy=self.privacy,
             max_latency=None if self.max_latency == INF else self.max_latency,
             origin=self.origin,
@@ -105,8 +107,8 @@ class Fleet:
             load_penalty=self.load_penalty,
         )
 
-    def arrays(self, capacity: int = 1) -> sc.NodeArrays:
-        a = sc.NodeArrays(capacity=capacity)
+    def arrays(self, capacity: int = 1) -> arrays.NodeArrays:
+        a = arrays.NodeArrays(capacity=capacity)
         for level in self.clearance:
             a.add_region(level)
         for _ in range(self.n):
@@ -127,14 +129,14 @@ class Fleet:
 def fleet(n: int, **overrides: Any) -> Fleet:
     """A fleet of n identical healthy, serving, measured nodes in region 0."""
     base: dict[str, Any] = dict(
-        health=[sc.HEALTH_HEALTHY] * n,
+        health=[codes.HEALTH_HEALTHY] * n,
         p50=[0.05] * n,
         p99=[0.1] * n,
         region=[0] * n,
         cost=[1.0] * n,
         gpu=[0] * n,
         inflight=[0] * n,
-        breaker=[sc.BREAKER_CLOSED] * n,
+        breaker=[codes.BREAKER_CLOSED] * n,
         alive=[1] * n,
         mask=[1] * n,
         clearance=[1],
@@ -323,8 +325,8 @@ def test_reference_scores_reasons_and_choice(f: Fleet) -> None:
     scores, reasons, best = run_kernel(f)
     assert reasons.tolist() == ref_reasons
     np.testing.assert_allclose(scores, np.array(ref_scores), rtol=1e-12, atol=1e-15)
-    assert np.array_equal(np.isnan(scores), reasons != sc.REASON_OK)
-    eligible = scores[reasons == sc.REASON_OK]
+    assert np.array_equal(np.isnan(scores), reasons != codes.REASON_OK)
+    eligible = scores[reasons == codes.REASON_OK]
     assert ((eligible >= 0.0) & (eligible <= 1.0)).all()
     assert_same_choice(best, ref_best, ref_eff)
 
@@ -343,12 +345,12 @@ def test_reference_large_fleets_across_blocks(f: Fleet) -> None:
 # ---------------------------------------------------------------- ahead of time
 
 try:
-    from fedgate import _kernels_aot as aot
+    from fedgate.routing import _kernels_aot as aot
 except ImportError:  # a checkout never built: the router compiles just in time
     aot = None
 
 
-@pytest.mark.skipif(aot is None or JIT_OFF, reason="needs fedgate._kernels_aot and the JIT")
+@pytest.mark.skipif(aot is None or JIT_OFF, reason="needs fedgate.routing._kernels_aot and the JIT")
 @PROPERTY
 @given(fleets(max_nodes=3 * kn._BLOCK))
 def test_aot_kernels_equal_the_jit_ones_bit_for_bit(f: Fleet) -> None:
@@ -360,7 +362,7 @@ def test_aot_kernels_equal_the_jit_ones_bit_for_bit(f: Fleet) -> None:
     size = a.capacity
 
     def outputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (np.full((size, sc.N_WEIGHTS), -7.0), np.full(size, -7.0),
+        return (np.full((size, codes.N_WEIGHTS), -7.0), np.full(size, -7.0),
                 np.full(size, -7, dtype=np.int8))  # fmt: skip
 
     _, jit_scores, jit_reasons = jit_out = outputs()
@@ -383,15 +385,15 @@ def test_aot_kernels_equal_the_jit_ones_bit_for_bit(f: Fleet) -> None:
 @given(fleets())
 def test_reference_choice_is_eligible_and_cleared(f: Fleet) -> None:
     _, reasons, best = run_kernel(f)
-    for i in np.flatnonzero(reasons == sc.REASON_OK).tolist():
+    for i in np.flatnonzero(reasons == codes.REASON_OK).tolist():
         # Sovereignty: whatever else happens, an eligible node's region is cleared.
         assert level_of(f, i) >= f.privacy
         assert f.mask[i] and f.alive[i]
-        assert f.health[i] != sc.HEALTH_UNHEALTHY and f.breaker[i] != sc.BREAKER_OPEN
+        assert f.health[i] != codes.HEALTH_UNHEALTHY and f.breaker[i] != codes.BREAKER_OPEN
     if best >= 0:
-        assert reasons[best] == sc.REASON_OK
+        assert reasons[best] == codes.REASON_OK
     else:
-        assert not (reasons == sc.REASON_OK).any()
+        assert not (reasons == codes.REASON_OK).any()
 
 
 @PROPERTY
@@ -401,7 +403,7 @@ def test_reference_components_agree_with_scores(f: Fleet) -> None:
     a = f.arrays()
     weights, params, mask = np.array(f.weights), f.params(), f.mask_array()
     components, scores, reasons, best = sc.score_components(a, mask, weights, params)
-    assert components.shape == (f.n, sc.N_WEIGHTS)
+    assert components.shape == (f.n, codes.N_WEIGHTS)
     np.testing.assert_allclose(
         components, np.array(ref_components).reshape(f.n, 6), rtol=1e-12, atol=1e-15
     )
@@ -434,10 +436,10 @@ def test_reference_growth_preserves_data(f: Fleet, capacity: int) -> None:
 def test_reference_empty_and_all_ineligible_choose_nobody() -> None:
     assert run_kernel(fleet(0))[2] == -1
     assert run_kernel(fleet(5, mask=[0] * 5))[2] == -1
-    assert run_kernel(fleet(5, health=[sc.HEALTH_UNHEALTHY] * 5))[2] == -1
-    assert run_kernel(fleet(5, breaker=[sc.BREAKER_OPEN] * 5))[2] == -1
+    assert run_kernel(fleet(5, health=[codes.HEALTH_UNHEALTHY] * 5))[2] == -1
+    assert run_kernel(fleet(5, breaker=[codes.BREAKER_OPEN] * 5))[2] == -1
     scores, reasons, best = run_kernel(fleet(5, clearance=[1], privacy=2))
-    assert best == -1 and reasons.tolist() == [sc.REASON_PRIVACY] * 5
+    assert best == -1 and reasons.tolist() == [codes.REASON_PRIVACY] * 5
     assert np.isnan(scores).all()
 
 
@@ -451,7 +453,7 @@ def test_reference_empty_and_all_ineligible_choose_nobody() -> None:
         (dict(breaker=[1], p50=[9.0]), 4),
         (dict(p50=[9.0]), 5),
         (dict(p50=[NAN]), 0),  # no samples yet: not ruled out by max_latency
-        (dict(breaker=[sc.BREAKER_HALF_OPEN], health=[sc.HEALTH_DEGRADED]), 0),
+        (dict(breaker=[codes.BREAKER_HALF_OPEN], health=[codes.HEALTH_DEGRADED]), 0),
         (dict(region=[7]), 0),  # unknown region: INTERNAL, enough for privacy 1
     ],
 )
@@ -463,13 +465,13 @@ def test_reference_reason_order(overrides: dict[str, list[Any]], reason: int) ->
 def test_reference_unknown_region_fails_closed() -> None:
     unknown = [-(2**31), -1, 1, 61, 62, 63, 64, 10_000, 2**31 - 1]
     f = fleet(len(unknown), region=unknown, clearance=[3], privacy=2)
-    assert run_kernel(f)[1].tolist() == [sc.REASON_PRIVACY] * len(unknown)
+    assert run_kernel(f)[1].tolist() == [codes.REASON_PRIVACY] * len(unknown)
     # ... as INTERNAL, which is enough for INTERNAL data.
     f = fleet(len(unknown), region=unknown, clearance=[0], privacy=1)
-    assert run_kernel(f)[1].tolist() == [sc.REASON_OK] * len(unknown)
+    assert run_kernel(f)[1].tolist() == [codes.REASON_OK] * len(unknown)
     # Past the bit set: the per-node table path says the same.
     f = fleet(2, region=[64, 70], clearance=[3] * 65, privacy=2)
-    assert run_kernel(f)[1].tolist() == [sc.REASON_OK, sc.REASON_PRIVACY]
+    assert run_kernel(f)[1].tolist() == [codes.REASON_OK, codes.REASON_PRIVACY]
 
 
 def test_reference_ties_go_to_the_lowest_slot() -> None:
@@ -572,7 +574,7 @@ def test_wrapper_rejects_read_only_outputs() -> None:
 def test_wrapper_rejects_bad_weights(index: int, bad: float) -> None:
     weights = np.ones(6)
     weights[index] = bad
-    name = sc.WEIGHT_NAMES[index]
+    name = codes.WEIGHT_NAMES[index]
     with pytest.raises(ValueError, match=rf"weights\[{index}\] \({name}\): expected .*got"):
         sc.score_nodes(**good_call(weights=weights))
 
@@ -581,7 +583,7 @@ def test_wrapper_rejects_all_zero_weights() -> None:
     with pytest.raises(ValueError, match="weights: expected at least one weight > 0"):
         sc.score_nodes(**good_call(weights=np.zeros(6)))
     with pytest.raises(ValueError, match="weights"):
-        sc.make_weights(health=0, latency=0, privacy=0, locality=0, cost=0, gpu=0)
+        arrays.make_weights(health=0, latency=0, privacy=0, locality=0, cost=0, gpu=0)
     with pytest.raises(ValueError, match="weights: expected a finite sum"):
         sc.score_nodes(**good_call(weights=np.full(6, 1e308)))
 
@@ -589,24 +591,26 @@ def test_wrapper_rejects_all_zero_weights() -> None:
 @pytest.mark.parametrize(
     ("index", "bad"),
     [
-        (sc.P_PRIVACY, 4.0), (sc.P_PRIVACY, 1.5), (sc.P_PRIVACY, -1.0), (sc.P_PRIVACY, NAN),
-        (sc.P_MAX_LATENCY, 0.0), (sc.P_MAX_LATENCY, -1.0), (sc.P_MAX_LATENCY, NAN),
-        (sc.P_ORIGIN, -2.0), (sc.P_ORIGIN, 0.5), (sc.P_ORIGIN, NAN), (sc.P_ORIGIN, INF),
-        (sc.P_PREFER_GPU, 0.5), (sc.P_PREFER_GPU, 2.0),
-        (sc.P_COST_TOLERANCE, -1.0), (sc.P_COST_TOLERANCE, 101.0), (sc.P_COST_TOLERANCE, NAN),
-        (sc.P_LATENCY_SCALE, 0.0), (sc.P_LATENCY_SCALE, INF), (sc.P_LATENCY_SCALE, NAN),
-        (sc.P_COST_SCALE, 0.0), (sc.P_COST_SCALE, -1.0), (sc.P_COST_SCALE, INF),
-        (sc.P_LOAD_PENALTY, -0.1), (sc.P_LOAD_PENALTY, INF), (sc.P_LOAD_PENALTY, NAN),
+        (codes.P_PRIVACY, 4.0), (codes.P_PRIVACY, 1.5), (codes.P_PRIVACY, -1.0),
+        (codes.P_PRIVACY, NAN),
+        (codes.P_MAX_LATENCY, 0.0), (codes.P_MAX_LATENCY, -1.0), (codes.P_MAX_LATENCY, NAN),
+        (codes.P_ORIGIN, -2.0), (codes.P_ORIGIN, 0.5), (codes.P_ORIGIN, NAN), (codes.P_ORIGIN, INF),
+        (codes.P_PREFER_GPU, 0.5), (codes.P_PREFER_GPU, 2.0),
+        (codes.P_COST_TOLERANCE, -1.0), (codes.P_COST_TOLERANCE, 101.0),
+        (codes.P_COST_TOLERANCE, NAN),
+        (codes.P_LATENCY_SCALE, 0.0), (codes.P_LATENCY_SCALE, INF), (codes.P_LATENCY_SCALE, NAN),
+        (codes.P_COST_SCALE, 0.0), (codes.P_COST_SCALE, -1.0), (codes.P_COST_SCALE, INF),
+        (codes.P_LOAD_PENALTY, -0.1), (codes.P_LOAD_PENALTY, INF), (codes.P_LOAD_PENALTY, NAN),
     ],
 )  # fmt: skip
 def test_wrapper_rejects_bad_params(index: int, bad: float) -> None:
-    params = sc.make_params()
+    params = arrays.make_params()
     params[index] = bad
-    name = sc.PARAM_NAMES[index]
+    name = codes.PARAM_NAMES[index]
     with pytest.raises(ValueError, match=rf"params\[{index}\] \({name}\): expected .*got"):
         sc.score_nodes(**good_call(params=params))
     with pytest.raises(ValueError, match=rf"params\[{index}\]"):
-        sc.check_params(params)
+        arrays.check_params(params)
 
 
 def test_wrapper_accepts_bool_mask_and_allocates_outputs() -> None:
@@ -631,9 +635,9 @@ def test_kernel_can_be_called_directly_after_validation() -> None:
     f = fleet(3, p50=[0.3, 0.1, 0.2], p99=[0.3, 0.1, 0.2])
     a, mask, weights, params = f.arrays(), f.mask_array(), np.array(f.weights), f.params()
     scores, reasons = np.empty(3), np.empty(3, dtype=np.int8)
-    sc.check_buffers(a, mask, scores, reasons)
-    sc.check_weights(weights)
-    sc.check_params(params)
+    arrays.check_buffers(a, mask, scores, reasons)
+    arrays.check_weights(weights)
+    arrays.check_params(params)
     columns = a.kernel_columns()
     best = kn._score_kernel(*columns, mask, a.clearance, weights, params, scores, reasons)
     assert best == 1 == sc.score_nodes(a, mask, weights, params)
@@ -643,22 +647,22 @@ def test_kernel_can_be_called_directly_after_validation() -> None:
 
 
 def test_node_arrays_fresh_slots_and_growth() -> None:
-    a = sc.NodeArrays(capacity=2)
+    a = arrays.NodeArrays(capacity=2)
     assert (a.n, a.capacity, a.n_regions) == (0, 2, 0)
     slots = [a.add_node() for _ in range(2)]
     a.p50[1] = 0.5
-    a.health[0] = sc.HEALTH_HEALTHY
+    a.health[0] = codes.HEALTH_HEALTHY
     columns = a.kernel_columns()
     assert slots == [0, 1] and a.capacity == 2
     assert a.add_node() == 2 and a.capacity == 4  # doubled, copied
     assert a.kernel_columns()[2] is not columns[2]  # re-read after growth
-    assert a.p50[1] == 0.5 and a.health[0] == sc.HEALTH_HEALTHY
+    assert a.p50[1] == 0.5 and a.health[0] == codes.HEALTH_HEALTHY
     for _ in range(3):
         a.add_node()
     assert (a.n, a.capacity) == (6, 8)
     s = 5
-    assert a.health[s] == sc.HEALTH_UNKNOWN and math.isnan(a.p50[s]) and math.isnan(a.p99[s])
-    assert a.breaker[s] == sc.BREAKER_CLOSED and a.alive[s] == 0 and a.inflight[s] == 0
+    assert a.health[s] == codes.HEALTH_UNKNOWN and math.isnan(a.p50[s]) and math.isnan(a.p99[s])
+    assert a.breaker[s] == codes.BREAKER_CLOSED and a.alive[s] == 0 and a.inflight[s] == 0
     assert a.cost[s] == 0.0 and a.gpu[s] == 0 and a.region[s] == 0
     dtypes = {name: getattr(a, name).dtype for name in ("health", "p50", "p99", "region", "cost",
               "gpu", "inflight", "breaker", "alive", "clearance")}  # fmt: skip
@@ -668,23 +672,23 @@ def test_node_arrays_fresh_slots_and_growth() -> None:
 
 
 def test_node_arrays_new_slot_does_not_inherit_stray_writes() -> None:
-    a = sc.NodeArrays(capacity=4)
+    a = arrays.NodeArrays(capacity=4)
     a.alive[0] = 1  # written before the slot was handed out
-    a.health[0] = sc.HEALTH_HEALTHY
+    a.health[0] = codes.HEALTH_HEALTHY
     assert a.add_node() == 0
-    assert a.alive[0] == 0 and a.health[0] == sc.HEALTH_UNKNOWN
+    assert a.alive[0] == 0 and a.health[0] == codes.HEALTH_UNKNOWN
 
 
 def test_node_arrays_columns_cannot_be_rebound() -> None:
-    a = sc.NodeArrays()
+    a = arrays.NodeArrays()
     with pytest.raises(AttributeError):
         a.p50 = np.zeros(64, dtype=np.float32)  # type: ignore[misc]
 
 
 def test_node_arrays_regions_and_clearance() -> None:
-    a = sc.NodeArrays()
+    a = arrays.NodeArrays()
     assert a.add_region() == 0 and a.add_region(3) == 1
-    assert a.clearance.tolist() == [sc.DEFAULT_CLEARANCE, 3]
+    assert a.clearance.tolist() == [codes.DEFAULT_CLEARANCE, 3]
     a.set_clearance(0, 2)
     assert a.clearance.tolist() == [2, 3]
     for bad in (4, -1):
@@ -695,7 +699,7 @@ def test_node_arrays_regions_and_clearance() -> None:
     with pytest.raises(ValueError, match=r"region_id: expected an int in 0..1, got 2"):
         a.set_clearance(2, 1)
     with pytest.raises(ValueError, match="capacity"):
-        sc.NodeArrays(capacity=0)
+        arrays.NodeArrays(capacity=0)
 
 
 # ---------------------------------------------------------------- Numba settings
@@ -706,7 +710,10 @@ def test_warm_up_compiles_each_kernel_once() -> None:
         assert set(_jit.warm_up()) == set(_jit.kernels())
         return
     kernels = _jit.kernels()
-    assert set(kernels) == {"fedgate._kernels._score_kernel", "fedgate._kernels._components_kernel"}
+    assert set(kernels) == {
+        "fedgate.routing._kernels._score_kernel",
+        "fedgate.routing._kernels._components_kernel",
+    }
     _jit.warm_up()
     before = {name: list(k.signatures) for name, k in kernels.items()}
     assert all(len(sigs) == 1 for sigs in before.values())
@@ -714,8 +721,8 @@ def test_warm_up_compiles_each_kernel_once() -> None:
     assert {name: list(k.signatures) for name, k in kernels.items()} == before
     # The router's call types are the warmed ones: a routing call compiles nothing.
     run_kernel(fleet(3))
-    sc.score_components(fleet(2).arrays(), np.ones(2, np.uint8), sc.make_weights(),
-                        sc.make_params())  # fmt: skip
+    sc.score_components(fleet(2).arrays(), np.ones(2, np.uint8), arrays.make_weights(),
+                        arrays.make_params())  # fmt: skip
     assert {name: list(k.signatures) for name, k in kernels.items()} == before
 
 
@@ -732,12 +739,12 @@ LAZY_CHECK = textwrap.dedent(
     """
     import os
     import fedgate
-    import fedgate._kernels as s
-    from fedgate import _jit
+    import fedgate.routing._kernels as s
+    from fedgate.routing import _jit
     assert s._score_kernel.signatures == [], s._score_kernel.signatures
     assert s._components_kernel.signatures == [], s._components_kernel.signatures
     compiled = {name: k.signatures for name, k in _jit.kernels().items()}
-    assert "fedgate._kernels._score_kernel" in compiled, compiled
+    assert "fedgate.routing._kernels._score_kernel" in compiled, compiled
     assert not any(compiled.values()), compiled
     # No on-disk cache yet: nothing was looked up, nothing written.
     paths = [k.stats.cache_path for k in _jit.kernels().values()]
@@ -768,13 +775,13 @@ CACHE_PROBE = textwrap.dedent(
     import json
     import numpy as np
     import fedgate
-    from fedgate import _jit
-    from fedgate import _scoring as sc
+    from fedgate.routing import _jit, arrays
+    from fedgate.routing import _kernels as kn
 
     _jit.warm_up()
     n = 40
     rng = np.random.default_rng(7)
-    a = sc.NodeArrays()
+    a = arrays.NodeArrays()
     a.add_region(1)
     a.add_region(3)
     for _ in range(n):
@@ -789,17 +796,23 @@ CACHE_PROBE = textwrap.dedent(
     a.breaker[:n] = rng.integers(0, 3, n)
     a.alive[:n] = rng.random(n) < 0.9
     mask = (rng.random(n) < 0.9).astype(np.uint8)
-    weights = sc.make_weights(gpu=0.5)
-    params = sc.make_params(privacy=1, origin=0, prefer_gpu=True, load_penalty=0.1)
-    best = sc.score_nodes(a, mask, weights, params)
-    components, scores, reasons, best2 = sc.score_components(a, mask, weights, params)
+    weights = arrays.make_weights(gpu=0.5)
+    params = arrays.make_params(privacy=1, origin=0, prefer_gpu=True, load_penalty=0.1)
+    # The just-in-time kernels themselves (score_nodes runs the ahead-of-time ones).
+    scores, reasons = np.empty(n), np.empty(n, np.int8)
+    components = np.empty((n, 6))
+    best = kn._score_kernel(*a.kernel_columns(), mask, a.clearance, weights, params,
+                            scores, reasons)
+    best2 = kn._components_kernel(*a.kernel_columns(), mask, a.clearance, weights, params,
+                                  components, scores, reasons)
     stats = {
         name: {"hits": sum(k.stats.cache_hits.values()),
                "misses": sum(k.stats.cache_misses.values()),
                "path": k.stats.cache_path}
         for name, k in _jit.kernels().items()
     }
-    result = [best, best2, components.tobytes().hex(), scores.tobytes().hex(), reasons.tolist()]
+    result = [int(best), int(best2), components.tobytes().hex(), scores.tobytes().hex(),
+              reasons.tolist()]
     print(json.dumps({"file": fedgate.__file__, "stats": stats, "result": result}))
     """
 )
@@ -837,8 +850,8 @@ def test_second_process_loads_kernels_from_the_disk_cache(
     filled_cache: tuple[Path, dict[str, Any]],
 ) -> None:
     cache, first = filled_cache
-    assert set(first["stats"]) == {"fedgate._kernels._score_kernel",
-                                   "fedgate._kernels._components_kernel"}  # fmt: skip
+    assert set(first["stats"]) == {"fedgate.routing._kernels._score_kernel",
+                                   "fedgate.routing._kernels._components_kernel"}  # fmt: skip
     assert _hits_misses(first) == {(0, 1)}
     for name, stats in first["stats"].items():
         assert stats["path"].startswith(str(cache)), (name, stats)
@@ -888,9 +901,9 @@ def test_no_writable_cache_directory_compiles_in_memory(
     # other place Numba looks under a plain file: no cache location at all
     # (file modes would not stop root). Numba alone raises RuntimeError here.
     site = tmp_path / "site"
-    shutil.copytree(Path(_jit.__file__).parent, site / "fedgate",
+    shutil.copytree(Path(fedgate.__file__).parent, site / "fedgate",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    (site / "fedgate" / "__pycache__").write_bytes(b"")
+    (site / "fedgate" / "routing" / "__pycache__").write_bytes(b"")
     blocker = tmp_path / "not-a-directory"
     blocker.write_bytes(b"")
     before = sorted(tmp_path.rglob("*"))

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from fedgate.breaker import BreakerConfig, CircuitBreaker, CircuitState
-from fedgate.catalog import ModelCatalog
 from fedgate.clock import ManualClock
-from fedgate.health import HealthChecker, HealthState
-from fedgate.policy import (
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker, CircuitState
+from fedgate.federation.catalog import ModelCatalog
+from fedgate.federation.health import HealthChecker, HealthState
+from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
     HealthPolicy,
@@ -18,13 +18,13 @@ from fedgate.policy import (
     LocalityPolicy,
     PrivacyPolicy,
 )
-from fedgate.router import Router
-from fedgate.statemachine import (
+from fedgate.federation.statemachine import (
     ALLOWED_TRANSITIONS,
     InvalidTransitionError,
     RequestLifecycle,
     RequestState,
 )
+from fedgate.routing.router import Router
 from fedgate.types import (
     Capability,
     InferenceRequest,

@@ -22,9 +22,9 @@ import zmq
 import zmq.asyncio
 
 from fedgate import Capability, InferenceRequest, ManualClock, PrivacyLevel, Region
-from fedgate.breaker import BreakerConfig, CircuitBreaker
-from fedgate.gateway import Gateway, GatewayBuilder
-from fedgate.policy import CompositePolicy, GpuPolicy, LatencyPolicy
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
+from fedgate.federation.policy import CompositePolicy, GpuPolicy, LatencyPolicy
+from fedgate.gateway.gateway import Gateway, GatewayBuilder
 from fedgate.telemetry import (
     PROBE_NOTE,
     SCHEMA_VERSION,

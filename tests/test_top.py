@@ -26,10 +26,10 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
 from fedgate import Capability, InferenceRequest, PrivacyLevel, Region
-from fedgate.breaker import BreakerConfig, CircuitBreaker
-from fedgate.gateway import Gateway, GatewayConfig
+from fedgate.cli import top as cli
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
+from fedgate.gateway.gateway import Gateway, GatewayConfig
 from fedgate.telemetry import TelemetryClient, TelemetryServer, snapshot, telemetry_for
-from fedgate.top import cli
 from fedgate.top.app import KEYS, TABS, TopApp
 
 FIXTURE = Path(__file__).parent / "data" / "top_snapshot.json"

@@ -23,9 +23,8 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from fedgate.backends.python import PythonBackend
-from fedgate.backends.synthetic import SyntheticBackend, synthetic_output, synthetic_tokens
-from fedgate.protocol import (
+from fedgate.cli.worker import main as worker_main
+from fedgate.transport.protocol import (
     Cancel,
     Disconnect,
     Error,
@@ -44,7 +43,8 @@ from fedgate.protocol import (
     new_rid,
 )
 from fedgate.worker import Worker, WorkerConfig
-from fedgate.worker.cli import main as worker_main
+from fedgate.worker.backends.python import PythonBackend
+from fedgate.worker.backends.synthetic import SyntheticBackend, synthetic_output, synthetic_tokens
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -748,7 +748,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             [
                 sys.executable,
                 "-m",
-                "fedgate.worker",
+                "fedgate",
+                "worker",
                 "--gateway",
                 endpoint,
                 "--node",
@@ -848,7 +849,8 @@ def test_process_bad_flag_exits_2_without_connecting(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "fedgate.worker",
+            "fedgate",
+            "worker",
             "--gateway",
             "tcp://127.0.0.1:1",
             "--node",

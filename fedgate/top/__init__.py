@@ -1,7 +1,7 @@
 """``fedgate top``: the terminal dashboard of a running gateway.
 
 :class:`~fedgate.top.app.TopApp` is the Textual app (it polls any snapshot
-source); :mod:`fedgate.top.cli` is the command, which polls a gateway's
+source); :mod:`fedgate.cli.top` is the command, which polls a gateway's
 telemetry endpoint (:class:`fedgate.telemetry.TelemetryServer`). Importing
 this package does not import Textual: the app loads with the command.
 """
@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import TopApp
+    from fedgate.top.app import TopApp
 
 __all__ = ["TopApp"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "TopApp":
-        from .app import TopApp
+        from fedgate.top.app import TopApp
 
         return TopApp
     raise AttributeError(f"module 'fedgate.top' has no attribute {name!r}")

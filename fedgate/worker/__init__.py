@@ -7,6 +7,13 @@ workers on loopback without starting processes.
 
 from __future__ import annotations
 
-from .process import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, Worker, WorkerConfig, WorkerStats
+from fedgate.worker.process import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    Worker,
+    WorkerConfig,
+    WorkerStats,
+)
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_REFUSED", "Worker", "WorkerConfig", "WorkerStats"]

@@ -51,10 +51,9 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
-from .. import __version__
-from ..backends import Backend, BackendRequest, create_backend
-from ..errors import WorkerError
-from ..protocol import (
+from fedgate._version import __version__
+from fedgate.errors import WorkerError
+from fedgate.transport.protocol import (
     ERR_BACKEND,
     ERR_CANCELLED,
     ERR_DEADLINE,
@@ -80,7 +79,8 @@ from ..protocol import (
     error,
     new_worker_id,
 )
-from ..types import Capability
+from fedgate.types import Capability
+from fedgate.worker.backends import Backend, BackendRequest, create_backend
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_REFUSED", "Worker", "WorkerConfig", "WorkerStats"]
 

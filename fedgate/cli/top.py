@@ -1,0 +1,116 @@
+"""``fedgate top``: attach the terminal dashboard to a running gateway.
+
+Every flag is checked before anything connects; a bad one prints an error
+naming it and exits with status 2. ``--once`` prints one snapshot as JSON
+(for scripts, and for terminals where a full-screen app is no use); it exits
+with status 1 when the gateway does not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from fedgate.telemetry import DEFAULT_ENDPOINT, TelemetryClient, TelemetryError
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG = f"""\
+The gateway publishes its telemetry on a ZeroMQ endpoint of its own (not the
+one workers connect to): `fedgate gateway --telemetry {DEFAULT_ENDPOINT}`, or
+TelemetryServer(gateway, "{DEFAULT_ENDPOINT}") in a program.
+
+keys: 1-6 switch tabs (Catalog, Health, Routing, Circuits, Stats, Policies),
+? help, Tab/Shift+Tab next/previous tab, j/k move in a table, r refresh, q quit.
+
+examples:
+  fedgate top                                      # the gateway on this machine
+  fedgate top --gateway tcp://10.0.0.5:5556 --interval 1
+  fedgate top --once | jq .stats                   # one snapshot as JSON
+"""
+
+
+# argparse prefixes these messages with "argument --flag: ".
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds as a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected finite seconds > 0, got {text!r}")
+    return value
+
+
+def _endpoint(text: str) -> str:
+    if "://" not in text:
+        raise argparse.ArgumentTypeError(
+            f"expected a ZeroMQ endpoint like {DEFAULT_ENDPOINT!r}, got {text!r}"
+        )
+    return text
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``fedgate top`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=prog or "fedgate top",
+        description="Live terminal dashboard of a running fedgate gateway: catalog, health,\n"
+        "routing decisions, circuit breakers, stats and the live routing policy.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--gateway",
+        metavar="ENDPOINT",
+        type=_endpoint,
+        default=DEFAULT_ENDPOINT,
+        help=f"the gateway's telemetry endpoint (default: {DEFAULT_ENDPOINT})",
+    )
+    parser.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.25,
+        help="seconds between refreshes (default: 0.25)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=1.0,
+        help="seconds to wait for the gateway before showing it as disconnected (default: 1)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot as JSON and exit (no dashboard)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run ``fedgate top`` with ``argv``; return the exit status."""
+    args = build_parser(prog).parse_args(argv)
+    client = TelemetryClient(args.gateway, timeout=args.timeout)
+    try:
+        if args.once:
+            try:
+                data = client.fetch_sync()
+            except TelemetryError as exc:
+                print(f"fedgate top: {exc}", file=sys.stderr)
+                return 1
+            json.dump(data, sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
+            return 0
+        from fedgate.top.app import TopApp
+
+        TopApp(client.fetch, interval=args.interval, endpoint=args.gateway).run()
+        return 0
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

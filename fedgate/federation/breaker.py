@@ -1,0 +1,626 @@
+"""Per-node circuit breakers over the lock-free state table (SPEC §2 Circuit breaker).
+
+::
+
+    CLOSED ──failure_threshold consecutive failures──► OPEN
+    OPEN ──open timeout passes (by the clock alone)──► HALF_OPEN
+    HALF_OPEN ──success_threshold probe successes──► CLOSED
+    HALF_OPEN ──a probe fails, or outlives probe_timeout──► OPEN (timeout ×2, capped)
+
+The state lives in :class:`fedgate._core.BreakerTable` — one atomic 64-bit
+word per node, readable from any thread — and every time-driven change is
+*effective* there: ``state()`` reads HALF_OPEN the moment the open timeout has
+passed, without anyone calling anything (RELIABILITY rules 6, 7).
+
+This module adds node ids, an injected clock and observability: every
+transition, including the clock-driven ones, reaches the listeners as a
+:class:`BreakerTransition` the first time it is observed — by :meth:`state`,
+:meth:`allow`, :meth:`all_states`, :meth:`status` or :meth:`poll` (which the
+gateway calls periodically). Time-driven transitions carry the time they
+happened (the deadline), not the time they were noticed.
+
+Only failures the node caused belong in :meth:`CircuitBreaker.record_failure`
+(RELIABILITY rule 4): bad input, an unknown capability, an oversized request
+or a client's cancel never reach it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from fedgate.clock import Clock, to_seconds
+from fedgate.federation._listeners import add_listener
+from fedgate.types import NodeId
+
+__all__ = [
+    "Admission",
+    "BreakerConfig",
+    "BreakerListener",
+    "BreakerStatus",
+    "BreakerTransition",
+    "CircuitBreaker",
+    "CircuitState",
+]
+
+_CLOSED, _OPEN, _HALF_OPEN = 0, 1, 2
+_REJECT, _ADMIT, _PROBE = 0, 1, 2
+_NO_TRANSITION = -1
+# The table's limits (counts live in bit fields of the 64-bit word).
+_MAX_FAILURES = 1023
+_MAX_COUNT = 63
+_MAX_DURATION = 68719476.735
+
+
+class CircuitState(enum.Enum):
+    """A breaker's state. Values are the scoring kernel's ``BREAKER_*`` codes."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_STATES = tuple(CircuitState)
+
+
+class Admission(enum.IntEnum):
+    """The answer of :meth:`CircuitBreaker.admit`; falsy only for REJECT."""
+
+    REJECT = 0
+    ADMIT = 1
+    PROBE = 2
+
+    @property
+    def probe(self) -> bool:
+        """True for a half-open probe (its outcome decides the breaker)."""
+        return self is Admission.PROBE
+
+
+_ADMISSIONS = tuple(Admission)
+
+
+def _count(name: str, value: object, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"BreakerConfig.{name}: expected an int >= 1, got {value!r}")
+    if not 1 <= value <= upper:
+        raise ValueError(f"BreakerConfig.{name}: expected an int in [1, {upper}], got {value!r}")
+    return int(value)
+
+
+def _duration(name: str, value: object) -> float:
+    if not isinstance(value, (int, float, timedelta)) or isinstance(value, bool):
+        raise TypeError(
+            f"BreakerConfig.{name}: expected seconds as a number or timedelta, got {value!r}"
+        )
+    seconds = to_seconds(value, f"BreakerConfig.{name}")
+    # The table counts whole milliseconds, so a shorter duration would round to 0.
+    if not (math.isfinite(seconds) and 0.001 <= seconds <= _MAX_DURATION):
+        raise ValueError(
+            f"BreakerConfig.{name}: expected finite seconds in [0.001, {_MAX_DURATION}], "
+            f"got {value!r}"
+        )
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """Breaker thresholds, validated on construction (durations in seconds).
+
+    Parameters
+    ----------
+    failure_threshold : int
+        Consecutive node-caused failures that open a closed breaker.
+    open_timeout : float or timedelta
+        How long a breaker stays OPEN the first time.
+    max_open_timeout : float or timedelta
+        Cap of the open timeout, which doubles on every failed probe.
+    half_open_max_probes : int
+        Probes admitted at once while HALF_OPEN.
+    success_threshold : int
+        Probe successes that close a HALF_OPEN breaker (the case study: 1).
+    probe_timeout : float or timedelta
+        A probe unanswered this long counts as failed (no stuck HALF_OPEN).
+    """
+
+    failure_threshold: int = 5
+    open_timeout: float = 30.0
+    max_open_timeout: float = 300.0
+    half_open_max_probes: int = 1
+    success_threshold: int = 1
+    probe_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(
+            self,
+            "failure_threshold",
+            _count("failure_threshold", self.failure_threshold, _MAX_FAILURES),
+        )
+        set_(self, "open_timeout", _duration("open_timeout", self.open_timeout))
+        set_(self, "max_open_timeout", _duration("max_open_timeout", self.max_open_timeout))
+        set_(
+            self,
+            "half_open_max_probes",
+            _count("half_open_max_probes", self.half_open_max_probes, _MAX_COUNT),
+        )
+        set_(
+            self,
+            "success_threshold",
+            _count("success_threshold", self.success_threshold, _MAX_COUNT),
+        )
+        set_(self, "probe_timeout", _duration("probe_timeout", self.probe_timeout))
+        if self.max_open_timeout < self.open_timeout:
+            raise ValueError(
+                "BreakerConfig.max_open_timeout: expected >= open_timeout "
+                f"({self.open_timeout!r}), "
+                f"got {self.max_open_timeout!r}"
+            )
+
+
+class BreakerTransition(NamedTuple):
+    """One breaker transition: ``node_id`` went from ``old`` to ``new`` at ``at``."""
+
+    node_id: NodeId
+    old: CircuitState
+    new: CircuitState
+    at: float
+
+
+BreakerListener = Callable[[BreakerTransition], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatus:
+    """One breaker at one moment (clock seconds; None where it does not apply).
+
+    ``opened_at`` is set while OPEN; ``reset_at`` is when the state next
+    changes by time alone (OPEN: its end; HALF_OPEN with probes out: the probe
+    deadline) and ``time_to_reset`` the seconds until then.
+    """
+
+    node_id: NodeId
+    state: CircuitState
+    failures: int
+    probes: int
+    opened_at: float | None
+    open_timeout: float
+    reset_at: float | None
+    time_to_reset: float | None
+    last_failure: float | None
+    trips: int
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+class CircuitBreaker:
+    """Per-node circuit breakers (nodes register on first use).
+
+    Parameters
+    ----------
+    config : BreakerConfig, optional
+        Thresholds (defaults when omitted).
+    clock : callable
+        Monotonic seconds (default :func:`time.monotonic`); its reading at
+        construction is the table's epoch.
+    table_factory : callable, optional
+        Builds the state table from the config's fields plus ``epoch``;
+        default the selected core's ``BreakerTable`` (compiled or pure).
+    """
+
+    def __init__(
+        self,
+        config: BreakerConfig | None = None,
+        clock: Clock = time.monotonic,
+        *,
+        table_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        if config is None:
+            config = BreakerConfig()
+        elif not isinstance(config, BreakerConfig):
+            raise TypeError(f"config: expected a BreakerConfig, got {config!r}")
+        if not callable(clock):
+            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        if table_factory is None:
+            from fedgate._core import BreakerTable
+
+            table_factory = BreakerTable
+        self._config = config
+        self._clock = clock
+        self._table = table_factory(
+            failure_threshold=config.failure_threshold,
+            open_timeout=config.open_timeout,
+            max_open_timeout=config.max_open_timeout,
+            half_open_max_probes=config.half_open_max_probes,
+            success_threshold=config.success_threshold,
+            probe_timeout=config.probe_timeout,
+            epoch=float(clock()),
+            nodes=0,
+        )
+        self._max_probes = config.half_open_max_probes
+        # The table is lock-free; this lock only orders the bookkeeping below
+        # (what was last observed per node), so events come out in order.
+        self._lock = threading.RLock()
+        self._slots: dict[NodeId, int] = {}
+        self._ids: list[NodeId] = []
+        self._last_failure: list[float] = []
+        self._trips_of: list[int] = []
+        cap = 16
+        # Last observed effective state, probes and deadline per slot.
+        self._codes = np.zeros(cap, dtype=np.int8)
+        self._routable = np.zeros(cap, dtype=np.int8)
+        self._probes = np.zeros(cap, dtype=np.int16)
+        self._deadline = np.full(cap, np.nan, dtype=np.float64)
+        self._scratch = np.zeros(cap, dtype=np.int8)
+        self._next_deadline = math.inf
+        self._version = 0
+        self._transitions = 0
+        self._trips = 0
+        self._listeners: list[BreakerListener] = []
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def config(self) -> BreakerConfig:
+        """The thresholds in force."""
+        return self._config
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every decision reads."""
+        return self._clock
+
+    @property
+    def table(self) -> Any:
+        """The underlying lock-free state table, indexed by :meth:`slot`."""
+        return self._table
+
+    @property
+    def codes(self) -> npt.NDArray[np.int8]:
+        """Last observed state code per slot (``BREAKER_*``)."""
+        return self._codes[: len(self._ids)]
+
+    @property
+    def routable_codes(self) -> npt.NDArray[np.int8]:
+        """:attr:`codes`, with a HALF_OPEN breaker whose probe slots are all taken as OPEN.
+
+        What a router should score with: such a node would reject the call.
+        """
+        return self._routable[: len(self._ids)]
+
+    @property
+    def version(self) -> int:
+        """Bumped whenever an observed state (or probe saturation) changes."""
+        return self._version
+
+    @property
+    def next_deadline(self) -> float:
+        """No time-driven transition can happen before this clock reading.
+
+        A router calls :meth:`poll` once the clock passes it.
+        """
+        return self._next_deadline
+
+    @property
+    def transitions(self) -> int:
+        """Transitions observed so far."""
+        return self._transitions
+
+    @property
+    def trips(self) -> int:
+        """Transitions into OPEN so far (trips and reopens)."""
+        return self._trips
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._slots
+
+    def nodes(self) -> list[NodeId]:
+        """Every node with a breaker, in registration order."""
+        return list(self._ids)
+
+    def subscribe(self, listener: BreakerListener) -> Callable[[], None]:
+        """Call ``listener(BreakerTransition)`` for every transition, in order.
+
+        Listeners run synchronously under the breaker's lock: keep them short
+        (count, log, schedule) and do not record outcomes from inside one.
+
+        Returns
+        -------
+        callable
+            Call it to unsubscribe.
+        """
+        return add_listener(self._listeners, listener, self._lock)
+
+    def slot(self, node: NodeId, *, create: bool = True) -> int:
+        """The node's slot in :attr:`table` and :attr:`codes` (registering it when ``create``).
+
+        Returns -1 for an unknown node when not ``create``. Slots are never reused.
+        """
+        s = self._slots.get(node)
+        if s is not None:
+            return s
+        if not create:
+            return -1
+        if not isinstance(node, str) or not node:
+            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
+        with self._lock:
+            s = self._slots.get(node)
+            if s is not None:
+                return s
+            s = self._table.add_node()
+            if s != len(self._ids):
+                raise RuntimeError(
+                    f"breaker table slot {s} out of step with {len(self._ids)} nodes"
+                )
+            if s == self._codes.shape[0]:
+                self._grow()
+            self._ids.append(NodeId(node))
+            self._last_failure.append(math.nan)
+            self._trips_of.append(0)
+            self._slots[NodeId(node)] = s
+            return s
+
+    def _grow(self) -> None:
+        cap = self._codes.shape[0] * 2
+        for name, fill in (("_codes", 0), ("_routable", 0), ("_probes", 0),
+                           ("_deadline", np.nan), ("_scratch", 0)):  # fmt: skip
+            old = getattr(self, name)
+            new = np.full(cap, fill, dtype=old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    # ------------------------------------------------------------ observation
+
+    def _emit(self, s: int, old: int, new: int, at: float) -> None:
+        self._transitions += 1
+        if new == _OPEN:
+            self._trips += 1
+            self._trips_of[s] += 1
+        if self._listeners:
+            event = BreakerTransition(self._ids[s], _STATES[old], _STATES[new], at)
+            for listener in tuple(self._listeners):
+                listener(event)
+
+    def _observe(self, s: int, now: float) -> int:
+        """Compare the table's effective view of slot ``s`` with what was last seen.
+
+        Emits every transition in between (at most two: a stuck probe's reopen
+        followed by the end of that open period) and records the new view.
+        Call with the lock held. Returns the effective state.
+        """
+        state, _failures, probes, opened_at, timeout, reset_at = self._table.snapshot(s, now)
+        known = int(self._codes[s])
+        known_probes = int(self._probes[s])
+        known_deadline = float(self._deadline[s])
+        if known == _HALF_OPEN and known_probes > 0 and state == _HALF_OPEN and probes == 0:
+            # Nobody looked while a stuck probe reopened the breaker and the
+            # new open period ran out: both transitions happened.
+            self._emit(s, _HALF_OPEN, _OPEN, min(known_deadline, now))
+            self._emit(s, _OPEN, _HALF_OPEN, min(known_deadline + timeout, now))
+        elif state != known:
+            if state == _OPEN:
+                at = opened_at if opened_at == opened_at else now
+            elif known == _OPEN and state == _HALF_OPEN and known_deadline <= now:
+                at = known_deadline
+            else:
+                at = now
+            self._emit(s, known, state, min(at, now))
+        routable = _OPEN if state == _HALF_OPEN and probes >= self._max_probes else state
+        if state != known or routable != self._routable[s] or probes != known_probes:
+            self._codes[s] = state
+            self._routable[s] = routable
+            self._probes[s] = probes
+            self._version += 1
+        self._deadline[s] = reset_at
+        if reset_at < self._next_deadline:
+            self._next_deadline = reset_at
+        return int(state)
+
+    # ------------------------------------------------------------ decisions
+
+    def admit(self, node: NodeId) -> Admission:
+        """Decide whether a call to ``node`` may go ahead, and count it.
+
+        Returns
+        -------
+        Admission
+            ``ADMIT`` (closed), ``PROBE`` (a half-open probe: report its
+            outcome with :meth:`record_success` / :meth:`record_failure`) or
+            ``REJECT`` (open, or every probe slot taken) — falsy.
+        """
+        s = self._slots.get(node)
+        if s is None:
+            s = self.slot(node)
+        with self._lock:
+            now = self._clock()
+            if self._codes[s] == _CLOSED:
+                # CLOSED changes only by a recorded failure: nothing time-driven to observe.
+                decision = self._table.allow(s, now)
+                if decision != _ADMIT:
+                    self._observe(s, now)
+                return _ADMISSIONS[decision]
+            self._observe(s, now)
+            decision = self._table.allow(s, now)
+            self._observe(s, now)
+            return _ADMISSIONS[decision]
+
+    def allow(self, node: NodeId) -> bool:
+        """:meth:`admit` as a bool (True: go ahead)."""
+        return self.admit(node) != Admission.REJECT
+
+    def record_success(self, node: NodeId) -> None:
+        """Record a successful call to ``node`` (closes a half-open breaker)."""
+        s = self._slots.get(node)
+        if s is None:
+            s = self.slot(node)
+        with self._lock:
+            now = self._clock()
+            if self._codes[s] == _CLOSED:
+                if self._table.record_success(s, now) == _NO_TRANSITION:
+                    return
+            else:
+                self._observe(s, now)
+                self._table.record_success(s, now)
+            self._observe(s, now)
+
+    def record_failure(self, node: NodeId) -> None:
+        """Record a failure ``node`` caused (timeout, crash, worker error).
+
+        Never call this for bad input, an unknown capability, an oversized
+        request or a client's cancel.
+        """
+        s = self._slots.get(node)
+        if s is None:
+            s = self.slot(node)
+        with self._lock:
+            now = self._clock()
+            self._last_failure[s] = now
+            if self._codes[s] == _CLOSED:
+                if self._table.record_failure(s, now) == _NO_TRANSITION:
+                    return
+            else:
+                self._observe(s, now)
+                self._table.record_failure(s, now)
+            self._observe(s, now)
+
+    def release(self, node: NodeId) -> None:
+        """Give back a half-open probe that ended without a verdict on ``node``.
+
+        For a probe the client cancelled, or one that failed for a reason that
+        is not the node's (bad input, overload, shutdown): the next call may
+        probe at once instead of waiting for ``probe_timeout`` to count the
+        abandoned probe as a failure. No effect unless ``node`` is HALF_OPEN
+        with probes in flight.
+        """
+        s = self._slots.get(node)
+        if s is None:
+            return
+        with self._lock:
+            now = self._clock()
+            self._observe(s, now)
+            self._table.release(s, now)
+            self._observe(s, now)
+
+    def reset(self, node: NodeId) -> None:
+        """Force ``node``'s breaker CLOSED with no failures (an operator's action)."""
+        s = self._slots.get(node)
+        if s is None:
+            return
+        with self._lock:
+            now = self._clock()
+            self._observe(s, now)
+            self._table.reset(s)
+            self._observe(s, now)
+
+    # ------------------------------------------------------------ reads
+
+    def state(self, node: NodeId) -> CircuitState:
+        """The breaker's state now, driven by the clock (CLOSED for an unknown node)."""
+        s = self._slots.get(node)
+        if s is None:
+            return CircuitState.CLOSED
+        with self._lock:
+            return _STATES[self._observe(s, self._clock())]
+
+    def is_open(self, node: NodeId) -> bool:
+        """True while ``node``'s breaker is OPEN (calls are rejected locally)."""
+        return self.state(node) is CircuitState.OPEN
+
+    def poll(self, now: float | None = None) -> list[BreakerTransition]:
+        """Observe every breaker at ``now`` and emit the time-driven transitions due.
+
+        The gateway calls this periodically so OPEN → HALF_OPEN (and a stuck
+        probe's reopen) is announced even when no request touches the node.
+
+        Returns
+        -------
+        list of BreakerTransition
+            The transitions emitted by this call.
+        """
+        emitted: list[BreakerTransition] = []
+
+        def collect(event: BreakerTransition) -> None:
+            emitted.append(event)
+
+        with self._lock:
+            if now is None:
+                now = self._clock()
+            n = len(self._ids)
+            if n == 0:
+                self._next_deadline = math.inf
+                return emitted
+            self._listeners.append(collect)
+            try:
+                current = self._scratch
+                self._table.states_into(now, current)
+                codes = self._codes[:n]
+                probing = (codes == _HALF_OPEN) & (self._probes[:n] > 0)
+                due = (current[:n] != codes) | (probing & (self._deadline[:n] <= now))
+                for s in np.flatnonzero(due).tolist():
+                    self._observe(s, now)
+                pending = (codes == _OPEN) | ((codes == _HALF_OPEN) & (self._probes[:n] > 0))
+                self._next_deadline = (
+                    float(self._deadline[:n][pending].min()) if pending.any() else math.inf
+                )
+            finally:
+                self._listeners.remove(collect)
+        return emitted
+
+    def all_states(self) -> dict[NodeId, CircuitState]:
+        """Every breaker's state now (observing, and emitting, what time changed)."""
+        with self._lock:
+            self.poll()
+            return {node: _STATES[self._codes[s]] for node, s in self._slots.items()}
+
+    def status(self, node: NodeId) -> BreakerStatus:
+        """``node``'s breaker in detail (a fresh CLOSED status for an unknown node)."""
+        s = self._slots.get(node)
+        if s is None:
+            return BreakerStatus(NodeId(node), CircuitState.CLOSED, 0, 0, None,
+                                 self._config.open_timeout, None, None, None, 0)  # fmt: skip
+        with self._lock:
+            now = self._clock()
+            self._observe(s, now)
+            return self._status(s, now)
+
+    def _status(self, s: int, now: float) -> BreakerStatus:
+        state, failures, probes, opened_at, timeout, reset_at = self._table.snapshot(s, now)
+        reset = _opt(reset_at)
+        return BreakerStatus(
+            node_id=self._ids[s],
+            state=_STATES[state],
+            failures=int(failures),
+            probes=int(probes),
+            opened_at=_opt(opened_at),
+            open_timeout=float(timeout),
+            reset_at=reset,
+            time_to_reset=None if reset is None else max(0.0, reset - now),
+            last_failure=_opt(self._last_failure[s]),
+            trips=self._trips_of[s],
+        )
+
+    def all_statuses(self) -> list[BreakerStatus]:
+        """Every breaker in detail, in registration order."""
+        with self._lock:
+            now = self._clock()
+            self.poll(now)
+            return [self._status(s, now) for s in range(len(self._ids))]
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker(nodes={len(self._ids)}, config={self._config!r})"

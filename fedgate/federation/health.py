@@ -1,0 +1,667 @@
+"""Node health: passive reports, latency percentiles and active heartbeats.
+
+Each node has a state (SPEC §2 Health, the case study's defaults):
+
+* UNKNOWN until its first report;
+* a failure makes it DEGRADED, ``failure_threshold`` (3) in a row UNHEALTHY;
+* a success slower than ``degraded_latency`` (1 s) makes it DEGRADED;
+* a DEGRADED or UNHEALTHY node needs ``recovery_threshold`` (2) fast
+  successes in a row to become HEALTHY again. A first report that is a fast
+  success makes an UNKNOWN node HEALTHY at once: there is nothing to recover
+  from, and the state must say something after the first report.
+
+Health is also active (RELIABILITY rules 3, 9): a node that heartbeats —
+once it has sent one, or was registered with ``expect_heartbeats=True`` — is
+UNHEALTHY as soon as its last heartbeat is older than ``heartbeat_interval ×
+heartbeat_liveness``, whatever its reports say, until the next heartbeat.
+
+Latencies go into the compiled ring-buffer table (:mod:`fedgate._core`),
+which gives exact p50/p95/p99 over the most recent ``window`` samples.
+
+For the router the checker keeps its per-node state codes in a NumPy array
+(:attr:`HealthChecker.codes`, the ``fedgate.routing.scoring.HEALTH_*`` codes) with a
+:attr:`~HealthChecker.version` bumped on every change, and a per-node count
+of recorded samples (:attr:`~HealthChecker.latency_seq`), so a router
+refreshes only what changed, in bulk.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from fedgate.clock import Clock, to_seconds
+from fedgate.federation._listeners import add_listener
+from fedgate.types import NodeId
+
+__all__ = [
+    "HealthChecker",
+    "HealthConfig",
+    "HealthListener",
+    "HealthState",
+    "HealthStatus",
+    "HealthTransition",
+]
+
+_MAX_WINDOW = 1 << 20
+
+
+class HealthState(enum.Enum):
+    """A node's health. Values are the scoring kernel's ``HEALTH_*`` codes."""
+
+    UNKNOWN = 0
+    HEALTHY = 1
+    DEGRADED = 2
+    UNHEALTHY = 3
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_UNKNOWN, _HEALTHY, _DEGRADED, _UNHEALTHY = 0, 1, 2, 3
+_STATES = tuple(HealthState)
+
+
+def _positive_int(name: str, value: object, upper: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"HealthConfig.{name}: expected an int >= 1, got {value!r}")
+    if value < 1 or (upper is not None and value > upper):
+        bound = ">= 1" if upper is None else f"in [1, {upper}]"
+        raise ValueError(f"HealthConfig.{name}: expected an int {bound}, got {value!r}")
+    return int(value)
+
+
+def _positive_duration(name: str, value: object) -> float:
+    if not isinstance(value, (int, float, timedelta)) or isinstance(value, bool):
+        raise TypeError(
+            f"HealthConfig.{name}: expected seconds as a number or timedelta, got {value!r}"
+        )
+    seconds = to_seconds(value, f"HealthConfig.{name}")
+    if not (math.isfinite(seconds) and seconds > 0.0):
+        raise ValueError(f"HealthConfig.{name}: expected finite seconds > 0, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Health thresholds, validated on construction (durations in seconds).
+
+    Parameters
+    ----------
+    failure_threshold : int
+        Consecutive failures that make a node UNHEALTHY (>= 1).
+    recovery_threshold : int
+        Consecutive fast successes that make a degraded node HEALTHY (>= 1).
+    degraded_latency : float or timedelta
+        A success slower than this makes the node DEGRADED.
+    window : int
+        Latency samples kept per node for percentiles.
+    heartbeat_interval : float or timedelta
+        How often workers heartbeat.
+    heartbeat_liveness : int
+        Heartbeat intervals that may pass before a node is declared dead.
+    unhealthy_cooldown : float or timedelta
+        How long a node made UNHEALTHY by failure reports stays out of
+        routing. After it the node is DEGRADED again (eligible, scored low)
+        and one more failure makes it UNHEALTHY at once. Without it a node
+        that is up but was unlucky would never get the traffic it needs to
+        recover — and its circuit breaker, which counts more failures than
+        health does, would never get to open and probe it.
+    """
+
+    failure_threshold: int = 3
+    recovery_threshold: int = 2
+    degraded_latency: float = 1.0
+    window: int = 1024
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    unhealthy_cooldown: float = 5.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "failure_threshold", _positive_int("failure_threshold", self.failure_threshold))
+        set_(
+            self, "recovery_threshold", _positive_int("recovery_threshold", self.recovery_threshold)
+        )
+        set_(
+            self, "degraded_latency", _positive_duration("degraded_latency", self.degraded_latency)
+        )
+        set_(self, "window", _positive_int("window", self.window, _MAX_WINDOW))
+        set_(
+            self,
+            "heartbeat_interval",
+            _positive_duration("heartbeat_interval", self.heartbeat_interval),
+        )
+        set_(
+            self, "heartbeat_liveness", _positive_int("heartbeat_liveness", self.heartbeat_liveness)
+        )
+
+        set_(
+            self,
+            "unhealthy_cooldown",
+            _positive_duration("unhealthy_cooldown", self.unhealthy_cooldown),
+        )
+
+    @property
+    def liveness_timeout(self) -> float:
+        """``heartbeat_interval × heartbeat_liveness``: silence longer than this is death."""
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    """One node's health at one moment.
+
+    Latencies are seconds over the sliding window, None before any sample.
+    ``last_check`` is the clock reading of the last report, ``last_heartbeat``
+    that of the last heartbeat (None when never). ``alive`` is False while a
+    heartbeat-tracked node is overdue.
+    """
+
+    node_id: NodeId
+    state: HealthState
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    consecutive_failures: int
+    consecutive_successes: int
+    last_check: float | None
+    samples: int
+    last_heartbeat: float | None
+    alive: bool
+    reported_state: HealthState
+
+
+class HealthTransition(NamedTuple):
+    """A change of a node's effective state.
+
+    ``cause`` is ``"report"``, ``"heartbeat_missed"``, ``"heartbeat"`` (a dead
+    node came back) or ``"reset"``.
+    """
+
+    node_id: NodeId
+    old: HealthState
+    new: HealthState
+    at: float
+    cause: str
+
+
+HealthListener = Callable[[HealthTransition], None]
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+class HealthChecker:
+    """Tracks every node's health; all calls are plain (non-async) and thread-safe.
+
+    Parameters
+    ----------
+    config : HealthConfig, optional
+        Thresholds (defaults when omitted).
+    clock : callable
+        Monotonic seconds (default :func:`time.monotonic`); tests pass a
+        :class:`~fedgate.clock.ManualClock`.
+    table_factory : callable, optional
+        ``table_factory(window=..., nodes=0)`` building the latency table;
+        default the selected core's ``LatencyTable`` (compiled or pure). Tests
+        pass either implementation explicitly.
+    """
+
+    def __init__(
+        self,
+        config: HealthConfig | None = None,
+        clock: Clock = time.monotonic,
+        *,
+        table_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        if config is None:
+            config = HealthConfig()
+        elif not isinstance(config, HealthConfig):
+            raise TypeError(f"config: expected a HealthConfig, got {config!r}")
+        if not callable(clock):
+            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        if table_factory is None:
+            from fedgate._core import LatencyTable
+
+            table_factory = LatencyTable
+        self._config = config
+        self._clock = clock
+        self._liveness = config.liveness_timeout
+        self._table = table_factory(window=config.window, nodes=0)
+        self._lock = threading.RLock()
+        self._slots: dict[NodeId, int] = {}
+        self._ids: list[NodeId] = []
+        # Scalar per-node state in lists: a report touches a few of them, and
+        # list element access is several times cheaper than NumPy scalar access.
+        self._reported: list[int] = []
+        self._failures: list[int] = []
+        self._successes: list[int] = []
+        self._fast_streak: list[int] = []
+        self._last_check: list[float] = []
+        # When a report-driven UNHEALTHY ends (inf: not in cooldown).
+        self._cooldown_until: list[float] = []
+        self._next_cooldown = math.inf
+        # Bulk-read state in arrays (the router gathers them; expire() scans them).
+        cap = 16
+        self._codes = np.zeros(cap, dtype=np.int8)
+        self._latency_seq = np.zeros(cap, dtype=np.uint64)
+        self._last_hb = np.full(cap, np.nan, dtype=np.float64)
+        self._tracked = np.zeros(cap, dtype=np.bool_)
+        self._dead = np.zeros(cap, dtype=np.bool_)
+        self._next_expiry = math.inf
+        self._version = 0
+        self._latency_version = 0
+        self._listeners: list[HealthListener] = []
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def config(self) -> HealthConfig:
+        """The thresholds in force."""
+        return self._config
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every time-dependent decision reads."""
+        return self._clock
+
+    @property
+    def latency_table(self) -> Any:
+        """The latency ring-buffer table, indexed by :meth:`slot`."""
+        return self._table
+
+    @property
+    def codes(self) -> npt.NDArray[np.int8]:
+        """Effective state code per slot (``HEALTH_*``), as of the last change or expiry."""
+        return self._codes[: len(self._ids)]
+
+    @property
+    def latency_seq(self) -> npt.NDArray[np.uint64]:
+        """Samples recorded per slot since registration (a change counter)."""
+        return self._latency_seq[: len(self._ids)]
+
+    @property
+    def version(self) -> int:
+        """Bumped whenever any node's effective state changes."""
+        return self._version
+
+    @property
+    def latency_version(self) -> int:
+        """Bumped on every latency sample."""
+        return self._latency_version
+
+    @property
+    def next_expiry(self) -> float:
+        """No heartbeat-tracked node can be declared dead before this clock reading."""
+        return self._next_expiry
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._slots
+
+    def nodes(self) -> list[NodeId]:
+        """Every registered node, in registration order."""
+        return list(self._ids)
+
+    def subscribe(self, listener: HealthListener) -> Callable[[], None]:
+        """Call ``listener(HealthTransition)`` on every change of effective state.
+
+        Returns
+        -------
+        callable
+            Call it to unsubscribe.
+        """
+        return add_listener(self._listeners, listener, self._lock)
+
+    def _grow(self) -> None:
+        cap = self._codes.shape[0] * 2
+        for name, fill in (("_codes", 0), ("_latency_seq", 0), ("_last_hb", np.nan),
+                           ("_tracked", False), ("_dead", False)):  # fmt: skip
+            old = getattr(self, name)
+            new = np.full(cap, fill, dtype=old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    def _check_node(self, node: object) -> NodeId:
+        if not isinstance(node, str) or not node:
+            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
+        return NodeId(node)
+
+    def slot(self, node: NodeId, *, create: bool = True) -> int:
+        """The node's slot in :attr:`latency_table` and :attr:`codes`.
+
+        Registers an unknown node when ``create`` (else returns -1). Slots are
+        never reused, so a router can keep them.
+        """
+        s = self._slots.get(node)
+        if s is not None:
+            return s
+        if not create:
+            return -1
+        with self._lock:
+            s = self._slots.get(node)
+            if s is not None:
+                return s
+            node = self._check_node(node)
+            s = self._table.add_node()
+            if s != len(self._ids):
+                raise RuntimeError(
+                    f"latency table slot {s} out of step with {len(self._ids)} nodes"
+                )
+            if s == self._codes.shape[0]:
+                self._grow()
+            self._ids.append(node)
+            self._reported.append(_UNKNOWN)
+            self._failures.append(0)
+            self._successes.append(0)
+            self._fast_streak.append(0)
+            self._last_check.append(math.nan)
+            self._cooldown_until.append(math.inf)
+            self._slots[node] = s
+            return s
+
+    def _emit(self, slot: int, old: int, new: int, at: float, cause: str) -> None:
+        self._version += 1
+        if self._listeners:
+            event = HealthTransition(self._ids[slot], _STATES[old], _STATES[new], at, cause)
+            for listener in tuple(self._listeners):
+                listener(event)
+
+    def _set_reported(self, slot: int, new: int, at: float) -> None:
+        old_effective = int(self._codes[slot])
+        self._reported[slot] = new
+        if self._dead[slot]:
+            return  # stays UNHEALTHY until a heartbeat
+        if new != old_effective:
+            self._codes[slot] = new
+            self._emit(slot, old_effective, new, at, "report")
+
+    # ------------------------------------------------------------ registration
+
+    def register_node(self, node: NodeId, *, expect_heartbeats: bool = False) -> int:
+        """Start tracking ``node`` (UNKNOWN); idempotent.
+
+        Parameters
+        ----------
+        node : NodeId
+            The node.
+        expect_heartbeats : bool
+            Track its liveness from now on: without a heartbeat within
+            ``heartbeat_interval × heartbeat_liveness`` it is UNHEALTHY.
+
+        Returns
+        -------
+        int
+            The node's slot.
+        """
+        with self._lock:
+            s = self.slot(node)
+            if expect_heartbeats and not self._tracked[s]:
+                now = self._clock()
+                self._tracked[s] = True
+                self._last_hb[s] = now
+                self._next_expiry = min(self._next_expiry, now + self._liveness)
+            return s
+
+    def deregister_node(self, node: NodeId) -> bool:
+        """Forget ``node``'s history: back to UNKNOWN, no samples, no heartbeat tracking.
+
+        The slot is kept (routers may hold it). Returns False for an unknown node.
+        """
+        with self._lock:
+            s = self._slots.get(node)
+            if s is None:
+                return False
+            now = self._clock()
+            self._table.reset(s)
+            self._latency_seq[s] += 1
+            self._latency_version += 1
+            self._failures[s] = self._successes[s] = self._fast_streak[s] = 0
+            self._last_check[s] = math.nan
+            self._cooldown_until[s] = math.inf
+            self._tracked[s] = False
+            self._last_hb[s] = math.nan
+            was_dead = bool(self._dead[s])
+            self._dead[s] = False
+            self._reported[s] = _UNKNOWN
+            old = int(self._codes[s])
+            if old != _UNKNOWN or was_dead:
+                self._codes[s] = _UNKNOWN
+                self._emit(s, old, _UNKNOWN, now, "reset")
+            return True
+
+    # ------------------------------------------------------------ reports
+
+    def report_success(self, node: NodeId, latency: float | timedelta) -> None:
+        """Record a successful request on ``node`` that took ``latency``.
+
+        Parameters
+        ----------
+        node : NodeId
+            Registered on first use.
+        latency : float or timedelta
+            Finite seconds >= 0.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A latency that is not a finite duration >= 0 (nothing is recorded).
+        """
+        seconds = to_seconds(latency, "latency")
+        if not (seconds >= 0.0 and seconds != math.inf):
+            raise ValueError(
+                f"latency: expected finite seconds >= 0, got {latency!r} (node {node!r})"
+            )
+        with self._lock:
+            s = self._slots.get(node)
+            if s is None:
+                s = self.slot(node)
+            now = self._clock()
+            self._table.record(s, seconds)
+            self._latency_seq[s] += 1
+            self._latency_version += 1
+            self._failures[s] = 0
+            self._successes[s] += 1
+            self._last_check[s] = now
+            self._cooldown_until[s] = math.inf
+            reported = self._reported[s]
+            if seconds > self._config.degraded_latency:
+                self._fast_streak[s] = 0
+                new = _DEGRADED
+            else:
+                streak = self._fast_streak[s] + 1
+                self._fast_streak[s] = streak
+                # From UNKNOWN there is nothing to recover from; HEALTHY stays HEALTHY.
+                if reported in (_UNKNOWN, _HEALTHY) or streak >= self._config.recovery_threshold:
+                    new = _HEALTHY
+                else:
+                    new = reported
+            if new != reported or self._codes[s] != new:
+                self._set_reported(s, new, now)
+
+    def report_failure(self, node: NodeId) -> None:
+        """Record a failed request the node caused (timeout, crash, worker error).
+
+        Only node-caused failures belong here (RELIABILITY rule 4): bad input,
+        an unknown capability or a client's cancel are not the node's fault.
+        """
+        with self._lock:
+            s = self._slots.get(node)
+            if s is None:
+                s = self.slot(node)
+            now = self._clock()
+            failures = self._failures[s] + 1
+            self._failures[s] = failures
+            self._successes[s] = 0
+            self._fast_streak[s] = 0
+            self._last_check[s] = now
+            new = _UNHEALTHY if failures >= self._config.failure_threshold else _DEGRADED
+            if new == _UNHEALTHY:
+                until = now + self._config.unhealthy_cooldown
+                self._cooldown_until[s] = until
+                self._next_cooldown = min(self._next_cooldown, until)
+            if new != self._reported[s] or self._codes[s] != new:
+                self._set_reported(s, new, now)
+
+    # ------------------------------------------------------------ heartbeats
+
+    def heartbeat(self, node: NodeId) -> None:
+        """Record a heartbeat from ``node`` now; a node declared dead comes back.
+
+        The first heartbeat starts tracking the node's liveness.
+        """
+        with self._lock:
+            s = self._slots.get(node)
+            if s is None:
+                s = self.slot(node)
+            now = self._clock()
+            self._last_hb[s] = now
+            if not self._tracked[s]:
+                self._tracked[s] = True
+                self._next_expiry = min(self._next_expiry, now + self._liveness)
+            if self._dead[s]:
+                self._dead[s] = False
+                self._next_expiry = min(self._next_expiry, now + self._liveness)
+                new = self._reported[s]
+                if new != _UNHEALTHY:
+                    self._codes[s] = new
+                    self._emit(s, _UNHEALTHY, new, now, "heartbeat")
+
+    def expire(self, now: float | None = None) -> list[NodeId]:
+        """Declare dead every tracked node whose heartbeat is overdue at ``now``.
+
+        Cheap when nothing can be due (one comparison); the gateway calls it
+        periodically and the router before each refresh.
+
+        Parameters
+        ----------
+        now : float, optional
+            Clock reading (default: the clock).
+
+        Returns
+        -------
+        list of NodeId
+            Nodes newly declared dead (now UNHEALTHY), in slot order.
+        """
+        if now is None:
+            now = self._clock()
+        if now >= self._next_cooldown:
+            self._end_cooldowns(now)
+        if not now > self._next_expiry:
+            return []
+        with self._lock:
+            n = len(self._ids)
+            live = self._tracked[:n] & ~self._dead[:n]
+            deadline = self._last_hb[:n] + self._liveness
+            overdue = np.flatnonzero(live & (now > deadline))
+            for s in overdue.tolist():
+                self._dead[s] = True
+                old = int(self._codes[s])
+                if old != _UNHEALTHY:
+                    self._codes[s] = _UNHEALTHY
+                    # The node died when its deadline passed, not when we looked.
+                    self._emit(s, old, _UNHEALTHY, float(deadline[s]), "heartbeat_missed")
+            live[overdue] = False
+            self._next_expiry = float(deadline[live].min()) if live.any() else math.inf
+            return [self._ids[s] for s in overdue.tolist()]
+
+    def _end_cooldowns(self, now: float) -> None:
+        """Report-driven UNHEALTHY nodes whose cooldown is over become DEGRADED."""
+        with self._lock:
+            threshold = self._config.failure_threshold
+            following = math.inf
+            for s, until in enumerate(self._cooldown_until):
+                if until == math.inf:
+                    continue
+                if now < until:
+                    following = min(following, until)
+                    continue
+                self._cooldown_until[s] = math.inf
+                if self._reported[s] == _UNHEALTHY:
+                    # One more failure is enough to take it out again.
+                    self._failures[s] = threshold - 1
+                    old = int(self._codes[s])
+                    self._reported[s] = _DEGRADED
+                    if not self._dead[s] and old != _DEGRADED:
+                        self._codes[s] = _DEGRADED
+                        self._emit(s, old, _DEGRADED, until, "cooldown")
+            self._next_cooldown = following
+
+    def is_alive(self, node: NodeId) -> bool:
+        """False while a heartbeat-tracked node is overdue; True for untracked nodes."""
+        s = self._slots.get(node)
+        if s is None:
+            return True
+        self.expire()
+        return not self._dead[s]
+
+    # ------------------------------------------------------------ reads
+
+    def state(self, node: NodeId) -> HealthState:
+        """The node's effective state now (UNKNOWN for a node never seen)."""
+        s = self._slots.get(node)
+        if s is None:
+            return HealthState.UNKNOWN
+        self.expire()
+        return _STATES[int(self._codes[s])]
+
+    def _status(self, s: int) -> HealthStatus:
+        p50, p95, p99 = self._table.percentiles(s)
+        hb = float(self._last_hb[s])
+        return HealthStatus(
+            node_id=self._ids[s],
+            state=_STATES[int(self._codes[s])],
+            latency_p50=_opt(p50),
+            latency_p95=_opt(p95),
+            latency_p99=_opt(p99),
+            consecutive_failures=self._failures[s],
+            consecutive_successes=self._successes[s],
+            last_check=_opt(self._last_check[s]),
+            samples=int(self._table.count(s)),
+            last_heartbeat=_opt(hb),
+            alive=not self._dead[s],
+            reported_state=_STATES[self._reported[s]],
+        )
+
+    def status(self, node: NodeId) -> HealthStatus:
+        """The node's full status now.
+
+        Raises
+        ------
+        KeyError
+            The node was never registered or reported on.
+        """
+        s = self._slots.get(node)
+        if s is None:
+            raise KeyError(f"node: expected a node known to the health checker, got {node!r}")
+        self.expire()
+        with self._lock:
+            return self._status(s)
+
+    def all_statuses(self) -> list[HealthStatus]:
+        """Every node's status, in registration order."""
+        self.expire()
+        with self._lock:
+            return [self._status(s) for s in range(len(self._ids))]
+
+    def counts(self) -> dict[HealthState, int]:
+        """Nodes per effective state."""
+        self.expire()
+        found = np.bincount(self.codes, minlength=4)
+        return {state: int(found[state.value]) for state in HealthState}
+
+    def __repr__(self) -> str:
+        return f"HealthChecker(nodes={len(self._ids)}, config={self._config!r})"

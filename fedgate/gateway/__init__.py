@@ -1,0 +1,20 @@
+"""The gateway layer: the public :class:`Gateway`, its builder and config, and the ingress.
+
+A request enters through :meth:`Gateway.infer` / :meth:`Gateway.infer_stream`
+(or a client of the ZeroMQ ingress, :mod:`fedgate.gateway.ingress`), is routed
+by :mod:`fedgate.routing`, and goes to a worker over :mod:`fedgate.transport`.
+See ``docs/ARCHITECTURE.md`` for the whole path.
+"""
+
+from __future__ import annotations
+
+from fedgate.gateway.gateway import (
+    Gateway,
+    GatewayBuilder,
+    GatewayConfig,
+    GatewayStats,
+    NodeStats,
+    RouteRecord,
+)
+
+__all__ = ["Gateway", "GatewayBuilder", "GatewayConfig", "GatewayStats", "NodeStats", "RouteRecord"]
