@@ -32,7 +32,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from fedgate.gateway.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.transport import protocol as wire
 from fedgate.types import Capability, InferenceRequest
 

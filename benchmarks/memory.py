@@ -112,7 +112,7 @@ def _top_sites(snapshot: tracemalloc.Snapshot, limit: int) -> list[dict[str, Any
 
 async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -> dict[str, Any]:
     from fedgate.federation.health import HealthChecker, HealthConfig
-    from fedgate.gateway.gateway import GatewayBuilder, GatewayConfig
+    from fedgate.gateway import GatewayBuilder, GatewayConfig
     from fedgate.transport import protocol as wire
     from fedgate.types import Capability, InferenceRequest
 

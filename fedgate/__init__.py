@@ -72,7 +72,7 @@ from fedgate.types import (
 )
 
 if TYPE_CHECKING:
-    from fedgate.gateway.gateway import Gateway, GatewayBuilder, GatewayConfig, GatewayStats
+    from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig, GatewayStats
     from fedgate.routing.router import Candidate, RouteDecision, Router
 
 from fedgate._version import __version__

@@ -67,7 +67,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from fedgate.gateway.gateway import Gateway, GatewayConfig
+    from fedgate.gateway import Gateway, GatewayConfig
     from fedgate.worker.process import WorkerConfig
 
 __all__ = [
@@ -261,7 +261,7 @@ def _dataclass(
 
 
 def _default_gateway_config() -> GatewayConfig:
-    from fedgate.gateway.gateway import GatewayConfig
+    from fedgate.gateway import GatewayConfig
 
     return GatewayConfig()
 
@@ -371,7 +371,7 @@ class FedgateConfig:
 def _gateway_table(
     data: Mapping[str, Any], out: dict[str, Any], gw_fields: dict[str, tuple[str, Any]]
 ) -> None:
-    from fedgate.gateway.gateway import GatewayConfig
+    from fedgate.gateway import GatewayConfig
     from fedgate.routing.router import STRATEGIES
 
     table = _table("gateway", data)
@@ -602,7 +602,7 @@ def parse_config(
 
 
 def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
-    from fedgate.gateway.gateway import GatewayConfig
+    from fedgate.gateway import GatewayConfig
 
     if not isinstance(data, Mapping):
         raise ConfigError(None, f"expected a table of settings, got {_typename(data)}")
@@ -763,7 +763,7 @@ def build_gateway(cfg: FedgateConfig) -> Gateway:
     The telemetry endpoint and Prometheus port are not the gateway's: serve
     them with ``TelemetryServer(gateway, cfg.telemetry, cfg.prometheus_port)``.
     """
-    from fedgate.gateway.gateway import GatewayBuilder
+    from fedgate.gateway import GatewayBuilder
 
     builder = (
         GatewayBuilder()

@@ -15,7 +15,7 @@ from fedgate import RegionId
 from fedgate.federation.breaker import CircuitBreaker
 from fedgate.federation.health import HealthChecker, HealthConfig
 from fedgate.federation.policy import CompositePolicy
-from fedgate.gateway.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.types import Region
 from fedgate.worker.process import Worker, WorkerConfig
 

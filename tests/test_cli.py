@@ -27,7 +27,7 @@ from rich.console import Console
 from fedgate import cli
 from fedgate.cli.demo import FEDERATION, REGIONS, DemoResult, Plan, render_summary
 from fedgate.config import load_config, loads_config
-from fedgate.gateway.gateway import Gateway
+from fedgate.gateway import Gateway
 from fedgate.worker.backends.synthetic import synthetic_output, synthetic_token
 
 REPO = Path(__file__).resolve().parent.parent

@@ -38,7 +38,7 @@ from fedgate.federation.policy import (
     LocalityPolicy,
     PrivacyPolicy,
 )
-from fedgate.gateway.gateway import GatewayConfig
+from fedgate.gateway import GatewayConfig
 from fedgate.telemetry import DEFAULT_ENDPOINT
 
 DATA = Path(__file__).parent / "data"

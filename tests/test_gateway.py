@@ -32,7 +32,7 @@ from fedgate import (
 )
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker, CircuitState
 from fedgate.federation.statemachine import RequestState
-from fedgate.gateway.gateway import GatewayConfig
+from fedgate.gateway import GatewayConfig
 from fedgate.worker.backends.base import BackendRequest, backend_failure
 from fedgate.worker.backends.synthetic import synthetic_token
 from fedgate.worker.process import Worker, WorkerConfig

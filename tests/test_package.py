@@ -37,7 +37,7 @@ def test_routing_kernels_compiled_ahead_of_time_in_a_normal_install() -> None:
 GATEWAY_WITHOUT_NUMBA = """
 import asyncio, sys
 from fedgate import Capability, InferenceRequest
-from fedgate.gateway.gateway import GatewayBuilder
+from fedgate.gateway import GatewayBuilder
 from fedgate.types import Region, RegionId
 
 async def main():

@@ -24,7 +24,7 @@ import zmq.asyncio
 from fedgate import Capability, InferenceRequest, ManualClock, PrivacyLevel, Region
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
 from fedgate.federation.policy import CompositePolicy, GpuPolicy, LatencyPolicy
-from fedgate.gateway.gateway import Gateway, GatewayBuilder
+from fedgate.gateway import Gateway, GatewayBuilder
 from fedgate.telemetry import (
     PROBE_NOTE,
     SCHEMA_VERSION,

@@ -28,7 +28,7 @@ from textual.widgets import DataTable, Sparkline, Static
 from fedgate import Capability, InferenceRequest, PrivacyLevel, Region
 from fedgate.cli import top as cli
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
-from fedgate.gateway.gateway import Gateway, GatewayConfig
+from fedgate.gateway import Gateway, GatewayConfig
 from fedgate.telemetry import TelemetryClient, TelemetryServer, snapshot, telemetry_for
 from fedgate.top.app import KEYS, TABS, TopApp
 

@@ -67,7 +67,7 @@ from fedgate.worker.backends.synthetic import synthetic_output, synthetic_token
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from fedgate.gateway.gateway import Gateway
+    from fedgate.gateway import Gateway
 
 __all__ = [
     "FEDERATION",
@@ -545,7 +545,7 @@ class _Demo:
     async def _start(self, log_dir: Path) -> bool:
         """Start the gateway, its telemetry and the workers; False if the federation failed."""
         from fedgate.config import FedgateConfig, build_gateway
-        from fedgate.gateway.gateway import GatewayConfig
+        from fedgate.gateway import GatewayConfig
         from fedgate.telemetry import TelemetryServer
 
         self.say(

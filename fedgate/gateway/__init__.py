@@ -8,13 +8,8 @@ See ``docs/ARCHITECTURE.md`` for the whole path.
 
 from __future__ import annotations
 
-from fedgate.gateway.gateway import (
-    Gateway,
-    GatewayBuilder,
-    GatewayConfig,
-    GatewayStats,
-    NodeStats,
-    RouteRecord,
-)
+from fedgate.gateway.config import GatewayConfig
+from fedgate.gateway.gateway import Gateway, GatewayBuilder
+from fedgate.gateway.stats import GatewayStats, NodeStats, RouteRecord
 
 __all__ = ["Gateway", "GatewayBuilder", "GatewayConfig", "GatewayStats", "NodeStats", "RouteRecord"]

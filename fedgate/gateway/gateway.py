@@ -34,15 +34,12 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, NamedTuple, cast
 
-import msgspec
 import zmq
 
 from fedgate._core import LatencyTable
-from fedgate.clock import to_seconds
 from fedgate.errors import (
     BackpressureError,
     CircuitOpenError,
@@ -58,6 +55,8 @@ from fedgate.federation.catalog import ModelCatalog
 from fedgate.federation.health import HealthChecker
 from fedgate.federation.policy import CompositePolicy
 from fedgate.federation.statemachine import RequestLifecycle, RequestState, TransitionHook
+from fedgate.gateway.config import GatewayConfig
+from fedgate.gateway.stats import GatewayStats, NodeStats, RouteRecord
 from fedgate.routing.router import Router
 from fedgate.transport import protocol as wire
 from fedgate.types import InferenceRequest, InferenceResponse, ModelId, NodeId, Region, RegionId
@@ -72,167 +71,6 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-
-
-def _finite(name: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    seconds = to_seconds(value, name)
-    ok = math.isfinite(seconds) and (seconds > 0 if positive else seconds >= 0)
-    if not ok:
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"GatewayConfig.{name}: expected a finite duration {bound}, got {value!r}")
-    return seconds
-
-
-def _count(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"GatewayConfig.{name}: expected an int >= {minimum}, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """How the gateway retries, times out and bounds its queues (durations in seconds).
-
-    Parameters
-    ----------
-    max_retries : int
-        Further attempts after the first, each on a node not yet tried.
-    retry_delay : float
-        Base backoff before a retry; doubles per retry, with ±50 % jitter.
-    request_timeout : float
-        Deadline of a request that sets none itself.
-    retry_budget_ratio, retry_budget_min : float, int
-        Requests retrying at once may be at most ``max(min, ratio × active)``,
-        so a failing fleet gets no retry storm.
-    max_input_bytes : int
-        Larger inputs are rejected before any worker is contacted.
-    max_frame_bytes : int
-        Larger frames from workers are dropped and counted.
-    send_hwm : int
-        Bound of the ROUTER's per-worker send queue (a full queue is a typed
-        :class:`BackpressureError`, never a silent drop).
-    stream_buffer : int
-        Tokens buffered per stream for a slow reader before the stream ends
-        with :class:`BackpressureError` (bounded memory).
-    stall_timeout : float, optional
-        An attempt that receives no frame for this long fails as a stall.
-    monitor_interval : float
-        How often heartbeats and stalls are checked.
-    recent_routes : int
-        Routing decisions kept for the dashboard.
-    max_queued : int
-        Requests that may wait for a free node slot when every eligible node
-        is at its concurrency limit; one more is a :class:`BackpressureError`.
-    """
-
-    max_retries: int = 3
-    retry_delay: float = 0.1
-    request_timeout: float = 30.0
-    retry_budget_ratio: float = 0.2
-    retry_budget_min: int = 3
-    max_input_bytes: int = 8 * 1024 * 1024
-    max_frame_bytes: int = wire.MAX_FRAME_BYTES
-    send_hwm: int = 100_000
-    stream_buffer: int = 65_536
-    stall_timeout: float | None = None
-    monitor_interval: float = 0.05
-    recent_routes: int = 256
-    max_queued: int = 10_000
-
-    def __post_init__(self) -> None:
-        _count("max_retries", self.max_retries)
-        object.__setattr__(
-            self, "retry_delay", _finite("retry_delay", self.retry_delay, positive=False)
-        )
-        object.__setattr__(
-            self, "request_timeout", _finite("request_timeout", self.request_timeout)
-        )
-        r = self.retry_budget_ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0 <= r <= 1):
-            raise ValueError(
-                f"GatewayConfig.retry_budget_ratio: expected a number in [0, 1], got {r!r}"
-            )
-        _count("retry_budget_min", self.retry_budget_min)
-        _count("max_input_bytes", self.max_input_bytes, 1)
-        _count("max_frame_bytes", self.max_frame_bytes, 64)
-        _count("send_hwm", self.send_hwm, 1)
-        _count("stream_buffer", self.stream_buffer, 1)
-        _count("recent_routes", self.recent_routes, 0)
-        _count("max_queued", self.max_queued, 0)
-        object.__setattr__(
-            self, "stall_timeout", _finite("stall_timeout", self.stall_timeout, allow_none=True)
-        )
-        object.__setattr__(
-            self, "monitor_interval", _finite("monitor_interval", self.monitor_interval)
-        )
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:
-        """Build from a config file's table; an unknown key is rejected by name."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ValueError(
-                    f"GatewayConfig: unknown key {key!r}; expected one of {sorted(known)}"
-                )
-        return cls(**data)
-
-
-@dataclass(slots=True)
-class NodeStats:
-    """Per-node (or per-tenant) counters."""
-
-    requests: int = 0
-    successes: int = 0
-    failures: int = 0
-    tokens: int = 0
-
-
-class RouteRecord(msgspec.Struct, frozen=True, gc=False):
-    """One routing decision, kept for the dashboard (a cheap frozen struct: one per attempt)."""
-
-    at: float
-    request_id: str
-    tenant_id: str | None
-    capability: str
-    node_id: NodeId
-    region_id: RegionId
-    score: float
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayStats:
-    """A snapshot of :meth:`Gateway.stats` (latencies in seconds)."""
-
-    total_requests: int
-    successful_requests: int
-    failed_requests: int
-    cancelled_requests: int
-    total_tokens: int
-    avg_latency: float
-    latency_p50: float
-    latency_p95: float
-    latency_p99: float
-    ttft_p50: float
-    ttft_p95: float
-    ttft_p99: float
-    active_requests: int
-    active_streams: int
-    retries: int
-    failovers: int
-    resumes: int
-    breaker_trips: int
-    local_rejections: int
-    stale_frames: int
-    malformed_frames: int
-    cancels_sent: int
-    cancels_acknowledged: int
-    workers: int
-    per_node: dict[str, NodeStats] = field(default_factory=dict)
-    per_tenant: dict[str, NodeStats] = field(default_factory=dict)
 
 
 class _Worker:

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from fedgate.federation.breaker import BreakerTransition
-    from fedgate.gateway.gateway import Gateway
+    from fedgate.gateway import Gateway
 
 __all__ = [
     "DEFAULT_ENDPOINT",
