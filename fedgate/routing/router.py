@@ -17,24 +17,17 @@ it incrementally:
 
 A decision is then one pass of the Numba scoring kernel over the arrays
 (compiled ahead of time at install, or just in time: :attr:`Router.kernels`)
-and a pick by the load-balancing strategy among the eligible nodes:
+and a pick by the load-balancing strategy among the eligible nodes::
 
-``least-latency`` (default)
-    The best composite score, discounted by in-flight requests
-    (``score / (1 + load_penalty × inflight)``), so concurrent requests spread
-    over equally good nodes instead of herding onto the first.
-``round-robin``
-    The next eligible node after the last one chosen for this capability/model.
-``least-connections``
-    The eligible node with the fewest in-flight requests (best score on ties).
-``weighted-random``
-    An eligible node drawn with probability proportional to its score
-    (seeded: ``Router(seed=…)``).
-``consistent-hash``
-    A hash ring (64 virtual points per node) over the eligible nodes, keyed
-    by ``request.affinity_key`` or else ``request.tenant_id``; a key keeps its
-    node while that node stays eligible, and only the keys of a node that
-    leaves move. Requests with neither key use ``least-latency``.
+    route(request) ──► _refresh() ──► mask of (model, capability) ──► scoring kernel
+                                                                      │ scores, best
+                       RouteDecision ◄── pick (routing/strategies.py) ◄┘
+                                          none eligible ──► error (routing/explain.py)
+
+The strategies (``least-latency``, the default, ``round-robin``,
+``least-connections``, ``weighted-random``, ``consistent-hash``) are
+described in :mod:`fedgate.routing.strategies`; :meth:`Router.candidates`
+(:mod:`fedgate.routing.explain`) shows every node's standing for a request.
 
 Eligibility comes before any strategy and is never widened: a node must
 serve the capability (and model, when pinned), be alive, sit in a region
@@ -55,11 +48,9 @@ that is never used (a rejected probe, a cancelled request) leaves no trace.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -76,12 +67,6 @@ from fedgate._core.codes import (
     P_ORIGIN,
     P_PREFER_GPU,
     P_PRIVACY,
-    REASON_BREAKER_OPEN,
-    REASON_LATENCY,
-    REASON_NOT_SERVING,
-    REASON_OK,
-    REASON_PRIVACY,
-    REASON_UNHEALTHY,
 )
 from fedgate.clock import Clock
 from fedgate.errors import (
@@ -92,13 +77,22 @@ from fedgate.errors import (
     PrivacyViolationError,
     QoSViolationError,
 )
-from fedgate.federation.breaker import Admission, CircuitBreaker, CircuitState
+from fedgate.federation.breaker import Admission, CircuitBreaker
 from fedgate.federation.catalog import CatalogEvent, ModelCatalog
 from fedgate.federation.health import HealthChecker, HealthState
 from fedgate.federation.policy import CompositePolicy
 from fedgate.routing import arrays as _arrays
 from fedgate.routing.arrays import NodeArrays
+from fedgate.routing.explain import Candidate, Explain
 from fedgate.routing.kernels import routing_kernels
+from fedgate.routing.strategies import (
+    STRATEGIES,
+    ConsistentHash,
+    LeastConnections,
+    Picker,
+    RoundRobin,
+    WeightedRandom,
+)
 from fedgate.types import (
     Capability,
     InferenceRequest,
@@ -112,19 +106,8 @@ from fedgate.types import (
 
 __all__ = ["ROUTING_ERRORS", "STRATEGIES", "Candidate", "RouteDecision", "Router"]
 
-STRATEGIES = (
-    "least-latency",
-    "round-robin",
-    "least-connections",
-    "weighted-random",
-    "consistent-hash",
-)
-
-_VIRTUAL_POINTS = 64
 # An origin region no node is in: every node scores 0 on locality, as it should.
 _NO_SUCH_REGION = 2**31 - 1
-# Walking the ring in Python beats a vectorised scan until this many steps.
-_RING_WALK = 128
 
 
 class RouteDecision(msgspec.Struct, frozen=True, gc=False):
@@ -145,39 +128,7 @@ class RouteDecision(msgspec.Struct, frozen=True, gc=False):
     probe: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One node's standing for one request (``router.candidates()``).
-
-    ``total`` is NaN when ineligible; ``reason`` says why (None when
-    eligible); ``breakdown`` maps each policy of the composite to its
-    component score.
-    """
-
-    node_id: NodeId
-    region_id: RegionId
-    eligible: bool
-    reason: str | None
-    total: float
-    breakdown: dict[str, float] = field(default_factory=dict)
-    inflight: int = 0
-
-
-def _ring_points(node: str) -> npt.NDArray[np.uint64]:
-    # blake2b, not hash(): the ring must agree across processes and restarts
-    # (hash() is salted per process), or affinity would reshuffle on deploy.
-    chunks = [
-        hashlib.blake2b(f"{node}#{i}".encode(), digest_size=64).digest()
-        for i in range(_VIRTUAL_POINTS // 8)
-    ]
-    return np.frombuffer(b"".join(chunks), dtype="<u8").astype(np.uint64)
-
-
-def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-
-
-class Router:
+class Router(Explain):
     """Routes requests over the nodes of a catalog, by policy and strategy.
 
     Parameters
@@ -247,7 +198,6 @@ class Router:
         self._lock = threading.RLock()
         # "aot" (compiled at install: Numba is never loaded) or "jit"; see routing.kernels.
         self.kernels, self._score, self._components = routing_kernels()
-        self._rng = np.random.default_rng(seed)
 
         self._arrays = NodeArrays(capacity=64)
         self._ids: list[NodeId] = []
@@ -279,13 +229,18 @@ class Router:
         self._latency_version = -1
         self._last_latency_refresh = -math.inf
 
-        self._rr_last: dict[tuple[ModelId | None, Capability], int] = {}
-        # Allocated on the first consistent-hash pick: 512 bytes a node that
-        # the other strategies never read (8 MB for 16 384 slots).
-        self._ring_points = np.zeros((0, _VIRTUAL_POINTS), dtype=np.uint64)
-        self._ring_ready = 0  # slots [0, _ring_ready) have their points computed
-        self._ring_sorted: npt.NDArray[np.uint64] | None = None
-        self._ring_owner: npt.NDArray[np.intp] | None = None
+        # One picker per strategy for the router's lifetime: a switch back
+        # resumes the round-robin cursor, the seeded draw and the ring.
+        self._round_robin = RoundRobin()
+        self._ring = ConsistentHash(self._ids, self._arrays)
+        self._pickers: dict[str, Picker | None] = {
+            "least-latency": None,  # the kernel's choice stands
+            "round-robin": self._round_robin,
+            "least-connections": LeastConnections(self._arrays),
+            "weighted-random": WeightedRandom(seed),
+            "consistent-hash": self._ring,
+        }
+        self._picker: Picker | None = None
 
         self._params = np.zeros(codes.N_PARAMS, dtype=np.float64)
         # The request QoS and origin the per-request part of _params was filled for.
@@ -355,6 +310,7 @@ class Router:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
         self._strategy = strategy
+        self._picker = self._pickers[strategy]
 
     def _set_load_penalty(self, value: float) -> None:
         if (
@@ -436,7 +392,7 @@ class Router:
         arrays.p50[s] = p50
         arrays.p99[s] = p99
         self._seen_seq[s] = self._health.latency_seq[hs]
-        self._ring_sorted = None
+        self._ring.invalidate()
         return s
 
     def _grow(self, cap: int) -> None:
@@ -494,7 +450,7 @@ class Router:
                 self._mask_counts[key] = left
             else:
                 del self._masks[key], self._mask_counts[key]
-                self._rr_last.pop(key, None)
+                self._round_robin.forget(key)
         for key in after - before:
             mask = self._masks.get(key)
             if mask is None:
@@ -701,9 +657,6 @@ class Router:
 
     # ================================================================ routing
 
-    def _mask_key(self, request: InferenceRequest) -> tuple[ModelId | None, Capability]:
-        return (request.model, request.capability)
-
     def _fill_params(self, request: InferenceRequest) -> npt.NDArray[np.float64]:
         qos = request.qos
         params = self._params
@@ -802,231 +755,14 @@ class Router:
         )  # fmt: skip
         if best < 0:
             raise self._explain(request, base, excluded)
-        strategy = self._strategy
-        if strategy != "least-latency":
-            best = self._pick(strategy, request, key, n, best)
+        picker = self._picker
+        if picker is not None:
+            best = picker.pick(request, key, scores[:n], best)
         region = self._region_name[best]
         return RouteDecision(self._ids[best], RegionId(region or ""), float(scores[best]), best)
 
-    def _pick(self, strategy: str, request: InferenceRequest,
-              key: tuple[ModelId | None, Capability], n: int, best: int) -> int:  # fmt: skip
-        scores = self._scores[:n]
-        if strategy == "consistent-hash":
-            affinity = request.affinity_key or request.tenant_id
-            if affinity is None:
-                return best
-            return self._ring_pick(affinity, scores)
-        eligible = np.flatnonzero(~np.isnan(scores))
-        if strategy == "round-robin":
-            last = self._rr_last.get(key, -1)
-            i = int(np.searchsorted(eligible, last, side="right"))
-            chosen = int(eligible[i if i < eligible.size else 0])
-            self._rr_last[key] = chosen
-            return chosen
-        if strategy == "least-connections":
-            inflight = self._arrays.inflight[eligible]
-            fewest = eligible[inflight == inflight.min()]
-            return int(fewest[np.argmax(scores[fewest])])
-        # weighted-random: inverse-CDF draw (Generator.choice re-validates p on every call)
-        cumulative = np.cumsum(scores[eligible])
-        total = float(cumulative[-1])
-        if not total > 0.0:
-            return int(eligible[self._rng.integers(eligible.size)])
-        i = int(np.searchsorted(cumulative, self._rng.random() * total, side="right"))
-        return int(eligible[min(i, eligible.size - 1)])
-
-    def _ring_pick(self, affinity: str, scores: npt.NDArray[np.float64]) -> int:
-        n = scores.shape[0]
-        if self._ring_ready < n:
-            if self._ring_points.shape[0] < n:
-                points = np.zeros((self._hmap.shape[0], _VIRTUAL_POINTS), dtype=np.uint64)
-                points[: self._ring_ready] = self._ring_points[: self._ring_ready]
-                self._ring_points = points
-            for s in range(self._ring_ready, n):
-                self._ring_points[s] = _ring_points(self._ids[s])
-            self._ring_ready = n
-            self._ring_sorted = None
-        if self._ring_sorted is None or self._ring_sorted.size != n * _VIRTUAL_POINTS:
-            flat = self._ring_points[:n].ravel()
-            order = np.argsort(flat, kind="stable")
-            self._ring_sorted = flat[order]
-            self._ring_owner = order // _VIRTUAL_POINTS
-        h = np.uint64(_key_hash(affinity))
-        points, owners = self._ring_sorted, self._ring_owner
-        assert owners is not None
-        size = points.size
-        start = int(np.searchsorted(points, h, side="left"))
-        for step in range(min(_RING_WALK, size)):
-            owner = int(owners[(start + step) % size])
-            if scores[owner] == scores[owner]:  # not NaN: eligible
-                return owner
-        # Few eligible nodes: the eligible point nearest clockwise, vectorised
-        # (unsigned subtraction wraps, which is exactly the ring distance).
-        eligible = np.flatnonzero(~np.isnan(scores))
-        distance = self._ring_points[eligible] - h
-        nearest = int(np.argmin(distance))
-        return int(eligible[nearest // _VIRTUAL_POINTS])
-
-    # ================================================================ errors
-
-    def _clearances(self, n: int) -> npt.NDArray[np.int8]:
-        # A region id the clearance table does not know fails closed to
-        # INTERNAL, as in the kernel.
-        table = self._arrays.clearance
-        regions = self._arrays.region[:n]
-        out = np.full(n, codes.DEFAULT_CLEARANCE, dtype=np.int8)
-        known = regions < table.size
-        out[known] = table[regions[known]]
-        return out
-
-    def _only_saturated(self, s: int, request: InferenceRequest) -> bool:
-        """Whether node ``s`` would be eligible but for its concurrency limit."""
-        a = self._arrays
-        bound = request.qos.max_latency
-        return (
-            s in self._saturated
-            and self._alive_flag[s]
-            and int(a.health[s]) != codes.HEALTH_UNHEALTHY
-            and int(a.breaker[s]) != codes.BREAKER_OPEN
-            and not (bound is not None and float(a.p50[s]) > bound)
-        )
-
-    def _no_capacity(self, request: InferenceRequest) -> NoCapacityError:
-        if request.model is not None:
-            return NoCapacityError(
-                f"no node serves model {request.model!r} "
-                f"with capability {str(request.capability)!r}"
-            )
-        return NoCapacityError(f"no node serves capability {str(request.capability)!r}")
-
-    def _explain(self, request: InferenceRequest, base: npt.NDArray[np.uint8],
-                 excluded: set[NodeId] | frozenset[NodeId]) -> FederationError:  # fmt: skip
-        n = self._arrays.n
-        what = f"capability {str(request.capability)!r}"
-        if request.model is not None:
-            what = f"model {request.model!r} with {what}"
-        serving = base[:n].astype(bool)
-        privacy = request.qos.privacy
-        region_clearance = self._clearances(n)
-        cleared = serving & (region_clearance >= int(privacy))
-        if not cleared.any():
-            regions = sorted(
-                {self._region_name[s] or "?" for s in np.flatnonzero(serving).tolist()}
-            )
-            return PrivacyViolationError(
-                f"no region cleared for {privacy.name} serves {what}: the "
-                f"{int(serving.sum())} node(s) serving it are in {', '.join(regions)} "
-                f"(cleared for at most {PrivacyLevel(int(region_clearance[serving].max())).name})"
-            )
-        remaining = cleared.copy()
-        for node in excluded:
-            s = self._slot_of.get(node)
-            if s is not None and s < n:
-                remaining[s] = False
-        if not remaining.any():
-            return NoCapacityError(
-                f"every node serving {what} in a region cleared for {privacy.name} "
-                f"({int(cleared.sum())}) was excluded (already tried)"
-            )
-        candidates = np.flatnonzero(remaining)
-        reasons = self._reasons[candidates]
-        not_serving = candidates[reasons == REASON_NOT_SERVING]
-        busy = sum(1 for s in not_serving.tolist() if self._only_saturated(s, request))
-        if busy:
-            # A node at its concurrency limit frees up as soon as a request
-            # ends: the caller should back off and retry, not give up.
-            return BackpressureError(
-                f"no node serving {what} has room: {busy} at its concurrency limit, "
-                f"{candidates.size - busy} unavailable"
-            )
-        latency = candidates[reasons == REASON_LATENCY]
-        if latency.size:
-            bound = request.qos.max_latency or math.inf
-            fastest = float(np.nanmin(self._arrays.p50[latency]))
-            return QoSViolationError(
-                f"no node serving {what} meets max_latency {bound * 1000:.1f} ms: "
-                f"{latency.size} healthy node(s), fastest p50 {fastest * 1000:.1f} ms"
-            )
-        unhealthy = int((reasons == REASON_UNHEALTHY).sum())
-        open_ = int((reasons == REASON_BREAKER_OPEN).sum())
-        down = int(not_serving.size)
-        # Name the privacy level: with every cleared node down, the caller must
-        # see that sovereignty is why no other node was used.
-        return AllNodesUnhealthyError(
-            f"no healthy node serves {what} in a region cleared for {privacy.name}: "
-            f"{unhealthy} unhealthy, {open_} with an open breaker, {down} not alive "
-            f"(of {candidates.size}); nodes in other regions are never used"
-        )
-
     # ================================================================ introspection
-
-    def _reason_text(self, s: int, reason: int, request: InferenceRequest) -> str | None:
-        if reason == REASON_OK:
-            return None
-        if reason == REASON_NOT_SERVING:
-            if s in self._saturated:
-                busy = int(self._arrays.inflight[s])
-                return f"not serving: at its concurrency limit ({busy} in flight)"
-            if not self._alive_flag[s]:
-                return "not serving: node is not alive (disconnected)"
-            return "not serving: no such capability/model on this node"
-        if reason == REASON_PRIVACY:
-            region = self._region_name[s]
-            level = PrivacyLevel(int(self._arrays.clearance[self._arrays.region[s]]))
-            return f"privacy: region {region} cleared for {level.name} < {request.qos.privacy.name}"
-        if reason == REASON_UNHEALTHY:
-            alive = self._health.is_alive(self._ids[s])
-            return "health: UNHEALTHY" + ("" if alive else " (heartbeat missed)")
-        if reason == REASON_BREAKER_OPEN:
-            state = self._breaker.state(self._ids[s])
-            if state is CircuitState.HALF_OPEN:
-                return "breaker: HALF_OPEN, every probe slot taken"
-            return f"breaker: {state.name}"
-        if reason == REASON_LATENCY:
-            bound = request.qos.max_latency or math.inf
-            return (f"latency: p50 {float(self._arrays.p50[s]) * 1000:.1f} ms > "
-                    f"max_latency {bound * 1000:.1f} ms")  # fmt: skip
-        return f"reason {reason}"
-
-    def candidates(self, request: InferenceRequest) -> list[Candidate]:
-        """Every node serving the request's capability/model, with its standing.
-
-        Eligible nodes first, best total first; then the ineligible ones with
-        the reason. Empty when no node serves the capability at all.
-        """
-        if not isinstance(request, InferenceRequest):
-            raise TypeError(f"request: expected an InferenceRequest, got {type(request).__name__}")
-        with self._lock:
-            self._refresh(force=True)
-            base = self._masks.get((request.model, request.capability))
-            if base is None:
-                return []
-            n = self._arrays.n
-            components = np.empty((n, codes.N_WEIGHTS), dtype=np.float64)
-            scores = np.empty(n, dtype=np.float64)
-            reasons = np.empty(n, dtype=np.int8)
-            # The router's own arrays, valid by construction: the kernel directly,
-            # not the validating score_components() (which always runs the JIT one).
-            self._components(*self._columns, base, self._arrays.clearance, self._weights,
-                             self._fill_params(request), components, scores, reasons)  # fmt: skip
-            names = [(p.name, p.index) for p in self._policy.policies]
-            out: list[Candidate] = []
-            for s in np.flatnonzero(base[:n]).tolist():
-                reason = int(reasons[s])
-                total = float(scores[s])
-                out.append(
-                    Candidate(
-                        node_id=self._ids[s],
-                        region_id=RegionId(self._region_name[s] or ""),
-                        eligible=reason == REASON_OK,
-                        reason=self._reason_text(s, reason, request),
-                        total=total,
-                        breakdown={name: float(components[s, k]) for name, k in names},
-                        inflight=int(self._arrays.inflight[s]),
-                    )
-                )
-        out.sort(key=lambda c: (not c.eligible, -c.total if c.eligible else 0.0))
-        return out
+    # candidates() and the routing errors' explanations: routing/explain.py
 
     def node_health(self, node: NodeId) -> HealthState:
         """The health state the router scores ``node`` with."""
