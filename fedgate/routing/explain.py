@@ -8,15 +8,15 @@
     Router.route() finds no node ──► _explain() ──► the first cause that applies, as the
                                                     error to raise (order: router.py)
 
-Both read the router's state under its lock: :class:`Explain` is the part
-of :class:`~fedgate.routing.router.Router` that puts the kernel's reason
-codes into words, kept apart from the decision path it never runs on.
+Both read the router's state under its lock: :class:`Explain` sits between
+:class:`~fedgate.routing.fleet.Fleet` and :class:`~fedgate.routing.router.Router`
+and puts the kernel's reason codes into words, kept apart from the decision
+path it never runs on.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +41,10 @@ from fedgate.errors import (
     PrivacyViolationError,
     QoSViolationError,
 )
-from fedgate.federation.breaker import CircuitBreaker, CircuitState
-from fedgate.federation.health import HealthChecker
+from fedgate.federation.breaker import CircuitState
 from fedgate.federation.policy import CompositePolicy
-from fedgate.routing.arrays import NodeArrays
-from fedgate.types import Capability, InferenceRequest, ModelId, NodeId, PrivacyLevel, RegionId
+from fedgate.routing.fleet import Fleet
+from fedgate.types import InferenceRequest, NodeId, PrivacyLevel, RegionId
 
 __all__ = ["Candidate", "Explain"]
 
@@ -68,28 +67,17 @@ class Candidate:
     inflight: int = 0
 
 
-class Explain:
-    """The router's explanations (a base of :class:`~fedgate.routing.router.Router`).
+class Explain(Fleet):
+    """The fleet's standing in words: the base of :class:`~fedgate.routing.router.Router`.
 
-    The annotations below are the router state it reads; the router sets them.
+    Reads the fleet's arrays, and the router's policy and kernels (annotated
+    below: the router sets them).
     """
 
-    _lock: threading.RLock
-    _arrays: NodeArrays
-    _ids: list[NodeId]
-    _slot_of: dict[NodeId, int]
-    _region_name: list[RegionId | None]
-    _alive_flag: list[bool]
-    _saturated: set[int]
-    _masks: dict[tuple[ModelId | None, Capability], npt.NDArray[np.uint8]]
-    _reasons: npt.NDArray[np.int8]
-    _health: HealthChecker
-    _breaker: CircuitBreaker
     _policy: CompositePolicy
     _weights: npt.NDArray[np.float64]
     _columns: tuple[Any, ...]
     _components: Callable[..., Any]
-    _refresh: Callable[[bool], None]
     _fill_params: Callable[[InferenceRequest], npt.NDArray[np.float64]]
 
     # ================================================================ errors
@@ -222,7 +210,7 @@ class Explain:
         if not isinstance(request, InferenceRequest):
             raise TypeError(f"request: expected an InferenceRequest, got {type(request).__name__}")
         with self._lock:
-            self._refresh(True)  # force: a breakdown shows the latest percentiles
+            self._refresh(force=True)
             base = self._masks.get((request.model, request.capability))
             if base is None:
                 return []

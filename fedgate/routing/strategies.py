@@ -45,7 +45,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fedgate.routing.arrays import NodeArrays
-from fedgate.types import Capability, InferenceRequest, ModelId, NodeId
+from fedgate.routing.fleet import MaskKey
+from fedgate.types import InferenceRequest, NodeId
 
 __all__ = [
     "STRATEGIES",
@@ -63,9 +64,6 @@ STRATEGIES = (
     "weighted-random",
     "consistent-hash",
 )
-
-MaskKey = tuple[ModelId | None, Capability]
-"""What a request is routed over: (pinned model or None, capability)."""
 
 VIRTUAL_POINTS = 64
 # Walking the ring in Python beats a vectorised scan until this many steps.
@@ -157,9 +155,10 @@ def key_hash(key: str) -> int:
 class ConsistentHash:
     """A hash ring over the router's nodes, keyed by affinity key or tenant.
 
-    The ring holds every node the router knows; a key goes to the first
-    eligible node clockwise from it, so it keeps its node while that node
-    stays eligible.
+    The ring holds every node the router knows (a node keeps its slot, so
+    the ring only grows: a pick that sees more nodes adds their points and
+    sorts again); a key goes to the first eligible node clockwise from it,
+    so it keeps its node while that node stays eligible.
 
     Parameters
     ----------
@@ -178,10 +177,6 @@ class ConsistentHash:
         self._ready = 0  # slots [0, _ready) have their points computed
         self._sorted: npt.NDArray[np.uint64] | None = None
         self._owner: npt.NDArray[np.intp] | None = None
-
-    def invalidate(self) -> None:
-        """A node was added: sort the ring again on the next pick."""
-        self._sorted = None
 
     def pick(
         self, request: InferenceRequest, key: MaskKey, scores: npt.NDArray[np.float64], best: int
