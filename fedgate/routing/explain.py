@@ -76,7 +76,6 @@ class Explain(Fleet):
 
     _policy: CompositePolicy
     _weights: npt.NDArray[np.float64]
-    _columns: tuple[Any, ...]
     _components: Callable[..., Any]
     _fill_params: Callable[[InferenceRequest], npt.NDArray[np.float64]]
 
