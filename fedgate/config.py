@@ -43,7 +43,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
 from fedgate.federation.health import HealthChecker, HealthConfig
@@ -58,8 +58,9 @@ from fedgate.federation.policy import (
     PrivacyPolicy,
 )
 from fedgate.telemetry import DEFAULT_ENDPOINT
-from fedgate.types import PrivacyLevel, Region
+from fedgate.types import PrivacyLevel, Region, RegionId
 from fedgate.validation import (
+    NON_EMPTY,
     BindEndpoint,
     BindEndpoints,
     InvalidParameterError,
@@ -262,7 +263,7 @@ class FedgateConfig:
     ingress: BindEndpoint | None = None
     prometheus_port: Port | None = None
     strategy: str = "least-latency"
-    origin: NonEmpty | None = None
+    origin: Annotated[RegionId, NON_EMPTY] | None = None
     gateway_id: NonEmpty | None = None
     gateway: GatewayConfig = field(default_factory=_default_gateway_config)
     regions: tuple[Region, ...] = ()
@@ -758,7 +759,7 @@ def worker_config(cfg: FedgateConfig, **overrides: Any) -> WorkerConfig:
             )
     values["backend_options"] = values.pop("options", {})
     try:
-        return _build(WorkerConfig, _WORKER_PATHS, values, "worker")  # type: ignore[no-any-return]
+        return _build(WorkerConfig, _WORKER_PATHS, values, "worker")
     except ConfigError as exc:
         raise exc.with_source(cfg.source) from None
 

@@ -15,6 +15,7 @@ import msgspec
 
 from fedgate.validation import (
     CAPABILITY_PATTERN,
+    IDENT,
     Cost,
     Deadline,
     Ident,
@@ -200,10 +201,10 @@ class InferenceRequest:
     qos: Annotated[QoSRequirements, Instance(QoSRequirements)] = _DEFAULT_QOS
     request_id: RequestIdent = ""
     tenant_id: Ident | None = None
-    model: Ident | None = None
+    model: Annotated[ModelId, IDENT] | None = None
     # What the wire's Request.deadline accepts: the gateway never builds a frame it rejects.
     deadline: Deadline | None = None
-    origin: Ident | None = None
+    origin: Annotated[RegionId, IDENT] | None = None
     affinity_key: Annotated[str, Text(blank=True, what="a non-empty string")] | None = None
 
     def __post_init__(self) -> None:
@@ -237,7 +238,7 @@ class Region:
     region not configured has clearance INTERNAL.
     """
 
-    id: Ident
+    id: Annotated[RegionId, IDENT]
     clearance: _Privacy = PrivacyLevel.INTERNAL
     zone: Annotated[str, Text(what="a non-empty string")] | None = None
     cost: Cost | None = None

@@ -212,9 +212,11 @@ class Number(Rule):
         self.integer = integer
         self.seconds = seconds
         self.gt = gt is not None
-        self.low = float(gt if gt is not None else ge)  # type: ignore[arg-type]
+        low = gt if gt is not None else ge
+        assert low is not None
+        self.low = float(low)
         self.high = float(le)
-        self.meta = msgspec.Meta(ge=ge, gt=gt, le=le)
+        self.meta = msgspec.Meta(gt=gt, le=le) if gt is not None else msgspec.Meta(ge=ge, le=le)
         noun = what or ("an integer" if integer else "seconds" if seconds else "a number")
         self.expected = f"{noun} in {'(' if self.gt else '['}{_fmt(self.low)}, {_fmt(self.high)}]"
 
@@ -451,10 +453,11 @@ CAPABILITY: Final = Text(
 # The wire's id lengths (fedgate.transport.protocol declares its fields with these).
 MAX_ID: Final = 256
 MAX_REQUEST_ID: Final = 1024
-Ident: TypeAlias = Annotated[
-    str,
-    Text(max_length=MAX_ID, blank=True, what=f"a non-empty string of at most {MAX_ID} characters"),
-]
+IDENT: Final = Text(
+    max_length=MAX_ID, blank=True, what=f"a non-empty string of at most {MAX_ID} characters"
+)
+"""An id (node, region, model, tenant): what the wire's ``Id`` fields accept."""
+Ident: TypeAlias = Annotated[str, IDENT]
 RequestIdent: TypeAlias = Annotated[
     str,
     Text(
@@ -488,7 +491,8 @@ Cost: TypeAlias = Annotated[float, COST]
 BindEndpoint: TypeAlias = Annotated[str, Endpoint(bind=True)]
 ConnectEndpoint: TypeAlias = Annotated[str, Endpoint(bind=False)]
 Switch: TypeAlias = Annotated[bool, Flag()]
-NonEmpty: TypeAlias = Annotated[str, Text(what="a non-empty string")]
+NON_EMPTY: Final = Text(what="a non-empty string")
+NonEmpty: TypeAlias = Annotated[str, NON_EMPTY]
 NodeName: TypeAlias = Annotated[
     str,
     Text(
@@ -550,11 +554,31 @@ def _rule_in(hint: Any) -> tuple[Rule | None, bool]:
     return None, optional
 
 
-class _Names(dict):  # type: ignore[type-arg]
+class _Unknown:
+    """A name imported only for type checking: it declares no rule, whatever is done to it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Unknown:
+        return self
+
+    def __getitem__(self, key: Any) -> _Unknown:
+        return self
+
+    def __or__(self, other: Any) -> _Unknown:
+        return self
+
+    __ror__ = __or__
+
+
+_UNKNOWN = _Unknown()
+
+
+class _Names(dict):
     """A module's names for evaluating its string annotations.
 
-    A name imported only for type checking (``if TYPE_CHECKING:``) reads as
-    ``Any``: such a field declares no rule, and the others still resolve.
+    A name the module imports only for type checking (``if TYPE_CHECKING:``)
+    reads as unknown: such a field declares no rule, and the others still
+    resolve. So declare rules with names imported at run time, in a class
+    defined at module level (as ``typing.get_type_hints`` needs too).
     """
 
     def __init__(self, module: Any) -> None:
@@ -564,7 +588,11 @@ class _Names(dict):  # type: ignore[type-arg]
     def __missing__(self, key: str) -> Any:
         if key in self.module:
             return self.module[key]
-        return getattr(builtins, key, Any)
+        if hasattr(builtins, key) or key.startswith("__"):
+            # Dunders too: a debugger's (or pytest's) look-up of __tracebackhide__
+            # in this frame must not read as a type.
+            return getattr(builtins, key)
+        return _UNKNOWN
 
 
 def _hint(cls: type, annotation: Any) -> Any:
@@ -631,11 +659,13 @@ def validate(obj: Any) -> None:
             object.__setattr__(obj, name, new)
 
 
-def argument_type(cls: type, field: str) -> Callable[[str], Any]:
+def argument_type(cls: type, field: str, *, check: bool = True) -> Callable[[str], Any]:
     """An argparse ``type=`` for a flag that sets ``cls.field``: parsed and checked as declared.
 
     Its ``ArgumentTypeError`` is the declaration's message, so argparse prints
     ``argument --cost: expected a number in [0, 1000000000000], got '-1'``.
+    With ``check=False`` only the syntax is the flag's (an integer, seconds):
+    the value is checked later where it is used, like the same key in a file.
     """
     import argparse
 
@@ -643,7 +673,8 @@ def argument_type(cls: type, field: str) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         try:
-            return rule.check(rule.parse(text))
+            value = rule.parse(text)
+            return rule.check(value) if check else value
         except _Reject as r:
             raise argparse.ArgumentTypeError(
                 r.reason if r.wrong_type else _got(rule.expected, text)
