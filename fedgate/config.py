@@ -20,8 +20,13 @@ unknown table or key, or a bad value, raises :class:`ConfigError` naming the
 key by its dotted path and the value::
 
     policy.health.wieght: unknown key; expected one of weight
-    breaker.open_timeout: expected finite seconds > 0, got -1.0
-    regions[1].clearance: expected one of PUBLIC, INTERNAL, CONFIDENTIAL, RESTRICTED, got 'SECRET'
+    breaker.open_timeout: expected seconds in [0.001, 86400], got -1.0
+    gateway.bind[1]: expected a ZeroMQ endpoint like 'tcp://127.0.0.1:5555' (…), got 'tcp://h:99999'
+
+Each value is checked by the rule its dataclass field declares
+(:mod:`fedgate.validation`): the file, a flag and ``GatewayConfig(…)`` in
+Python accept exactly the same values, and every number has real bounds, so
+a file that passes ``fedgate gateway --check`` is one the gateway starts with.
 
 Command-line flags override the file: :func:`apply_overrides` sets dotted keys
 in the parsed TOML data before it is checked, so a flag's value passes the same
@@ -33,7 +38,7 @@ to a running one (policy, strategy, origin, region clearances) all or nothing.
 default: Health 2, Latency, Privacy, Locality, Cost 1) or ``"none"`` (start
 empty); each policy named replaces the preset's fields it sets, and a weight
 of 0 switches a policy off. ``retry_delay`` may be 0 (retry at once); every
-other duration must be finite and > 0.
+other duration must be > 0, and none may exceed a day.
 """
 
 from __future__ import annotations
@@ -65,11 +70,7 @@ from fedgate.validation import (
     BindEndpoints,
     InvalidParameterError,
     NonEmpty,
-    Number,
     Port,
-    Rule,
-    Text,
-    check,
     validate,
 )
 
@@ -122,13 +123,6 @@ _REGION_KEYS = ("id", "clearance", "zone", "cost")
 _WORKER_REQUIRED = ("gateways", "node", "region", "models", "capabilities")
 _WORKER_LISTS = ("gateways", "models", "capabilities")
 _WORKER_PATHS = {"backend_options": "worker.options"}  # the others: worker.<field>
-# The policies' fields, as a file or a flag may set them.
-_POLICY_RULES: dict[str, Rule] = {
-    "weight": Number(ge=0.0, le=1e6),
-    "latency_scale": Number(gt=0.0, le=1e6),
-    "cost_scale": Number(gt=0.0, le=1e6),
-    "origin": Text(what="a non-empty string"),
-}
 # Placeholders for the required WorkerConfig fields a [worker] table leaves to
 # flags: they let the given keys be checked on their own.
 _WORKER_PLACEHOLDERS: dict[str, Any] = {
@@ -194,14 +188,6 @@ def _unknown(key: str, allowed: Sequence[str]) -> ConfigError:
 
 def _at(path: str, exc: InvalidParameterError) -> ConfigError:
     return ConfigError(path if exc.index is None else f"{path}[{exc.index}]", exc.reason)
-
-
-def _value(path: str, rule: Rule, value: Any) -> Any:
-    """``value`` checked by ``rule``; an error names ``path``."""
-    try:
-        return check("", path, rule, value)
-    except InvalidParameterError as exc:
-        raise _at(path, exc) from None
 
 
 def _build(cls: Any, paths: Mapping[str, str], values: Mapping[str, Any], table: str) -> Any:
@@ -433,16 +419,21 @@ def _policy_table(data: Any) -> CompositePolicy:
             raise _unknown(path, allowed)
         own = [f.name for f in fields(kind)]
         given = dict(_table(path, value)) if isinstance(value, Mapping) else {"weight": value}
-        for name, v in given.items():
+        for name in given:
             if name not in own:
                 raise _unknown(f"{path}.{name}", own)
-            _value(f"{path}.{name}", _POLICY_RULES[name], v)
         merged[key] = {**merged.get(key, {}), **given}
+    built = [
+        _build(_POLICY_KINDS[key], {f: f"policy.{key}.{f}" for f in given}, given, f"policy.{key}")
+        for key, given in merged.items()
+    ]
+    composite = CompositePolicy(built)
     try:
-        return CompositePolicy.from_mapping(merged)
+        composite.validate()
     except ValueError as exc:
-        # Every field passed above: what is left is the rule across policies.
-        raise ConfigError("policy", str(exc).removeprefix("CompositePolicy: ")) from None
+        # Every policy is valid on its own: what is left is the rule across them.
+        raise ConfigError("policy", str(exc)) from None
+    return composite
 
 
 def _simple_table(name: str, cls: Any, data: Any) -> Any:

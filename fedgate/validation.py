@@ -27,7 +27,8 @@ words, which every error message quotes: ``expected an integer in [1,
 their bounds, so the wire structs declare the very same limits.
 
 An error is an :class:`InvalidParameterError` (a ``ValueError``; a wrong
-*type* is a :class:`ParameterTypeError`, also a ``TypeError``) whose
+*type* is a :class:`ParameterTypeError`, a ``TypeError`` that is still a
+``ValueError``, as scikit-learn's ``InvalidParameterError`` is) whose
 attributes say which field, which item of a list and which value failed: the
 TOML loader maps ``field`` to the dotted key it read, no message is parsed.
 
@@ -49,23 +50,74 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import MappingProxyType, NoneType, UnionType
-from typing import Annotated, Any, Final, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 
 __all__ = [
+    "CAPABILITY",
+    "CAPABILITY_PATTERN",
+    "CONCURRENCY",
+    "COST",
     "C_INT_MAX",
     "DAY",
     "DEADLINE",
+    "HEARTBEAT",
+    "IDENT",
     "MAX_CONCURRENCY",
     "MAX_COST",
     "MAX_DEADLINE",
+    "MAX_FRAME_LIMIT",
     "MAX_HEARTBEAT_INTERVAL",
+    "MAX_HWM",
+    "MAX_ID",
+    "MAX_REQUEST_ID",
+    "MAX_WEIGHT",
+    "MIN_FRAME_LIMIT",
+    "MIN_INTERVAL",
+    "NON_EMPTY",
+    "Backoff",
+    "BindEndpoint",
+    "BindEndpoints",
+    "CapabilityNames",
+    "Concurrency",
+    "ConnectEndpoint",
+    "ConnectEndpoints",
+    "Cost",
+    "Deadline",
+    "Endpoint",
+    "Flag",
+    "Fraction",
+    "FrameBytes",
+    "Grace",
+    "HeartbeatInterval",
+    "Hwm",
+    "Ident",
+    "InputBytes",
+    "Instance",
     "InvalidParameterError",
+    "Items",
+    "KeywordOptions",
+    "Latency",
+    "ModelNames",
+    "NodeName",
+    "NonEmpty",
+    "Number",
+    "Options",
     "ParameterTypeError",
+    "Parsed",
+    "Payload",
+    "Period",
+    "Port",
+    "RequestIdent",
     "Rule",
+    "Switch",
+    "Text",
+    "Timeout",
     "argument_type",
+    "count",
     "rule_of",
+    "seconds",
     "validate",
 ]
 
@@ -88,6 +140,9 @@ MIN_INTERVAL: Final = 0.001
 
 MAX_COST: Final = 1e12
 """Largest cost a node or region may announce."""
+
+MAX_WEIGHT: Final = 1e6
+"""Largest routing-policy weight (weights are relative: their sum must stay finite)."""
 
 MAX_CONCURRENCY: Final = 1_000_000
 """Most requests one worker may serve at once."""
@@ -133,6 +188,10 @@ class InvalidParameterError(ValueError):
         self.reason = reason
         where = field if index is None else f"{field}[{index}]"
         super().__init__(f"{owner}.{where}: {reason}" if owner else f"{where}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (to another process) with its attributes, not just its message.
+        return (type(self), (self.owner, self.field, self.value, self.reason, self.index))
 
 
 class ParameterTypeError(InvalidParameterError, TypeError):
@@ -532,7 +591,6 @@ def seconds(*, ge: float | None = None, gt: float | None = None, le: float) -> N
 # ------------------------------------------------------------------ checking
 
 
-_T = TypeVar("_T")
 _Plan = tuple[tuple[str, Rule, bool], ...]
 _PLANS: dict[type, _Plan] = {}
 
@@ -619,14 +677,6 @@ def rule_of(cls: type, field: str) -> Rule:
         if name == field:
             return rule
     raise KeyError(f"{cls.__name__}.{field}: no declared rule")
-
-
-def check(owner: str, field: str, rule: Rule, value: Any) -> Any:
-    """``value`` checked and normalised by ``rule``; the error names ``owner.field``."""
-    try:
-        return rule.check(value)
-    except _Reject as r:
-        raise _error(owner, field, value, r) from None
 
 
 def _error(owner: str, field: str, value: Any, r: _Reject) -> InvalidParameterError:
