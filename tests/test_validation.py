@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -231,6 +232,10 @@ def test_errors_say_which_field_and_value_structurally() -> None:
     with pytest.raises(InvalidParameterError) as item:
         WorkerConfig(**{**WORKER, "models": ["a", "b", "a"]})
     assert (item.value.field, item.value.index, item.value.value) == ("models", 2, "a")
+    # It crosses a process boundary whole (a worker's failure reported to its parent).
+    again = pickle.loads(pickle.dumps(item.value))
+    assert type(again) is type(item.value) and str(again) == str(item.value)
+    assert (again.field, again.index) == ("models", 2)
 
 
 def test_values_are_normalised_as_declared() -> None:
