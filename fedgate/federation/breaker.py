@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from fedgate._core import breaker_spec
+from fedgate._core.codes import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN
 from fedgate.clock import Clock, to_seconds
 from fedgate.federation._listeners import add_listener
 from fedgate.types import NodeId
@@ -52,21 +54,20 @@ __all__ = [
     "CircuitState",
 ]
 
-_CLOSED, _OPEN, _HALF_OPEN = 0, 1, 2
-_REJECT, _ADMIT, _PROBE = 0, 1, 2
-_NO_TRANSITION = -1
+_ADMIT = breaker_spec.ADMIT
+_NO_TRANSITION = breaker_spec.NO_TRANSITION
 # The table's limits (counts live in bit fields of the 64-bit word).
-_MAX_FAILURES = 1023
-_MAX_COUNT = 63
-_MAX_DURATION = 68719476.735
+_MAX_FAILURES = breaker_spec.MAX_FAILURES
+_MAX_COUNT = breaker_spec.MAX_COUNT
+_MAX_DURATION = breaker_spec.MAX_DURATION
 
 
 class CircuitState(enum.Enum):
     """A breaker's state. Values are the scoring kernel's ``BREAKER_*`` codes."""
 
-    CLOSED = 0
-    OPEN = 1
-    HALF_OPEN = 2
+    CLOSED = BREAKER_CLOSED
+    OPEN = BREAKER_OPEN
+    HALF_OPEN = BREAKER_HALF_OPEN
 
     def __str__(self) -> str:
         return self.name
@@ -78,9 +79,9 @@ _STATES = tuple(CircuitState)
 class Admission(enum.IntEnum):
     """The answer of :meth:`CircuitBreaker.admit`; falsy only for REJECT."""
 
-    REJECT = 0
-    ADMIT = 1
-    PROBE = 2
+    REJECT = breaker_spec.REJECT
+    ADMIT = breaker_spec.ADMIT
+    PROBE = breaker_spec.PROBE
 
     @property
     def probe(self) -> bool:
@@ -389,7 +390,7 @@ class CircuitBreaker:
 
     def _emit(self, s: int, old: int, new: int, at: float) -> None:
         self._transitions += 1
-        if new == _OPEN:
+        if new == BREAKER_OPEN:
             self._trips += 1
             self._trips_of[s] += 1
         if self._listeners:
@@ -408,20 +409,22 @@ class CircuitBreaker:
         known = int(self._codes[s])
         known_probes = int(self._probes[s])
         known_deadline = float(self._deadline[s])
-        if known == _HALF_OPEN and known_probes > 0 and state == _HALF_OPEN and probes == 0:
+        half_open = BREAKER_HALF_OPEN
+        if known == half_open and known_probes > 0 and state == half_open and probes == 0:
             # Nobody looked while a stuck probe reopened the breaker and the
             # new open period ran out: both transitions happened.
-            self._emit(s, _HALF_OPEN, _OPEN, min(known_deadline, now))
-            self._emit(s, _OPEN, _HALF_OPEN, min(known_deadline + timeout, now))
+            self._emit(s, BREAKER_HALF_OPEN, BREAKER_OPEN, min(known_deadline, now))
+            self._emit(s, BREAKER_OPEN, BREAKER_HALF_OPEN, min(known_deadline + timeout, now))
         elif state != known:
-            if state == _OPEN:
+            if state == BREAKER_OPEN:
                 at = opened_at if opened_at == opened_at else now
-            elif known == _OPEN and state == _HALF_OPEN and known_deadline <= now:
+            elif known == BREAKER_OPEN and state == BREAKER_HALF_OPEN and known_deadline <= now:
                 at = known_deadline
             else:
                 at = now
             self._emit(s, known, state, min(at, now))
-        routable = _OPEN if state == _HALF_OPEN and probes >= self._max_probes else state
+        saturated = state == BREAKER_HALF_OPEN and probes >= self._max_probes
+        routable = BREAKER_OPEN if saturated else state
         if state != known or routable != self._routable[s] or probes != known_probes:
             self._codes[s] = state
             self._routable[s] = routable
@@ -449,7 +452,7 @@ class CircuitBreaker:
             s = self.slot(node)
         with self._lock:
             now = self._clock()
-            if self._codes[s] == _CLOSED:
+            if self._codes[s] == BREAKER_CLOSED:
                 # CLOSED changes only by a recorded failure: nothing time-driven to observe.
                 decision = self._table.allow(s, now)
                 if decision != _ADMIT:
@@ -471,7 +474,7 @@ class CircuitBreaker:
             s = self.slot(node)
         with self._lock:
             now = self._clock()
-            if self._codes[s] == _CLOSED:
+            if self._codes[s] == BREAKER_CLOSED:
                 if self._table.record_success(s, now) == _NO_TRANSITION:
                     return
             else:
@@ -491,7 +494,7 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             self._last_failure[s] = now
-            if self._codes[s] == _CLOSED:
+            if self._codes[s] == BREAKER_CLOSED:
                 if self._table.record_failure(s, now) == _NO_TRANSITION:
                     return
             else:
@@ -570,11 +573,13 @@ class CircuitBreaker:
                 current = self._scratch
                 self._table.states_into(now, current)
                 codes = self._codes[:n]
-                probing = (codes == _HALF_OPEN) & (self._probes[:n] > 0)
+                probing = (codes == BREAKER_HALF_OPEN) & (self._probes[:n] > 0)
                 due = (current[:n] != codes) | (probing & (self._deadline[:n] <= now))
                 for s in np.flatnonzero(due).tolist():
                     self._observe(s, now)
-                pending = (codes == _OPEN) | ((codes == _HALF_OPEN) & (self._probes[:n] > 0))
+                # After the observations above: codes and probes have moved.
+                probing = (codes == BREAKER_HALF_OPEN) & (self._probes[:n] > 0)
+                pending = (codes == BREAKER_OPEN) | probing
                 self._next_deadline = (
                     float(self._deadline[:n][pending].min()) if pending.any() else math.inf
                 )

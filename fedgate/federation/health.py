@@ -19,7 +19,7 @@ Latencies go into the compiled ring-buffer table (:mod:`fedgate._core`),
 which gives exact p50/p95/p99 over the most recent ``window`` samples.
 
 For the router the checker keeps its per-node state codes in a NumPy array
-(:attr:`HealthChecker.codes`, the ``fedgate.routing.scoring.HEALTH_*`` codes) with a
+(:attr:`HealthChecker.codes`, the ``fedgate._core.codes.HEALTH_*`` codes) with a
 :attr:`~HealthChecker.version` bumped on every change, and a per-node count
 of recorded samples (:attr:`~HealthChecker.latency_seq`), so a router
 refreshes only what changed, in bulk.
@@ -39,6 +39,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from fedgate._core.codes import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN
+from fedgate._core.latency_spec import MAX_WINDOW as _MAX_WINDOW
 from fedgate.clock import Clock, to_seconds
 from fedgate.federation._listeners import add_listener
 from fedgate.types import NodeId
@@ -52,22 +54,19 @@ __all__ = [
     "HealthTransition",
 ]
 
-_MAX_WINDOW = 1 << 20
-
 
 class HealthState(enum.Enum):
     """A node's health. Values are the scoring kernel's ``HEALTH_*`` codes."""
 
-    UNKNOWN = 0
-    HEALTHY = 1
-    DEGRADED = 2
-    UNHEALTHY = 3
+    UNKNOWN = HEALTH_UNKNOWN
+    HEALTHY = HEALTH_HEALTHY
+    DEGRADED = HEALTH_DEGRADED
+    UNHEALTHY = HEALTH_UNHEALTHY
 
     def __str__(self) -> str:
         return self.name
 
 
-_UNKNOWN, _HEALTHY, _DEGRADED, _UNHEALTHY = 0, 1, 2, 3
 _STATES = tuple(HealthState)
 
 
@@ -364,7 +363,7 @@ class HealthChecker:
             if s == self._codes.shape[0]:
                 self._grow()
             self._ids.append(node)
-            self._reported.append(_UNKNOWN)
+            self._reported.append(HEALTH_UNKNOWN)
             self._failures.append(0)
             self._successes.append(0)
             self._fast_streak.append(0)
@@ -436,11 +435,11 @@ class HealthChecker:
             self._last_hb[s] = math.nan
             was_dead = bool(self._dead[s])
             self._dead[s] = False
-            self._reported[s] = _UNKNOWN
+            self._reported[s] = HEALTH_UNKNOWN
             old = int(self._codes[s])
-            if old != _UNKNOWN or was_dead:
-                self._codes[s] = _UNKNOWN
-                self._emit(s, old, _UNKNOWN, now, "reset")
+            if old != HEALTH_UNKNOWN or was_dead:
+                self._codes[s] = HEALTH_UNKNOWN
+                self._emit(s, old, HEALTH_UNKNOWN, now, "reset")
             return True
 
     # ------------------------------------------------------------ reports
@@ -480,13 +479,14 @@ class HealthChecker:
             reported = self._reported[s]
             if seconds > self._config.degraded_latency:
                 self._fast_streak[s] = 0
-                new = _DEGRADED
+                new = HEALTH_DEGRADED
             else:
                 streak = self._fast_streak[s] + 1
                 self._fast_streak[s] = streak
                 # From UNKNOWN there is nothing to recover from; HEALTHY stays HEALTHY.
-                if reported in (_UNKNOWN, _HEALTHY) or streak >= self._config.recovery_threshold:
-                    new = _HEALTHY
+                recovered = streak >= self._config.recovery_threshold
+                if reported in (HEALTH_UNKNOWN, HEALTH_HEALTHY) or recovered:
+                    new = HEALTH_HEALTHY
                 else:
                     new = reported
             if new != reported or self._codes[s] != new:
@@ -508,8 +508,9 @@ class HealthChecker:
             self._successes[s] = 0
             self._fast_streak[s] = 0
             self._last_check[s] = now
-            new = _UNHEALTHY if failures >= self._config.failure_threshold else _DEGRADED
-            if new == _UNHEALTHY:
+            down = failures >= self._config.failure_threshold
+            new = HEALTH_UNHEALTHY if down else HEALTH_DEGRADED
+            if new == HEALTH_UNHEALTHY:
                 until = now + self._config.unhealthy_cooldown
                 self._cooldown_until[s] = until
                 self._next_cooldown = min(self._next_cooldown, until)
@@ -536,9 +537,9 @@ class HealthChecker:
                 self._dead[s] = False
                 self._next_expiry = min(self._next_expiry, now + self._liveness)
                 new = self._reported[s]
-                if new != _UNHEALTHY:
+                if new != HEALTH_UNHEALTHY:
                     self._codes[s] = new
-                    self._emit(s, _UNHEALTHY, new, now, "heartbeat")
+                    self._emit(s, HEALTH_UNHEALTHY, new, now, "heartbeat")
 
     def expire(self, now: float | None = None) -> list[NodeId]:
         """Declare dead every tracked node whose heartbeat is overdue at ``now``.
@@ -570,10 +571,10 @@ class HealthChecker:
             for s in overdue.tolist():
                 self._dead[s] = True
                 old = int(self._codes[s])
-                if old != _UNHEALTHY:
-                    self._codes[s] = _UNHEALTHY
+                if old != HEALTH_UNHEALTHY:
+                    self._codes[s] = HEALTH_UNHEALTHY
                     # The node died when its deadline passed, not when we looked.
-                    self._emit(s, old, _UNHEALTHY, float(deadline[s]), "heartbeat_missed")
+                    self._emit(s, old, HEALTH_UNHEALTHY, float(deadline[s]), "heartbeat_missed")
             live[overdue] = False
             self._next_expiry = float(deadline[live].min()) if live.any() else math.inf
             return [self._ids[s] for s in overdue.tolist()]
@@ -590,14 +591,14 @@ class HealthChecker:
                     following = min(following, until)
                     continue
                 self._cooldown_until[s] = math.inf
-                if self._reported[s] == _UNHEALTHY:
+                if self._reported[s] == HEALTH_UNHEALTHY:
                     # One more failure is enough to take it out again.
                     self._failures[s] = threshold - 1
                     old = int(self._codes[s])
-                    self._reported[s] = _DEGRADED
-                    if not self._dead[s] and old != _DEGRADED:
-                        self._codes[s] = _DEGRADED
-                        self._emit(s, old, _DEGRADED, until, "cooldown")
+                    self._reported[s] = HEALTH_DEGRADED
+                    if not self._dead[s] and old != HEALTH_DEGRADED:
+                        self._codes[s] = HEALTH_DEGRADED
+                        self._emit(s, old, HEALTH_DEGRADED, until, "cooldown")
             self._next_cooldown = following
 
     def is_alive(self, node: NodeId) -> bool:
