@@ -22,13 +22,15 @@ happened (the deadline), not the time they were noticed.
 Only failures the node caused belong in :meth:`CircuitBreaker.record_failure`
 (RELIABILITY rule 4): bad input, an unknown capability, an oversized request
 or a client's cancel never reach it.
+
+Node registration, slot growth and the listeners are the shared
+:class:`fedgate.federation._slots.NodeSlots`, as for health.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ import numpy.typing as npt
 from fedgate._core import breaker_spec
 from fedgate._core.codes import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN
 from fedgate.clock import Clock, to_seconds
-from fedgate.federation._listeners import add_listener
+from fedgate.federation._slots import NodeSlots, checked_clock, checked_config, optional
 from fedgate.types import NodeId
 
 __all__ = [
@@ -203,11 +205,7 @@ class BreakerStatus:
     trips: int
 
 
-def _opt(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
-class CircuitBreaker:
+class CircuitBreaker(NodeSlots[BreakerConfig, BreakerTransition]):
     """Per-node circuit breakers (nodes register on first use).
 
     Parameters
@@ -229,19 +227,13 @@ class CircuitBreaker:
         *,
         table_factory: Callable[..., Any] | None = None,
     ) -> None:
-        if config is None:
-            config = BreakerConfig()
-        elif not isinstance(config, BreakerConfig):
-            raise TypeError(f"config: expected a BreakerConfig, got {config!r}")
-        if not callable(clock):
-            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        config = checked_config(config, BreakerConfig)
+        clock = checked_clock(clock)
         if table_factory is None:
             from fedgate._core import BreakerTable
 
             table_factory = BreakerTable
-        self._config = config
-        self._clock = clock
-        self._table = table_factory(
+        table = table_factory(
             failure_threshold=config.failure_threshold,
             open_timeout=config.open_timeout,
             max_open_timeout=config.max_open_timeout,
@@ -251,38 +243,29 @@ class CircuitBreaker:
             epoch=float(clock()),
             nodes=0,
         )
-        self._max_probes = config.half_open_max_probes
-        # The table is lock-free; this lock only orders the bookkeeping below
+        # The table is lock-free; the lock only orders the bookkeeping below
         # (what was last observed per node), so events come out in order.
-        self._lock = threading.RLock()
-        self._slots: dict[NodeId, int] = {}
-        self._ids: list[NodeId] = []
+        super().__init__(config, clock, table)
+        self._max_probes = config.half_open_max_probes
         self._last_failure: list[float] = []
         self._trips_of: list[int] = []
-        cap = 16
         # Last observed effective state, probes and deadline per slot.
-        self._codes = np.zeros(cap, dtype=np.int8)
-        self._routable = np.zeros(cap, dtype=np.int8)
-        self._probes = np.zeros(cap, dtype=np.int16)
-        self._deadline = np.full(cap, np.nan, dtype=np.float64)
-        self._scratch = np.zeros(cap, dtype=np.int8)
+        self._codes = self._array("_codes", np.int8, BREAKER_CLOSED)
+        self._routable = self._array("_routable", np.int8, BREAKER_CLOSED)
+        self._probes = self._array("_probes", np.int16, 0)
+        self._deadline = self._array("_deadline", np.float64, np.nan)
+        self._scratch = self._array("_scratch", np.int8, 0)
         self._next_deadline = math.inf
-        self._version = 0
         self._transitions = 0
         self._trips = 0
-        self._listeners: list[BreakerListener] = []
+
+    _TABLE = "breaker table"
+
+    def _add_slot(self) -> None:
+        self._last_failure.append(math.nan)
+        self._trips_of.append(0)
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def config(self) -> BreakerConfig:
-        """The thresholds in force."""
-        return self._config
-
-    @property
-    def clock(self) -> Clock:
-        """The clock every decision reads."""
-        return self._clock
 
     @property
     def table(self) -> Any:
@@ -303,11 +286,6 @@ class CircuitBreaker:
         return self._routable[: len(self._ids)]
 
     @property
-    def version(self) -> int:
-        """Bumped whenever an observed state (or probe saturation) changes."""
-        return self._version
-
-    @property
     def next_deadline(self) -> float:
         """No time-driven transition can happen before this clock reading.
 
@@ -325,67 +303,6 @@ class CircuitBreaker:
         """Transitions into OPEN so far (trips and reopens)."""
         return self._trips
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._slots
-
-    def nodes(self) -> list[NodeId]:
-        """Every node with a breaker, in registration order."""
-        return list(self._ids)
-
-    def subscribe(self, listener: BreakerListener) -> Callable[[], None]:
-        """Call ``listener(BreakerTransition)`` for every transition, in order.
-
-        Listeners run synchronously under the breaker's lock: keep them short
-        (count, log, schedule) and do not record outcomes from inside one.
-
-        Returns
-        -------
-        callable
-            Call it to unsubscribe.
-        """
-        return add_listener(self._listeners, listener, self._lock)
-
-    def slot(self, node: NodeId, *, create: bool = True) -> int:
-        """The node's slot in :attr:`table` and :attr:`codes` (registering it when ``create``).
-
-        Returns -1 for an unknown node when not ``create``. Slots are never reused.
-        """
-        s = self._slots.get(node)
-        if s is not None:
-            return s
-        if not create:
-            return -1
-        if not isinstance(node, str) or not node:
-            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
-        with self._lock:
-            s = self._slots.get(node)
-            if s is not None:
-                return s
-            s = self._table.add_node()
-            if s != len(self._ids):
-                raise RuntimeError(
-                    f"breaker table slot {s} out of step with {len(self._ids)} nodes"
-                )
-            if s == self._codes.shape[0]:
-                self._grow()
-            self._ids.append(NodeId(node))
-            self._last_failure.append(math.nan)
-            self._trips_of.append(0)
-            self._slots[NodeId(node)] = s
-            return s
-
-    def _grow(self) -> None:
-        cap = self._codes.shape[0] * 2
-        for name, fill in (("_codes", 0), ("_routable", 0), ("_probes", 0),
-                           ("_deadline", np.nan), ("_scratch", 0)):  # fmt: skip
-            old = getattr(self, name)
-            new = np.full(cap, fill, dtype=old.dtype)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
-
     # ------------------------------------------------------------ observation
 
     def _emit(self, s: int, old: int, new: int, at: float) -> None:
@@ -394,9 +311,7 @@ class CircuitBreaker:
             self._trips += 1
             self._trips_of[s] += 1
         if self._listeners:
-            event = BreakerTransition(self._ids[s], _STATES[old], _STATES[new], at)
-            for listener in tuple(self._listeners):
-                listener(event)
+            self._notify(BreakerTransition(self._ids[s], _STATES[old], _STATES[new], at))
 
     def _observe(self, s: int, now: float) -> int:
         """Compare the table's effective view of slot ``s`` with what was last seen.
@@ -606,17 +521,17 @@ class CircuitBreaker:
 
     def _status(self, s: int, now: float) -> BreakerStatus:
         state, failures, probes, opened_at, timeout, reset_at = self._table.snapshot(s, now)
-        reset = _opt(reset_at)
+        reset = optional(reset_at)
         return BreakerStatus(
             node_id=self._ids[s],
             state=_STATES[state],
             failures=int(failures),
             probes=int(probes),
-            opened_at=_opt(opened_at),
+            opened_at=optional(opened_at),
             open_timeout=float(timeout),
             reset_at=reset,
             time_to_reset=None if reset is None else max(0.0, reset - now),
-            last_failure=_opt(self._last_failure[s]),
+            last_failure=optional(self._last_failure[s]),
             trips=self._trips_of[s],
         )
 

@@ -22,14 +22,14 @@ For the router the checker keeps its per-node state codes in a NumPy array
 (:attr:`HealthChecker.codes`, the ``fedgate._core.codes.HEALTH_*`` codes) with a
 :attr:`~HealthChecker.version` bumped on every change, and a per-node count
 of recorded samples (:attr:`~HealthChecker.latency_seq`), so a router
-refreshes only what changed, in bulk.
+refreshes only what changed, in bulk. Node registration, slot growth and the
+listeners are the shared :class:`fedgate.federation._slots.NodeSlots`.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +42,7 @@ import numpy.typing as npt
 from fedgate._core.codes import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN
 from fedgate._core.latency_spec import MAX_WINDOW as _MAX_WINDOW
 from fedgate.clock import Clock, to_seconds
-from fedgate.federation._listeners import add_listener
+from fedgate.federation._slots import NodeSlots, checked_clock, checked_config, optional
 from fedgate.types import NodeId
 
 __all__ = [
@@ -197,11 +197,7 @@ class HealthTransition(NamedTuple):
 HealthListener = Callable[[HealthTransition], None]
 
 
-def _opt(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
-class HealthChecker:
+class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
     """Tracks every node's health; all calls are plain (non-async) and thread-safe.
 
     Parameters
@@ -224,23 +220,14 @@ class HealthChecker:
         *,
         table_factory: Callable[..., Any] | None = None,
     ) -> None:
-        if config is None:
-            config = HealthConfig()
-        elif not isinstance(config, HealthConfig):
-            raise TypeError(f"config: expected a HealthConfig, got {config!r}")
-        if not callable(clock):
-            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        config = checked_config(config, HealthConfig)
+        clock = checked_clock(clock)
         if table_factory is None:
             from fedgate._core import LatencyTable
 
             table_factory = LatencyTable
-        self._config = config
-        self._clock = clock
+        super().__init__(config, clock, table_factory(window=config.window, nodes=0))
         self._liveness = config.liveness_timeout
-        self._table = table_factory(window=config.window, nodes=0)
-        self._lock = threading.RLock()
-        self._slots: dict[NodeId, int] = {}
-        self._ids: list[NodeId] = []
         # Scalar per-node state in lists: a report touches a few of them, and
         # list element access is several times cheaper than NumPy scalar access.
         self._reported: list[int] = []
@@ -252,28 +239,25 @@ class HealthChecker:
         self._cooldown_until: list[float] = []
         self._next_cooldown = math.inf
         # Bulk-read state in arrays (the router gathers them; expire() scans them).
-        cap = 16
-        self._codes = np.zeros(cap, dtype=np.int8)
-        self._latency_seq = np.zeros(cap, dtype=np.uint64)
-        self._last_hb = np.full(cap, np.nan, dtype=np.float64)
-        self._tracked = np.zeros(cap, dtype=np.bool_)
-        self._dead = np.zeros(cap, dtype=np.bool_)
+        self._codes = self._array("_codes", np.int8, HEALTH_UNKNOWN)
+        self._latency_seq = self._array("_latency_seq", np.uint64, 0)
+        self._last_hb = self._array("_last_hb", np.float64, np.nan)
+        self._tracked = self._array("_tracked", np.bool_, False)
+        self._dead = self._array("_dead", np.bool_, False)
         self._next_expiry = math.inf
-        self._version = 0
         self._latency_version = 0
-        self._listeners: list[HealthListener] = []
+
+    _TABLE = "latency table"
+
+    def _add_slot(self) -> None:
+        self._reported.append(HEALTH_UNKNOWN)
+        self._failures.append(0)
+        self._successes.append(0)
+        self._fast_streak.append(0)
+        self._last_check.append(math.nan)
+        self._cooldown_until.append(math.inf)
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def config(self) -> HealthConfig:
-        """The thresholds in force."""
-        return self._config
-
-    @property
-    def clock(self) -> Clock:
-        """The clock every time-dependent decision reads."""
-        return self._clock
 
     @property
     def latency_table(self) -> Any:
@@ -291,11 +275,6 @@ class HealthChecker:
         return self._latency_seq[: len(self._ids)]
 
     @property
-    def version(self) -> int:
-        """Bumped whenever any node's effective state changes."""
-        return self._version
-
-    @property
     def latency_version(self) -> int:
         """Bumped on every latency sample."""
         return self._latency_version
@@ -305,79 +284,10 @@ class HealthChecker:
         """No heartbeat-tracked node can be declared dead before this clock reading."""
         return self._next_expiry
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._slots
-
-    def nodes(self) -> list[NodeId]:
-        """Every registered node, in registration order."""
-        return list(self._ids)
-
-    def subscribe(self, listener: HealthListener) -> Callable[[], None]:
-        """Call ``listener(HealthTransition)`` on every change of effective state.
-
-        Returns
-        -------
-        callable
-            Call it to unsubscribe.
-        """
-        return add_listener(self._listeners, listener, self._lock)
-
-    def _grow(self) -> None:
-        cap = self._codes.shape[0] * 2
-        for name, fill in (("_codes", 0), ("_latency_seq", 0), ("_last_hb", np.nan),
-                           ("_tracked", False), ("_dead", False)):  # fmt: skip
-            old = getattr(self, name)
-            new = np.full(cap, fill, dtype=old.dtype)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
-
-    def _check_node(self, node: object) -> NodeId:
-        if not isinstance(node, str) or not node:
-            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
-        return NodeId(node)
-
-    def slot(self, node: NodeId, *, create: bool = True) -> int:
-        """The node's slot in :attr:`latency_table` and :attr:`codes`.
-
-        Registers an unknown node when ``create`` (else returns -1). Slots are
-        never reused, so a router can keep them.
-        """
-        s = self._slots.get(node)
-        if s is not None:
-            return s
-        if not create:
-            return -1
-        with self._lock:
-            s = self._slots.get(node)
-            if s is not None:
-                return s
-            node = self._check_node(node)
-            s = self._table.add_node()
-            if s != len(self._ids):
-                raise RuntimeError(
-                    f"latency table slot {s} out of step with {len(self._ids)} nodes"
-                )
-            if s == self._codes.shape[0]:
-                self._grow()
-            self._ids.append(node)
-            self._reported.append(HEALTH_UNKNOWN)
-            self._failures.append(0)
-            self._successes.append(0)
-            self._fast_streak.append(0)
-            self._last_check.append(math.nan)
-            self._cooldown_until.append(math.inf)
-            self._slots[node] = s
-            return s
-
     def _emit(self, slot: int, old: int, new: int, at: float, cause: str) -> None:
         self._version += 1
         if self._listeners:
-            event = HealthTransition(self._ids[slot], _STATES[old], _STATES[new], at, cause)
-            for listener in tuple(self._listeners):
-                listener(event)
+            self._notify(HealthTransition(self._ids[slot], _STATES[old], _STATES[new], at, cause))
 
     def _set_reported(self, slot: int, new: int, at: float) -> None:
         old_effective = int(self._codes[slot])
@@ -625,14 +535,14 @@ class HealthChecker:
         return HealthStatus(
             node_id=self._ids[s],
             state=_STATES[int(self._codes[s])],
-            latency_p50=_opt(p50),
-            latency_p95=_opt(p95),
-            latency_p99=_opt(p99),
+            latency_p50=optional(p50),
+            latency_p95=optional(p95),
+            latency_p99=optional(p99),
             consecutive_failures=self._failures[s],
             consecutive_successes=self._successes[s],
-            last_check=_opt(self._last_check[s]),
+            last_check=optional(self._last_check[s]),
             samples=int(self._table.count(s)),
-            last_heartbeat=_opt(hb),
+            last_heartbeat=optional(hb),
             alive=not self._dead[s],
             reported_state=_STATES[self._reported[s]],
         )
