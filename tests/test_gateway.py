@@ -234,9 +234,12 @@ async def test_second_worker_claiming_a_live_node_id_is_refused() -> None:
     async with federation({"node": "dup"}) as (gw, _):
         twin = Worker(WorkerConfig([gw.endpoints[0]], "dup", "other", ["m"], ["generate"],
                                    heartbeat_interval=0.1, close_linger=0.0))
+        assert gw.stats().refused_workers == 0
         code = await asyncio.wait_for(twin.run(), 5.0)
         assert code == 3
         assert [w["region"] for w in gw.workers()] == ["us-west-2"]
+        # Its Ready repeats until the Refuse arrives: at least one refusal, reported.
+        assert gw.stats().refused_workers >= 1
 
 
 async def test_lifecycle_trace_reaches_completed_through_the_hook() -> None:

@@ -74,6 +74,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from fedgate.transport.bind import bind_router
 from fedgate.types import Capability, InferenceRequest, QoSRequirements, RegionId
 
 if TYPE_CHECKING:
@@ -566,6 +567,7 @@ class _GatewayCollector:
             ("fedgate_stale_frames", "Frames of abandoned attempts dropped", "stale_frames"),
             ("fedgate_malformed_frames", "Malformed frames dropped", "malformed_frames"),
             ("fedgate_cancels_sent", "CANCEL frames sent to workers", "cancels_sent"),
+            ("fedgate_refused_workers", "Workers refused: node id held", "refused_workers"),
         )  # fmt: skip
         for name, doc, key in counters:
             yield CounterMetricFamily(name, doc, value=float(stats[key]))
@@ -751,19 +753,10 @@ class TelemetryServer:
             raise RuntimeError("telemetry server already started")
         self._loop = asyncio.get_running_loop()
         ctx = zmq.asyncio.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
         # A request is a word; anything larger is not a request worth reading.
-        sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
-        sock.setsockopt(zmq.SNDHWM, 1000)
-        try:
-            sock.bind(self._bind)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            ctx.term()
-            raise OSError(f"cannot bind telemetry endpoint {self._bind!r}: {exc}") from exc
+        options = {zmq.LINGER: 0, zmq.MAXMSGSIZE: 64 * 1024, zmq.SNDHWM: 1000}
+        sock, (self._endpoint,) = bind_router(ctx, [self._bind], what="telemetry", options=options)
         self._ctx, self._sock = ctx, sock
-        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.telemetry.telemetry_endpoint = self._endpoint
         if self._prometheus_port is not None:
             try:
