@@ -194,6 +194,11 @@ class Pump:
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_MIN
 
+    @property
+    def held(self) -> int:
+        """Frames held for the end of the current burst."""
+        return len(self._held) + (len(self._corked) if self._corked is not None else 0)
+
     # ------------------------------------------------------------------ life
     def start(self) -> None:
         """Read the socket whenever its descriptor fires."""
@@ -470,12 +475,12 @@ class Pump:
                     payload = recv(_NOBLOCK)
                     more = getsockopt(_RCVMORE)
                 if more:
-                    parts = 2 if routed else 1
+                    parts = 1  # after the identity
                     while True:
                         parts += 1
                         if not recv(_NOBLOCK, copy=False).more:
                             break  # read and drop the rest: the next message starts clean
-                    self._on_malformed(identity, f"expected 1 frame per message, got {parts - 1}")
+                    self._on_malformed(identity, f"expected 1 frame per message, got {parts}")
                     continue
             except zmq.Again:
                 return False
