@@ -99,6 +99,10 @@ class Gateway:
         self._counters = counters = GatewayCounters()
         self._registry = registry = Registry(catalog, health, router, counters, self.gateway_id)
         self._attempts = attempts = Attempts(config, router, registry, counters)
+        # Read per frame: one attribute each, not a chain.
+        self._by_rid = attempts.by_rid
+        self._max_frame_bytes = config.max_frame_bytes
+        self._stream_buffer = config.stream_buffer
         self.recent_routes: collections.deque[RouteRecord] = collections.deque(
             maxlen=config.recent_routes
         )
@@ -283,14 +287,14 @@ class Gateway:
     def _on_message(self, identity: bytes, payload: bytes) -> None:
         """One message from a worker (the pump's reader calls this)."""
         try:
-            msg = wire.decode_worker_message(payload, self.config.max_frame_bytes)
+            msg = wire.decode_worker_message(payload, self._max_frame_bytes)
         except wire.ProtocolError as exc:
             self._malformed(identity, str(exc))
             return
         kind = type(msg)
         if kind is wire.Partial or kind is wire.Final or kind is wire.Error:
             frame = cast("wire.Partial | wire.Final | wire.Error", msg)
-            att = self._attempts.by_rid.get(frame.rid)
+            att = self._by_rid.get(frame.rid)
             # Fencing: a frame must come from the worker the attempt was sent to, for
             # the current attempt number; anything else belongs to an abandoned attempt.
             if att is None or att.number != frame.attempt or att.worker.identity != identity:
@@ -301,7 +305,7 @@ class Gateway:
                 return
             if kind is wire.Partial:
                 att.buffered += len(cast(wire.Partial, frame).tokens)
-                if att.buffered > self.config.stream_buffer:
+                if att.buffered > self._stream_buffer:
                     att.push(OVERFLOW)
                     return
             att.push(frame)

@@ -238,6 +238,13 @@ class Pump:
         zmq.ZMQError
             Anything else (a closed socket, a terminated context).
         """
+        self._put(frame, identity)
+        if not self._look_pending and not self._read_pending:
+            self._look_pending = True
+            self._loop.call_soon(self._look)
+
+    def _put(self, frame: bytes, identity: bytes) -> None:
+        """:meth:`send_now` without the look: the caller looks after its sends."""
         sock = self.sock
         try:
             if self._routed:
@@ -256,9 +263,6 @@ class Pump:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise NodeUnreachableError(f"{identity!r} is not connected") from None
             raise
-        if not self._look_pending and not self._read_pending:
-            self._look_pending = True
-            self._loop.call_soon(self._look)
 
     def send_to(self, identity: bytes, frame: bytes, owner: Sendable) -> Exception | None:
         """Send a message in the current burst; ``owner.sent`` is set once it has left.
@@ -270,11 +274,14 @@ class Pump:
         if self._hold_open:
             self._held.append((identity, frame, owner))
             return None
-        if self._hold_per_iteration:
-            self._hold_open = True
-            self._loop.call_soon(self._end_iteration)
         try:
-            self.send_now(frame, identity)
+            if self._hold_per_iteration:
+                self._hold_open = True
+                # The burst's end looks at the socket after its sends.
+                self._loop.call_soon(self._end_iteration)
+                self._put(frame, identity)
+            else:
+                self.send_now(frame, identity)
         except (BackpressureError, NodeUnreachableError, zmq.ZMQError) as exc:
             return exc
         owner.sent = True
@@ -340,13 +347,13 @@ class Pump:
             return
         if held:
             self._held = []
-            send_now = self.send_now
+            put = self._put
             on_unsent = self._on_unsent
             for identity, frame, owner in held:
                 if owner.closed:
                     continue  # withdrawn before it left
                 try:
-                    send_now(frame, identity)
+                    put(frame, identity)
                 except (BackpressureError, NodeUnreachableError, zmq.ZMQError) as exc:
                     if on_unsent is not None:
                         on_unsent(owner, exc)
