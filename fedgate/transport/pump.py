@@ -265,7 +265,7 @@ class Pump:
             raise
 
     def send_to(self, identity: bytes, frame: bytes, owner: Sendable) -> Exception | None:
-        """Send a message in the current burst; ``owner.sent`` is set once it has left.
+        """Send a ROUTER message in the current burst; ``owner.sent`` is set once it has left.
 
         Returns the error of a send made now (as :meth:`send_now` raises it),
         for the caller to act on; a held message that fails later is passed to
@@ -288,7 +288,7 @@ class Pump:
         return None
 
     def send(self, frame: bytes) -> Out | None:
-        """Send a frame in the current burst, or queue it behind the frames before it.
+        """Send a frame (a DEALER's) in the current burst, or queue it behind the frames before it.
 
         Returns None when it left (or is held for the burst's end: the fast
         path, nothing allocated), else its place in the backlog. On a closed

@@ -565,13 +565,18 @@ class Worker:
             except ProtocolError as exc:
                 malformed(link, str(exc))
                 return
-            kind = type(msg)
-            if kind is Request:
-                on_request(link, msg)  # type: ignore[arg-type]
-            elif kind is Cancel:
-                on_cancel(link, msg)  # type: ignore[arg-type]
-            else:
-                on_control(link, msg)
+            try:
+                kind = type(msg)
+                if kind is Request:
+                    on_request(link, msg)  # type: ignore[arg-type]
+                elif kind is Cancel:
+                    on_cancel(link, msg)  # type: ignore[arg-type]
+                else:
+                    on_control(link, msg)
+            except Exception:  # a bug in a handler must not end the pass
+                log.exception(
+                    "worker failed to handle %s from %s", type(msg).__name__, link.endpoint
+                )
 
         return on_message
 
