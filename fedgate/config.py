@@ -20,8 +20,13 @@ unknown table or key, or a bad value, raises :class:`ConfigError` naming the
 key by its dotted path and the value::
 
     policy.health.wieght: unknown key; expected one of weight
-    breaker.open_timeout: expected finite seconds > 0, got -1.0
-    regions[1].clearance: expected one of PUBLIC, INTERNAL, CONFIDENTIAL, RESTRICTED, got 'SECRET'
+    breaker.open_timeout: expected seconds in [0.001, 86400], got -1.0
+    gateway.bind[1]: expected a ZeroMQ endpoint like 'tcp://127.0.0.1:5555' (…), got 'tcp://h:99999'
+
+Each value is checked by the rule its dataclass field declares
+(:mod:`fedgate.validation`): the file, a flag and ``GatewayConfig(…)`` in
+Python accept exactly the same values, and every number has real bounds, so
+a file that passes ``fedgate gateway --check`` is one the gateway starts with.
 
 Command-line flags override the file: :func:`apply_overrides` sets dotted keys
 in the parsed TOML data before it is checked, so a flag's value passes the same
@@ -33,18 +38,17 @@ to a running one (policy, strategy, origin, region clearances) all or nothing.
 default: Health 2, Latency, Privacy, Locality, Cost 1) or ``"none"`` (start
 empty); each policy named replaces the preset's fields it sets, and a weight
 of 0 switches a policy off. ``retry_delay`` may be 0 (retry at once); every
-other duration must be finite and > 0.
+other duration must be > 0, and none may exceed a day.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
 from fedgate.federation.health import HealthChecker, HealthConfig
@@ -60,6 +64,15 @@ from fedgate.federation.policy import (
 )
 from fedgate.telemetry import DEFAULT_ENDPOINT
 from fedgate.types import PrivacyLevel, Region, RegionId
+from fedgate.validation import (
+    NON_EMPTY,
+    BindEndpoint,
+    BindEndpoints,
+    InvalidParameterError,
+    NonEmpty,
+    Port,
+    validate,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,6 +121,8 @@ _RETRY_FIELDS = {
 _GATEWAY_OWN = ("bind", "telemetry", "ingress", "prometheus_port", "strategy", "origin", "id")
 _REGION_KEYS = ("id", "clearance", "zone", "cost")
 _WORKER_REQUIRED = ("gateways", "node", "region", "models", "capabilities")
+_WORKER_LISTS = ("gateways", "models", "capabilities")
+_WORKER_PATHS = {"backend_options": "worker.options"}  # the others: worker.<field>
 # Placeholders for the required WorkerConfig fields a [worker] table leaves to
 # flags: they let the given keys be checked on their own.
 _WORKER_PLACEHOLDERS: dict[str, Any] = {
@@ -144,6 +159,10 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------- value checks
+#
+# Every value is checked by the rule its field declares (fedgate.validation);
+# an InvalidParameterError says which field (and list item) failed, and the
+# tables below know which dotted key each field was read from.
 
 
 def _typename(value: Any) -> str:
@@ -157,57 +176,6 @@ def _typename(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _seconds(key: str, value: Any, *, zero: bool = False) -> float:
-    if not _is_number(value):
-        raise ConfigError(key, f"expected seconds as a number, got {_typename(value)} {value!r}")
-    ok = math.isfinite(value) and (value >= 0 if zero else value > 0)
-    if not ok:
-        bound = ">= 0" if zero else "> 0"
-        raise ConfigError(key, f"expected finite seconds {bound}, got {value!r}")
-    return float(value)
-
-
-def _integer(key: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {_typename(value)} {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(key, f"expected an integer {bound}, got {value!r}")
-    return value
-
-
-def _finite(key: str, value: Any, *, low: float = 0.0, high: float = math.inf) -> float:
-    if not _is_number(value):
-        raise ConfigError(key, f"expected a number, got {_typename(value)} {value!r}")
-    if not (math.isfinite(value) and low <= value <= high):
-        bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-        raise ConfigError(key, f"expected a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(key, f"expected a non-empty string, got {_typename(value)} {value!r}")
-    return value
-
-
-def _endpoint(key: str, value: Any) -> str:
-    text = _text(key, value)
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
-        raise ConfigError(
-            key, f"expected a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {value!r}"
-        )
-    # ZeroMQ spells "any free port" as *; everyone else says 0.
-    if scheme == "tcp" and text.endswith(":0"):
-        text = text[:-2] + ":*"
-    return text
-
-
 def _table(key: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(key, f"expected a table, got {_typename(value)} {value!r}")
@@ -218,43 +186,16 @@ def _unknown(key: str, allowed: Sequence[str]) -> ConfigError:
     return ConfigError(key, f"unknown key; expected one of {', '.join(sorted(allowed))}")
 
 
-def _reason(exc: BaseException) -> str:
-    """``"GatewayConfig.x: expected …"`` / ``"x: expected …"`` → ``"expected …"``."""
-    text = str(exc)
-    head, sep, rest = text.partition(": ")
-    if sep and " " not in head:
-        return rest
-    return text
+def _at(path: str, exc: InvalidParameterError) -> ConfigError:
+    return ConfigError(path if exc.index is None else f"{path}[{exc.index}]", exc.reason)
 
 
-def _dataclass(
-    cls: Any,
-    table: str,
-    given: dict[str, tuple[str, Any]],
-    base: Mapping[str, Any] | None = None,
-) -> Any:
-    """Build ``cls`` from ``{field: (dotted path, value)}``, naming the key a failure is about.
-
-    ``base`` holds values of required fields the table leaves out, so that
-    the given ones can be checked on their own.
-    """
-    values = {**(base or {}), **{name: value for name, (_, value) in given.items()}}
+def _build(cls: Any, paths: Mapping[str, str], values: Mapping[str, Any], table: str) -> Any:
+    """``cls(**values)``; a field's error names the key it was read from (``paths[field]``)."""
     try:
         return cls(**values)
-    except (TypeError, ValueError) as exc:
-        # The configs' messages start with the field ("BreakerConfig.open_timeout: …",
-        # "cost: …"), cross-field rules included, which name the field they reject.
-        text = str(exc)
-        for name, (path, _) in given.items():
-            if text.startswith((f"{cls.__name__}.{name}:", f"{name}:")):
-                raise ConfigError(path, _reason(exc)) from None
-        # Otherwise: the key that fails on its own.
-        for name, (path, value) in given.items():
-            try:
-                cls(**{**(base or {}), name: value})
-            except (TypeError, ValueError) as alone:
-                raise ConfigError(path, _reason(alone)) from None
-        raise ConfigError(table, text) from None
+    except InvalidParameterError as exc:
+        raise _at(paths.get(exc.field, f"{table}.{exc.field}"), exc) from None
 
 
 # ----------------------------------------------------------------- the config
@@ -303,13 +244,13 @@ class FedgateConfig:
         The file it was read from.
     """
 
-    binds: tuple[str, ...] = (DEFAULT_BIND,)
-    telemetry: str | None = DEFAULT_ENDPOINT
-    ingress: str | None = None
-    prometheus_port: int | None = None
+    binds: BindEndpoints = (DEFAULT_BIND,)
+    telemetry: BindEndpoint | None = DEFAULT_ENDPOINT
+    ingress: BindEndpoint | None = None
+    prometheus_port: Port | None = None
     strategy: str = "least-latency"
-    origin: RegionId | None = None
-    gateway_id: str | None = None
+    origin: Annotated[RegionId, NON_EMPTY] | None = None
+    gateway_id: NonEmpty | None = None
     gateway: GatewayConfig = field(default_factory=_default_gateway_config)
     regions: tuple[Region, ...] = ()
     policy: CompositePolicy = field(default_factory=CompositePolicy.enterprise_default)
@@ -317,6 +258,9 @@ class FedgateConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     worker: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def region(self, region_id: str) -> Region | None:
         """The configured region ``region_id``, if any."""
@@ -368,78 +312,60 @@ class FedgateConfig:
         return out
 
 
+# FedgateConfig field → the [gateway] key it is read from.
+_OWN_PATHS = {
+    "binds": "gateway.bind",
+    "telemetry": "gateway.telemetry",
+    "ingress": "gateway.ingress",
+    "prometheus_port": "gateway.prometheus_port",
+    "origin": "gateway.origin",
+    "gateway_id": "gateway.id",
+}
+_OWN_FIELDS = {path.split(".")[1]: name for name, path in _OWN_PATHS.items()}
+
+
 def _gateway_table(
-    data: Mapping[str, Any], out: dict[str, Any], gw_fields: dict[str, tuple[str, Any]]
+    data: Any, out: dict[str, Any], gw: dict[str, Any], paths: dict[str, str]
 ) -> None:
     from fedgate.gateway import GatewayConfig
     from fedgate.routing.router import STRATEGIES
 
     table = _table("gateway", data)
-    known = [f.name for f in fields(GatewayConfig)]
-    allowed = [*_GATEWAY_OWN, *known]
+    allowed = [*_GATEWAY_OWN, *(f.name for f in fields(GatewayConfig))]
     for key, value in table.items():
         path = f"gateway.{key}"
         if key not in allowed:
             raise _unknown(path, allowed)
-        if key == "bind":
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, list) or not items:
-                raise ConfigError(
-                    path, f"expected an endpoint or a non-empty array of them, got {value!r}"
-                )
-            binds = [_endpoint(f"{path}[{i}]", v) for i, v in enumerate(items)]
-            for i, b in enumerate(binds):
-                if b in binds[:i]:
-                    raise ConfigError(
-                        f"{path}[{i}]", f"expected distinct endpoints, got {b!r} twice"
-                    )
-            out["binds"] = tuple(binds)
-        elif key == "telemetry":
-            if value is False:
-                out["telemetry"] = None
-            else:
-                if value is True:
-                    raise ConfigError(path, f"expected an endpoint or false, got {value!r}")
-                out["telemetry"] = _endpoint(path, value)
-        elif key == "ingress":
-            out["ingress"] = _endpoint(path, value)
-        elif key == "prometheus_port":
-            out["prometheus_port"] = _integer(path, value, 0, 65535)
-        elif key == "strategy":
+        if key == "strategy":
             if value not in STRATEGIES:
                 raise ConfigError(path, f"expected one of {', '.join(STRATEGIES)}, got {value!r}")
             out["strategy"] = value
-        elif key == "origin":
-            out["origin"] = RegionId(_text(path, value))
-        elif key == "id":
-            out["gateway_id"] = _text(path, value)
+        elif key == "bind":
+            out["binds"] = [value] if isinstance(value, str) else value
+        elif key == "telemetry" and value is False:
+            out["telemetry"] = None
+        elif key == "telemetry" and value is True:
+            raise ConfigError(path, f"expected an endpoint or false, got {value!r}")
+        elif key in _OWN_FIELDS:
+            out[_OWN_FIELDS[key]] = value
         else:
-            gw_fields[key] = (path, _gateway_value(path, key, value))
+            gw[key] = value
+            paths[key] = path
 
 
-def _gateway_value(path: str, name: str, value: Any) -> Any:
-    """Type and range checks of one GatewayConfig field (the dataclass checks the rest)."""
-    if name == "retry_delay":
-        return _seconds(path, value, zero=True)
-    if name in ("request_timeout", "stall_timeout", "monitor_interval"):
-        return _seconds(path, value)
-    if name == "retry_budget_ratio":
-        return _finite(path, value, high=1.0)
-    return _integer(path, value, 0)
-
-
-def _retry_table(data: Any, gw_fields: dict[str, tuple[str, Any]]) -> None:
+def _retry_table(data: Any, gw: dict[str, Any], paths: dict[str, str]) -> None:
     table = _table("retry", data)
     for key, value in table.items():
         path = f"retry.{key}"
         name = _RETRY_FIELDS.get(key)
         if name is None:
             raise _unknown(path, list(_RETRY_FIELDS))
-        if name in gw_fields:
+        if name in gw:
             raise ConfigError(
-                path, f"also set as {gw_fields[name][0]}; expected it in one place, got both"
+                path, f"also set as {paths[name]}; expected it in one place, got both"
             )
-        gw_fields[name] = (path, _gateway_value(path, name, value))
+        gw[name] = value
+        paths[name] = path
 
 
 def _regions_table(data: Any) -> tuple[Region, ...]:
@@ -457,30 +383,22 @@ def _regions_table(data: Any) -> tuple[Region, ...]:
                 raise _unknown(f"{where}.{key}", _REGION_KEYS)
         if "id" not in table:
             raise ConfigError(f"{where}.id", "missing; every [[regions]] entry needs an id")
-        rid = _text(f"{where}.id", table["id"])
-        if rid in seen:
+        if isinstance(table.get("clearance"), int):
+            # The dataclass takes a level's number; a file spells the name.
+            names = ", ".join(m.name for m in PrivacyLevel)
+            raw = table["clearance"]
+            raise ConfigError(
+                f"{where}.clearance", f"expected one of {names}, got {_typename(raw)} {raw!r}"
+            )
+        region = _build(Region, {k: f"{where}.{k}" for k in table}, table, where)
+        if region.id in seen:
             raise ConfigError(
                 f"{where}.id",
-                f"expected distinct region ids, got {rid!r} again (regions[{seen[rid]}])",
+                f"expected distinct region ids, got {region.id!r} again "
+                f"(regions[{seen[region.id]}])",
             )
-        seen[rid] = i
-        clearance = PrivacyLevel.INTERNAL
-        if "clearance" in table:
-            raw = table["clearance"]
-            names = ", ".join(m.name for m in PrivacyLevel)
-            if not isinstance(raw, str):
-                raise ConfigError(
-                    f"{where}.clearance", f"expected one of {names}, got {_typename(raw)} {raw!r}"
-                )
-            try:
-                clearance = PrivacyLevel.parse(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"{where}.clearance", f"expected one of {names}, got {raw!r}"
-                ) from None
-        zone = _text(f"{where}.zone", table["zone"]) if "zone" in table else None
-        cost = _finite(f"{where}.cost", table["cost"]) if "cost" in table else None
-        regions.append(Region(RegionId(rid), clearance, zone, cost))
+        seen[region.id] = i
+        regions.append(region)
     return tuple(regions)
 
 
@@ -501,46 +419,35 @@ def _policy_table(data: Any) -> CompositePolicy:
             raise _unknown(path, allowed)
         own = [f.name for f in fields(kind)]
         given = dict(_table(path, value)) if isinstance(value, Mapping) else {"weight": value}
-        for name, v in given.items():
+        for name in given:
             if name not in own:
                 raise _unknown(f"{path}.{name}", own)
-            where = f"{path}.{name}"
-            if name == "weight":
-                _finite(where, v)
-            elif name == "origin":
-                _text(where, v)
-            else:  # latency_scale, cost_scale
-                if not _is_number(v) or not (math.isfinite(v) and v > 0):
-                    raise ConfigError(where, f"expected a finite number > 0, got {v!r}")
         merged[key] = {**merged.get(key, {}), **given}
+    built = [
+        _build(_POLICY_KINDS[key], {f: f"policy.{key}.{f}" for f in given}, given, f"policy.{key}")
+        for key, given in merged.items()
+    ]
+    composite = CompositePolicy(built)
     try:
-        return CompositePolicy.from_mapping(merged)
-    except (TypeError, ValueError) as exc:
-        text = str(exc)
-        # "policies.latency: LatencyPolicy.latency_scale: expected …"
-        head, _, rest = text.partition(": ")
-        if head.startswith("policies."):
-            name = head.split(".", 1)[1]
-            owner, sep, tail = rest.partition(": ")
-            field_name = owner.rsplit(".", 1)[-1] if sep else ""
-            path = f"policy.{name}.{field_name}" if field_name else f"policy.{name}"
-            raise ConfigError(path, tail if sep else rest) from None
-        raise ConfigError("policy", _reason(exc)) from None
+        composite.validate()
+    except ValueError as exc:
+        # Every policy is valid on its own: what is left is the rule across them.
+        raise ConfigError("policy", str(exc)) from None
+    return composite
 
 
 def _simple_table(name: str, cls: Any, data: Any) -> Any:
     table = _table(name, data)
     allowed = [f.name for f in fields(cls)]
-    given: dict[str, tuple[str, Any]] = {}
-    for key, value in table.items():
-        path = f"{name}.{key}"
+    for key in table:
         if key not in allowed:
-            raise _unknown(path, allowed)
-        default = next(f.default for f in fields(cls) if f.name == key)
-        # Every float field of these configs is a duration, every other an int >= 1.
-        value = _seconds(path, value) if isinstance(default, float) else _integer(path, value, 1)
-        given[key] = (path, value)
-    return _dataclass(cls, name, given)
+            raise _unknown(f"{name}.{key}", allowed)
+    return _build(cls, {k: f"{name}.{k}" for k in table}, table, name)
+
+
+def _listed(value: Any) -> Any:
+    # TOML lets a one-item list be a bare string.
+    return [value] if isinstance(value, str) else value
 
 
 def _worker_table(data: Any) -> dict[str, Any]:
@@ -555,20 +462,13 @@ def _worker_table(data: Any) -> dict[str, Any]:
             raise _unknown(path, allowed)
         if key == "options":
             out[key] = dict(_table(path, value))
-            continue
-        if key in ("gateways", "models", "capabilities"):
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, list):
-                raise ConfigError(path, f"expected an array of strings, got {value!r}")
-            value = (
-                tuple(_endpoint(f"{path}[{i}]", v) for i, v in enumerate(items))
-                if (key == "gateways")
-                else tuple(items)
-            )
-        out[key] = value
-    # Each key checked by WorkerConfig itself, the required ones it lacks filled in.
-    given = {k: (f"worker.{k}", v) for k, v in out.items() if k != "options"}
-    _dataclass(WorkerConfig, "worker", given, base=_WORKER_PLACEHOLDERS)
+        else:
+            out[key] = _listed(value) if key in _WORKER_LISTS else value
+    # Checked by WorkerConfig itself, the required fields the table leaves to flags filled in.
+    values = {k: v for k, v in out.items() if k != "options"}
+    checked = _build(WorkerConfig, _WORKER_PATHS, {**_WORKER_PLACEHOLDERS, **values}, "worker")
+    # Stored normalised (tuples, ``tcp://…:*``) as WorkerConfig holds them.
+    out.update({k: getattr(checked, k) for k in values})
     return out
 
 
@@ -613,12 +513,13 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
                 key, f"unknown {what}; expected one of the tables {', '.join(TABLES)}"
             )
     out: dict[str, Any] = {"source": source}
-    gw_fields: dict[str, tuple[str, Any]] = {}
+    gw: dict[str, Any] = {}
+    paths: dict[str, str] = {}
     if "gateway" in data:
-        _gateway_table(data["gateway"], out, gw_fields)
+        _gateway_table(data["gateway"], out, gw, paths)
     if "retry" in data:
-        _retry_table(data["retry"], gw_fields)
-    out["gateway"] = _dataclass(GatewayConfig, "gateway", gw_fields)
+        _retry_table(data["retry"], gw, paths)
+    out["gateway"] = _build(GatewayConfig, paths, gw, "gateway")
     if "regions" in data:
         out["regions"] = _regions_table(data["regions"])
     if "policy" in data:
@@ -638,7 +539,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
                 f"({health.liveness_timeout:g}s) or the gateway declares the worker dead "
                 f"between heartbeats, got {beat!r}",
             )
-    return FedgateConfig(**out)
+    return _build(FedgateConfig, _OWN_PATHS, out, "gateway")
 
 
 def loads_config(
@@ -847,11 +748,9 @@ def worker_config(cfg: FedgateConfig, **overrides: Any) -> WorkerConfig:
             raise ConfigError(
                 f"worker.{key}", "missing; set it in [worker] or with its flag", source=cfg.source
             )
-    options = values.pop("options", {})
-    given = {k: (f"worker.{k}", v) for k, v in values.items()}
-    given["backend_options"] = ("worker.options", options)
+    values["backend_options"] = values.pop("options", {})
     try:
-        return _dataclass(WorkerConfig, "worker", given)
+        return _build(WorkerConfig, _WORKER_PATHS, values, "worker")
     except ConfigError as exc:
         raise exc.with_source(cfg.source) from None
 

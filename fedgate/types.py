@@ -9,12 +9,27 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import ClassVar, NewType
+from typing import Annotated, ClassVar, NewType
 
 import msgspec
 
-from fedgate.clock import to_seconds
+from fedgate.validation import (
+    CAPABILITY_PATTERN,
+    IDENT,
+    Cost,
+    Deadline,
+    Ident,
+    Instance,
+    Latency,
+    Number,
+    Parsed,
+    Payload,
+    RequestIdent,
+    Switch,
+    Text,
+    count,
+    validate,
+)
 
 __all__ = [
     "Capability",
@@ -32,7 +47,7 @@ ModelId = NewType("ModelId", str)
 NodeId = NewType("NodeId", str)
 RegionId = NewType("RegionId", str)
 
-_CAPABILITY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+_CAPABILITY_NAME = re.compile(CAPABILITY_PATTERN)
 
 
 class Capability(str):
@@ -117,13 +132,10 @@ class PrivacyLevel(enum.IntEnum):
         raise TypeError(f"privacy level: expected a PrivacyLevel or name, got {value!r}")
 
 
-def _optional_positive(value: float | timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    seconds = to_seconds(value, name)
-    if not (seconds > 0 and seconds != float("inf")):
-        raise ValueError(f"{name}: expected a finite duration > 0 seconds, got {value!r}")
-    return seconds
+_Privacy = Annotated[
+    PrivacyLevel,
+    Parsed(PrivacyLevel.parse, what="a privacy level (PUBLIC, INTERNAL, CONFIDENTIAL, RESTRICTED)"),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,28 +156,14 @@ class QoSRequirements:
         0 prefers the cheapest node, 100 the fastest; in between blends them.
     """
 
-    max_latency: float | None = None
-    min_throughput: float | None = None
-    privacy: PrivacyLevel = PrivacyLevel.INTERNAL
-    prefer_gpu: bool = True
-    cost_tolerance: int = 50
+    max_latency: Latency | None = None
+    min_throughput: Annotated[float, Number(ge=0.0, le=1e9)] | None = None
+    privacy: _Privacy = PrivacyLevel.INTERNAL
+    prefer_gpu: Switch = True
+    cost_tolerance: Annotated[int, count(0, 100)] = 50
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_latency", _optional_positive(self.max_latency, "max_latency"))
-        if self.min_throughput is not None:
-            mt = self.min_throughput
-            if (
-                isinstance(mt, bool)
-                or not isinstance(mt, (int, float))
-                or not (0 <= mt < float("inf"))
-            ):
-                raise ValueError(f"min_throughput: expected a finite number >= 0, got {mt!r}")
-        object.__setattr__(self, "privacy", PrivacyLevel.parse(self.privacy))
-        if not isinstance(self.prefer_gpu, bool):
-            raise TypeError(f"prefer_gpu: expected a bool, got {self.prefer_gpu!r}")
-        ct = self.cost_tolerance
-        if isinstance(ct, bool) or not isinstance(ct, int) or not 0 <= ct <= 100:
-            raise ValueError(f"cost_tolerance: expected an int in 0..100, got {ct!r}")
+        validate(self)
 
 
 _DEFAULT_QOS = QoSRequirements()
@@ -197,32 +195,20 @@ class InferenceRequest:
         Key for consistent hashing (defaults to the tenant).
     """
 
-    capability: Capability
-    input: bytes
+    capability: Annotated[Capability, Parsed(Capability.parse, what="a capability name")]
+    input: Annotated[bytes, Payload()]
     # One shared default: it is frozen, and the router recognises it by identity.
-    qos: QoSRequirements = _DEFAULT_QOS
-    request_id: str = ""
-    tenant_id: str | None = None
-    model: ModelId | None = None
-    deadline: float | None = None
-    origin: RegionId | None = None
-    affinity_key: str | None = None
+    qos: Annotated[QoSRequirements, Instance(QoSRequirements)] = _DEFAULT_QOS
+    request_id: RequestIdent = ""
+    tenant_id: Ident | None = None
+    model: Annotated[ModelId, IDENT] | None = None
+    # What the wire's Request.deadline accepts: the gateway never builds a frame it rejects.
+    deadline: Deadline | None = None
+    origin: Annotated[RegionId, IDENT] | None = None
+    affinity_key: Annotated[str, Text(blank=True, what="a non-empty string")] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "capability", Capability.parse(self.capability))
-        if isinstance(self.input, (bytearray, memoryview)):
-            object.__setattr__(self, "input", bytes(self.input))
-        if not isinstance(self.input, bytes):
-            raise TypeError(f"input: expected bytes, got {type(self.input).__name__}")
-        if not isinstance(self.qos, QoSRequirements):
-            raise TypeError(f"qos: expected QoSRequirements, got {self.qos!r}")
-        if not isinstance(self.request_id, str) or not self.request_id:
-            raise ValueError(f"request_id: expected a non-empty str, got {self.request_id!r}")
-        for name in ("tenant_id", "model", "origin", "affinity_key"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"{name}: expected a non-empty str or None, got {value!r}")
-        object.__setattr__(self, "deadline", _optional_positive(self.deadline, "deadline"))
+        validate(self)
 
 
 class InferenceResponse(msgspec.Struct, frozen=True, gc=False):
@@ -252,18 +238,10 @@ class Region:
     region not configured has clearance INTERNAL.
     """
 
-    id: RegionId
-    clearance: PrivacyLevel = PrivacyLevel.INTERNAL
-    zone: str | None = None
-    cost: float | None = None
+    id: Annotated[RegionId, IDENT]
+    clearance: _Privacy = PrivacyLevel.INTERNAL
+    zone: Annotated[str, Text(what="a non-empty string")] | None = None
+    cost: Cost | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"region id: expected a non-empty str, got {self.id!r}")
-        object.__setattr__(self, "clearance", PrivacyLevel.parse(self.clearance))
-        if self.cost is not None:
-            c = self.cost
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf"):
-                raise ValueError(
-                    f"region {self.id!r} cost: expected a finite number >= 0, got {c!r}"
-                )
+        validate(self)

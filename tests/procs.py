@@ -1,6 +1,6 @@
 """Real worker processes for the process-level tests and the benchmarks.
 
-A :class:`Fleet` starts ``python -m fedgate.worker …`` subprocesses against
+A :class:`Fleet` starts ``python -m fedgate worker …`` subprocesses against
 one gateway endpoint, sends them signals, restarts them with the same flags,
 and — whatever happens in the test — kills every process it started when it
 closes (``with Fleet(...) as fleet:``). A frozen (SIGSTOPped) process is
@@ -23,13 +23,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Fleet", "Proc", "free_port"]
+__all__ = ["Fleet", "Proc", "free_port", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+async def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, *, every: float = 0.002
+) -> float:
+    """Poll ``predicate`` until it is true; the seconds it took.
+
+    The bounded wait of every event a test synchronises on (a stats counter
+    reaching a value, a worker registered or lost): ``TimeoutError`` naming
+    ``what`` after ``timeout`` seconds, never a fixed sleep.
+    """
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"expected {what} within {timeout}s")
+        await asyncio.sleep(every)
+    return time.monotonic() - start
 
 
 class _GatewayView(Protocol):
@@ -38,8 +56,10 @@ class _GatewayView(Protocol):
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    # The child imports this checkout's fedgate whatever the current directory is.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    # The child imports this checkout's fedgate whatever the current directory is,
+    # and ``--backend python --callable pybackend_fixture:…`` the tests' own callables.
+    paths = (str(REPO), str(TESTS), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -157,7 +177,7 @@ class Fleet:
         capability: str | None = None,
         gateways: Sequence[str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``python -m fedgate.worker`` for ``node`` with extra ``flags``.
+        """Start ``python -m fedgate worker`` for ``node`` with extra ``flags``.
 
         ``--heartbeat-interval``, ``--model`` and ``--capability`` are added
         unless given in ``flags``; ``--drain-timeout`` defaults to 1 s.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -71,6 +72,27 @@ def keywords(data: bytes, *, request_id: str, tenant: str | None, model: str | N
 
 def everything(data: bytes, **kwargs: Any) -> str:
     return ",".join(sorted(kwargs))
+
+
+async def pid_tagged(data: bytes, resume_from: int = 0) -> AsyncIterator[list[str]]:
+    """``TOTAL RATE`` in the input: token ``i`` is ``"PID:i "``, due at ``i / RATE`` seconds.
+
+    The tag names the process that produced a token, so a caller can tell an
+    abandoned attempt's tokens from its retry's. Tokens are due by the clock,
+    like the synthetic backend's: a process thawed after a SIGSTOP sends every
+    overdue token at once, in one frame.
+    """
+    total, rate = (float(x) for x in data.split())
+    tag = os.getpid()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    produced = resume_from
+    while produced < total:
+        due = min(int(total), resume_from + int((loop.time() - start) * rate) + 1)
+        if due > produced:
+            yield [f"{tag}:{i} " for i in range(produced, due)]
+            produced = due
+        await asyncio.sleep(1.0 / rate)
 
 
 NOT_CALLABLE = 42

@@ -1,7 +1,7 @@
 """The worker: against a bare ROUTER playing the gateway, in-process and as a real process.
 
 In-process tests (unmarked) run a :class:`Worker` on this test's event loop over
-TCP loopback. Process tests (``-m process``) start ``python -m fedgate.worker``;
+TCP loopback. Process tests (``-m process``) start ``python -m fedgate worker``;
 chaos tests (``-m chaos``) freeze it with signals or block its loop.
 """
 
@@ -261,8 +261,17 @@ async def test_worker_reconnects_after_a_gateway_restart(ctx: zmq.asyncio.Contex
     async with Worker(config(endpoint), backend=SyntheticBackend(tokens=2)) as worker:
         await welcomed(first, worker)
         await first.expect(Heartbeat)
-        first.close()  # the gateway dies …
-        await asyncio.sleep(0.2)
+        # The gateway dies: its listening socket closed (the monitor says when, so
+        # that the port is free for the next one), then the whole socket.
+        monitor = first.sock.get_monitor_socket(zmq.EVENT_CLOSED)
+        try:
+            first.sock.unbind(endpoint)
+            event = parse_monitor_message(await asyncio.wait_for(monitor.recv_multipart(), 5.0))
+            assert event["event"] == zmq.EVENT_CLOSED
+        finally:
+            first.sock.disable_monitor()
+            monitor.close(linger=0)
+        first.close()
         second = FakeGateway(ctx, endpoint)  # … and a new one starts on the same port
         try:
             ident, beat = await second.expect(Heartbeat)  # the DEALER reconnected by itself

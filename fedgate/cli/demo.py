@@ -27,6 +27,15 @@ with ``--no-tui``, progress lines and a summary are printed. Exit status 0
 when every invariant held (no sovereignty violation, no bad or lost token, no
 silently truncated answer, no lost request), 1 otherwise, 130 when
 interrupted, 2 for a bad flag.
+
+::
+
+    main() ──► _Demo.run()
+      ├─ _start(): gateway + TelemetryServer, Workers      _demo_workers.py
+      │            for FEDERATION, REGIONS and the Plan     _demo_federation.py
+      ├─ _scenario(): _traffic() ∥ _chaos() (kill, restart) ∥ _watch() [∥ dashboard];
+      │               every answer and dispatch checked into DemoResult
+      └─ stop everything, _collect(), render_summary()     _demo_report.py
 """
 
 from __future__ import annotations
@@ -37,21 +46,34 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedgate.cli._demo_federation import (
+    EU_REGION,
+    FAILURE_THRESHOLD,
+    FEDERATION,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_LIVENESS,
+    MIX,
+    ORIGIN,
+    REGIONS,
+    REQUEST_TIMEOUT,
+    RETRY_BUDGET_MIN,
+    TENANTS,
+    VICTIM,
+    NodeSpec,
+    Plan,
+)
+from fedgate.cli._demo_report import DemoResult, render_summary
+from fedgate.cli._demo_workers import Workers, free_port
 from fedgate.federation.breaker import BreakerConfig, BreakerTransition
 from fedgate.federation.health import HealthConfig
 from fedgate.types import (
@@ -59,14 +81,11 @@ from fedgate.types import (
     InferenceRequest,
     PrivacyLevel,
     QoSRequirements,
-    Region,
     RegionId,
 )
 from fedgate.worker.backends.synthetic import synthetic_output, synthetic_token
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from fedgate.gateway import Gateway
 
 __all__ = [
@@ -83,354 +102,6 @@ __all__ = [
 log = logging.getLogger("fedgate.demo")
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One worker of the demo federation and its simulated speed."""
-
-    node: str
-    region: str
-    gpu: bool
-    models: tuple[str, ...]
-    capabilities: tuple[str, ...]
-    cost: float
-    ttft: float
-    token_rate: float
-
-    def argv(self, endpoint: str, heartbeat: float) -> list[str]:
-        """The ``fedgate worker`` flags that run this node against ``endpoint``."""
-        args = ["--gateway", endpoint, "--node", self.node, "--region", self.region]
-        for model in self.models:
-            args += ["--model", model]
-        for cap in self.capabilities:
-            args += ["--capability", cap]
-        args += [
-            "--gpu" if self.gpu else "--cpu",
-            "--cost", f"{self.cost:g}",
-            "--backend", "synthetic",
-            "--ttft", f"{self.ttft:g}",
-            "--token-rate", f"{self.token_rate:g}",
-            "--heartbeat-interval", f"{heartbeat:g}",
-            "--drain-timeout", "0.5",
-        ]  # fmt: skip
-        return args
-
-
-FEDERATION: tuple[NodeSpec, ...] = (
-    NodeSpec("us-west-gpu-01", "us-west-2", True, ("whisper-large-v3", "llama-3-8b"),
-             ("transcribe", "generate"), 1.0, 0.03, 150.0),
-    NodeSpec("eu-west-gpu-01", "eu-west-1", True, ("whisper-large-v3", "llama-3-8b"),
-             ("transcribe", "generate"), 1.2, 0.04, 120.0),
-    NodeSpec("ap-south-cpu-01", "ap-south-1", False, ("llama-3-8b",),
-             ("generate",), 0.25, 0.12, 40.0),
-)  # fmt: skip
-"""The case study's three nodes (cost per 1k tokens, ttft in s, tokens/s)."""
-
-REGIONS: tuple[Region, ...] = (
-    Region(RegionId("us-west-2"), PrivacyLevel.INTERNAL, zone="us-west-2a"),
-    Region(RegionId("eu-west-1"), PrivacyLevel.RESTRICTED, zone="eu-west-1a"),
-    Region(RegionId("ap-south-1"), PrivacyLevel.INTERNAL, zone="ap-south-1a"),
-)
-"""Region clearances: only eu-west-1 may receive RESTRICTED data."""
-
-ORIGIN = RegionId("us-west-2")
-VICTIM = "us-west-gpu-01"
-EU_REGION = "eu-west-1"
-HEARTBEAT_INTERVAL = 0.2
-HEARTBEAT_LIVENESS = 4
-FAILURE_THRESHOLD = 3
-REQUEST_TIMEOUT = 10.0
-RETRY_BUDGET_MIN = 10
-# The request mix: (kind, share).
-MIX = (("transcribe", 0.3), ("generate", 0.5), ("restricted", 0.2))
-TENANTS = {"transcribe": "acme-corp", "generate": "globex", "restricted": "eu-health"}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """When things happen, in seconds from the start of the traffic.
-
-    Relative to the duration, so a short demo still shows the whole story:
-    the kill at 30 %, the restart at 50 % (later if need be: not before the
-    death is noticed and the breaker has half-opened), and an open timeout
-    (15 %, at least 0.5 s) that ends before the restart, so the restarted
-    node is probed as soon as it registers.
-    """
-
-    duration: float
-    kill_at: float
-    restart_at: float
-    open_timeout: float
-
-    @classmethod
-    def for_duration(cls, duration: float) -> Plan:
-        kill_at = 0.30 * duration
-        open_timeout = min(30.0, max(0.5, 0.15 * duration))
-        detect = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
-        return cls(
-            duration=duration,
-            kill_at=kill_at,
-            restart_at=max(0.50 * duration, kill_at + detect + open_timeout),
-            open_timeout=open_timeout,
-        )
-
-
-# ------------------------------------------------------------------ results
-
-
-@dataclass
-class DemoResult:
-    """Everything the summary shows; the invariants are checked on it."""
-
-    duration: float = 0.0
-    rate: float = 0.0
-    seed: int = 0
-    sent: int = 0
-    shed: int = 0
-    ok: int = 0
-    failed: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    error_samples: list[str] = field(default_factory=list)
-    by_kind: Counter[str] = field(default_factory=Counter)
-    tokens_verified: int = 0
-    token_mismatches: list[str] = field(default_factory=list)
-    truncations: list[str] = field(default_factory=list)
-    lost: int = 0
-    restricted_requests: int = 0
-    restricted_dispatches: int = 0
-    sovereignty_violations: list[str] = field(default_factory=list)
-    routes_unchecked: int = 0
-    failovers: int = 0
-    resumes: int = 0
-    retries: int = 0
-    breaker_trips: int = 0
-    latency: tuple[float, float, float] = (math.nan, math.nan, math.nan)
-    ttft: tuple[float, float, float] = (math.nan, math.nan, math.nan)
-    nodes: list[dict[str, Any]] = field(default_factory=list)
-    transitions: list[tuple[float, str, str, str]] = field(default_factory=list)
-    events: list[tuple[float, str]] = field(default_factory=list)
-    killed_inflight: int | None = None
-    failure_threshold: int = FAILURE_THRESHOLD
-    open_timeout: float = 0.0
-    interrupted: bool = False
-    stopped_early: bool = False
-    planned: float = 0.0
-    log_dir: str | None = None
-
-    def violations(self) -> list[str]:
-        """The invariants that did not hold, in words (empty: all held)."""
-        out = []
-        if self.sovereignty_violations:
-            out.append(f"{len(self.sovereignty_violations)} sovereignty violation(s)")
-        if self.routes_unchecked:
-            out.append(f"{self.routes_unchecked} RESTRICTED dispatch(es) could not be checked")
-        if self.token_mismatches:
-            out.append(f"{len(self.token_mismatches)} wrong, duplicated or reordered token(s)")
-        if self.truncations:
-            out.append(f"{len(self.truncations)} silently truncated answer(s)")
-        if self.lost:
-            out.append(f"{self.lost} lost request(s)")
-        if self.sent and not self.ok:
-            out.append("no request succeeded")
-        return out
-
-
-# ------------------------------------------------------------------ summary
-
-
-def _ms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "-"
-    return f"{seconds * 1000:.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
-
-
-def render_summary(result: DemoResult, console: Console) -> None:
-    """Print the end-of-demo summary: per node, breaker transitions, totals, verdict."""
-    from rich import box
-    from rich.table import Table
-
-    r = result
-    title = f"fedgate demo: {r.duration:.1f} s of traffic at {r.rate:g} req/s (seed {r.seed})"
-    if r.interrupted:
-        title += f" - interrupted (planned {r.planned:g} s)"
-    elif r.stopped_early:
-        title += f" - stopped early (planned {r.planned:g} s)"
-    console.print()
-    console.print(title, style="bold")
-    nodes = Table(box=box.SIMPLE, title="requests per node", title_justify="left", pad_edge=False)
-    for col, justify in (("node", "left"), ("region", "left"), ("clearance", "left"),
-                         ("kind", "left"), ("dispatched", "right"), ("ok", "right"),
-                         ("failed", "right"), ("tokens", "right"), ("pids", "left")):  # fmt: skip
-        nodes.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for n in r.nodes:
-        nodes.add_row(n["node"], n["region"], n["clearance"], n["kind"], str(n["requests"]),
-                      str(n["successes"]), str(n["failures"]), str(n["tokens"]),
-                      ",".join(str(p) for p in n["pids"]))  # fmt: skip
-    console.print(nodes)
-
-    console.print("breaker transitions", style="bold")
-    if r.transitions:
-        for at, node, old, new in r.transitions:
-            console.print(f"  {at:+7.2f}s  {node:<16} {old} -> {new}", highlight=False)
-    else:
-        console.print("  none", highlight=False)
-    timeline = [(at, text) for at, text in r.events if not text.startswith("breaker ")]
-    if timeline:
-        console.print("timeline", style="bold")
-        for at, text in timeline:
-            console.print(f"  {at:+7.2f}s  {text}", highlight=False)
-    console.print()
-    totals = Table(box=None, show_header=False, pad_edge=False)
-    totals.add_column("what", style="bold")
-    totals.add_column("value")
-    errors = ", ".join(f"{k} {v}" for k, v in r.errors.most_common()) or "none"
-    kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.by_kind.items()))
-    shed = f"; {r.shed} not sent: the gateway fell behind" if r.shed else ""
-    totals.add_row("requests", f"{r.sent} ({kinds}{shed})")
-    totals.add_row("succeeded", str(r.ok))
-    totals.add_row("failed", f"{r.failed} (explicit errors: {errors})")
-    totals.add_row("lost", f"{r.lost} (every request completed or ended with an explicit error)"
-                   if not r.lost else str(r.lost))  # fmt: skip
-    totals.add_row("failovers", str(r.failovers))
-    totals.add_row("resumes", f"{r.resumes} (streams continued on another node mid-generation)")
-    totals.add_row(
-        "retries", f"{r.retries} (budget: 20 % of active requests, at least {RETRY_BUDGET_MIN})"
-    )
-    trips = (
-        f"{r.breaker_trips} (in this demo a breaker opens after {r.failure_threshold} "
-        f"consecutive failures, default 5, for {r.open_timeout:g}s)"
-    )
-    if not r.breaker_trips and r.killed_inflight is not None:
-        trips += (
-            f"; {VICTIM} had only {r.killed_inflight} request(s) in flight when killed: "
-            "raise --rate to see it trip"
-        )
-    totals.add_row("breaker trips", trips)
-    lat = r.latency
-    totals.add_row("latency", f"p50 {_ms(lat[0])}  p95 {_ms(lat[1])}  p99 {_ms(lat[2])}")
-    tt = r.ttft
-    totals.add_row("time to first token", f"p50 {_ms(tt[0])}  p95 {_ms(tt[1])}  p99 {_ms(tt[2])}")
-    totals.add_row(
-        "tokens verified",
-        f"{r.tokens_verified} ({len(r.token_mismatches)} wrong, duplicated or reordered; "
-        f"{len(r.truncations)} truncated)",
-    )
-    totals.add_row(
-        "sovereignty violations",
-        f"{len(r.sovereignty_violations)} ({r.restricted_requests} RESTRICTED requests, "
-        f"{r.restricted_dispatches} dispatches, all checked to be in {EU_REGION})"
-        if not r.sovereignty_violations and not r.routes_unchecked
-        else f"{len(r.sovereignty_violations)} ({r.routes_unchecked} dispatches unchecked)",
-    )
-    console.print(totals)
-    problems = (
-        ("sovereignty violation", r.sovereignty_violations),
-        ("token error", r.token_mismatches),
-        ("truncation", r.truncations),
-    )
-    for label, items in problems:
-        for item in items[:5]:
-            console.print(f"  {label}: {item}", style="red", highlight=False)
-    for item in r.error_samples:
-        console.print(f"  failed request: {item}", style="yellow", highlight=False)
-    bad = r.violations()
-    if bad:
-        console.print(f"RESULT: FAIL - {'; '.join(bad)}", style="bold red", highlight=False)
-    else:
-        console.print("RESULT: PASS - every invariant held", style="bold green", highlight=False)
-    if r.log_dir:
-        console.print(f"worker and gateway logs: {r.log_dir}", highlight=False)
-
-
-# ------------------------------------------------------------------ processes
-
-# Linux: the worker dies with the demo even if the demo is SIGKILLed
-# (PR_SET_PDEATHSIG survives exec), then becomes `python -m fedgate.worker`
-# under the same pid, so the pid the gateway reports is the one we signal.
-_LAUNCH = """\
-import os, signal, sys
-try:
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-except Exception:
-    pass
-if os.getppid() != int(sys.argv[1]):
-    os._exit(1)
-os.execv(sys.executable, [sys.executable, "-m", "fedgate", "worker", *sys.argv[2:]])
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Workers:
-    """The demo's worker processes: start, SIGKILL, restart, and always clean up."""
-
-    def __init__(self, endpoint: str, log_dir: Path) -> None:
-        self.endpoint = endpoint
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.pids: dict[str, list[int]] = {}
-        self._all: list[subprocess.Popen[bytes]] = []
-        self._env = dict(os.environ)
-        # The children import this very fedgate, installed or not.
-        root = str(Path(__file__).resolve().parents[2])
-        self._env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (root, self._env.get("PYTHONPATH")) if p
-        )
-        self._env.setdefault("PYTHONUNBUFFERED", "1")
-
-    def start(self, spec: NodeSpec) -> subprocess.Popen[bytes]:
-        args = spec.argv(self.endpoint, HEARTBEAT_INTERVAL)
-        if sys.platform.startswith("linux"):
-            argv = [sys.executable, "-c", _LAUNCH, str(os.getpid()), *args]
-        else:
-            argv = [sys.executable, "-m", "fedgate", "worker", *args]
-        with (self.log_dir / f"{spec.node}.log").open("ab") as logf:
-            logf.write(
-                f"--- {time.strftime('%H:%M:%S')} fedgate worker {' '.join(args)}\n".encode()
-            )
-            logf.flush()
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=self._env
-            )
-        self.procs[spec.node] = proc
-        self.pids.setdefault(spec.node, []).append(proc.pid)
-        self._all.append(proc)
-        return proc
-
-    def kill(self, node: str) -> int:
-        proc = self.procs[node]
-        proc.send_signal(signal.SIGKILL)
-        return proc.pid
-
-    def exited(self) -> list[tuple[str, int]]:
-        return [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
-
-    def log_tail(self, node: str, lines: int = 15) -> str:
-        path = self.log_dir / f"{node}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def close(self) -> None:
-        """SIGTERM (drain) every worker still running, SIGKILL what is left after 2 s, reap all."""
-        running = [p for p in self._all if p.poll() is None]
-        for p in running:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 2.0
-        for p in running:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for p in self._all:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(2.0)
 
 
 # ------------------------------------------------------------------ the demo
@@ -451,7 +122,7 @@ class _Demo:
         self.stop = asyncio.Event()
         self.t0: float | None = None
         self.gateway: Gateway | None = None
-        self.workers: _Workers | None = None
+        self.workers: Workers | None = None
         self.telemetry: Any = None
         self.app: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -553,7 +224,7 @@ class _Demo:
             f"({', '.join(s.node for s in FEDERATION)})"
         )
         for attempt in range(3):
-            endpoint = f"tcp://127.0.0.1:{_free_port()}"
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
             cfg = FedgateConfig(
                 binds=(endpoint,),
                 telemetry="tcp://127.0.0.1:*",
@@ -583,7 +254,7 @@ class _Demo:
             gateway.breaker.subscribe(self._transitions.append)
             # Workers first: they start while the gateway compiles its kernels, and
             # keep announcing themselves until it answers.
-            self.workers = _Workers(endpoint, log_dir)
+            self.workers = Workers(endpoint, log_dir)
             for spec in FEDERATION:
                 self.workers.start(spec)
             self.say("compiling the routing kernels and starting the workers (a few seconds)...")
@@ -785,7 +456,7 @@ class _Demo:
             return
         r.ok += 1
 
-    async def _chaos(self, workers: _Workers) -> None:
+    async def _chaos(self, workers: Workers) -> None:
         plan = self.plan
         assert self.gateway is not None
         await self._until(plan.kill_at)
@@ -816,7 +487,7 @@ class _Demo:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _watch(self, workers: _Workers) -> None:
+    async def _watch(self, workers: Workers) -> None:
         """Turn state changes into events; print progress lines without the dashboard."""
         gw = self.gateway
         assert gw is not None

@@ -35,6 +35,8 @@ from fedgate.config import (
     reload_gateway,
     to_toml,
 )
+from fedgate.federation.breaker import BreakerConfig
+from fedgate.federation.health import HealthConfig
 from fedgate.federation.policy import (
     CostPolicy,
     GpuPolicy,
@@ -43,9 +45,11 @@ from fedgate.federation.policy import (
     LocalityPolicy,
     PrivacyPolicy,
 )
+from fedgate.gateway import GatewayConfig
 from fedgate.gateway.ingress import Ingress
 from fedgate.telemetry import DEFAULT_ENDPOINT
 from fedgate.types import PrivacyLevel
+from fedgate.validation import argument_type
 
 if TYPE_CHECKING:
     pass
@@ -121,17 +125,10 @@ class _Formatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-def _parsed(kind: type, what: str) -> Any:
-    # Only the syntax here: ranges are the configuration's checks, so a flag and
-    # a file key get the same message.
-    def convert(text: str) -> Any:
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-    convert.__name__ = what
-    return convert
+def _syntax(cls: type, field: str) -> Any:
+    # Only the syntax here (an integer, seconds): ranges are checked where the
+    # file's keys are, with the same declarations, so a flag and a key get one message.
+    return argument_type(cls, field, check=False)
 
 
 def _region(text: str) -> tuple[str, str]:
@@ -212,7 +209,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--prometheus-port",
-        type=_parsed(int, "a port number"),
+        type=_syntax(FedgateConfig, "prometheus_port"),
         metavar="PORT",
         help="also serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: a free port)",
     )
@@ -248,43 +245,43 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     retry = parser.add_argument_group("retries, health and breakers")
     retry.add_argument(
         "--max-retries",
-        type=_parsed(int, "an integer"),
+        type=_syntax(GatewayConfig, "max_retries"),
         metavar="N",
         help="further attempts on other nodes after a node fails (default 3)",
     )
     retry.add_argument(
         "--retry-delay",
-        type=_parsed(float, "seconds"),
+        type=_syntax(GatewayConfig, "retry_delay"),
         metavar="SECONDS",
         help="base backoff between attempts, doubled each retry, with jitter (default 0.1)",
     )
     retry.add_argument(
         "--request-timeout",
-        type=_parsed(float, "seconds"),
+        type=_syntax(GatewayConfig, "request_timeout"),
         metavar="SECONDS",
         help="deadline of a request that sets none (default 30)",
     )
     retry.add_argument(
         "--heartbeat-interval",
-        type=_parsed(float, "seconds"),
+        type=_syntax(HealthConfig, "heartbeat_interval"),
         metavar="SECONDS",
         help="the workers' heartbeat interval; match the workers' --heartbeat-interval (default 1)",
     )
     retry.add_argument(
         "--heartbeat-liveness",
-        type=_parsed(int, "an integer"),
+        type=_syntax(HealthConfig, "heartbeat_liveness"),
         metavar="N",
         help="missed heartbeats before a node is declared dead (default 3)",
     )
     retry.add_argument(
         "--failure-threshold",
-        type=_parsed(int, "an integer"),
+        type=_syntax(BreakerConfig, "failure_threshold"),
         metavar="N",
         help="consecutive node failures that open its circuit breaker (default 5)",
     )
     retry.add_argument(
         "--open-timeout",
-        type=_parsed(float, "seconds"),
+        type=_syntax(BreakerConfig, "open_timeout"),
         metavar="SECONDS",
         help="how long an open breaker rejects before probing the node (default 30)",
     )

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from fedgate.validation import InvalidParameterError, argument_type
 from fedgate.worker.backends import backend_names, create_backend
 from fedgate.worker.backends import openai as openai_backend
 from fedgate.worker.backends import python as python_backend
@@ -34,7 +35,8 @@ _BACKEND_MODULES: dict[str, ModuleType] = {
     "python": python_backend,
 }
 
-# WorkerConfig names fields; the user typed flags.
+# WorkerConfig names fields; the user typed flags. The numeric flags are parsed
+# and checked by argparse with WorkerConfig's own declarations (argument_type).
 _FIELD_FLAGS = {
     "gateways": "--gateway",
     "node": "--node",
@@ -46,7 +48,6 @@ _FIELD_FLAGS = {
     "max_concurrency": "--max-concurrency",
     "heartbeat_interval": "--heartbeat-interval",
     "drain_timeout": "--drain-timeout",
-    "capability": "--capability",
 }
 
 _EXAMPLES = """\
@@ -76,32 +77,6 @@ signals: SIGTERM or SIGINT drains (Disconnect, finish in-flight requests up to
 stops at once. Exit status 3: a gateway refused the registration (node id
 already live with another worker).
 """
-
-
-def _number(
-    flag: str,
-    *,
-    integer: bool = False,
-    low: float = 0.0,
-    low_open: bool = False,
-    high: float = float("inf"),
-) -> Any:
-    def convert(text: str) -> float | int:
-        try:
-            value: float | int = int(text) if integer else float(text)
-        except ValueError:
-            what = "an integer" if integer else "a number"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        ok = (value > low if low_open else value >= low) and value <= high
-        if not ok or value != value:
-            bracket = "(" if low_open else "["
-            raise argparse.ArgumentTypeError(
-                f"expected a value in {bracket}{low:g}, {high:g}], got {text!r}"
-            )
-        return value
-
-    convert.__name__ = flag  # argparse names the converter in some messages
-    return convert
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -174,7 +149,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--cost",
-        type=_number("cost", high=1e12),
+        type=argument_type(WorkerConfig, "cost"),
         default=1.0,
         metavar="COST",
         help="cost per 1k tokens or per request, for the cost policy "
@@ -182,14 +157,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--max-concurrency",
-        type=_number("max-concurrency", integer=True, low=1, high=1_000_000),
+        type=argument_type(WorkerConfig, "max_concurrency"),
         default=64,
         metavar="N",
         help="requests served at once; more are refused as 'overloaded' (default 64)",
     )
     node.add_argument(
         "--heartbeat-interval",
-        type=_number("heartbeat-interval", low_open=True, high=3600.0),
+        type=argument_type(WorkerConfig, "heartbeat_interval"),
         default=1.0,
         metavar="SECONDS",
         help="seconds between heartbeats; the gateway declares the node dead "
@@ -197,7 +172,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--drain-timeout",
-        type=_number("drain-timeout", high=86400.0),
+        type=argument_type(WorkerConfig, "drain_timeout"),
         default=5.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish (default 5)",
@@ -219,7 +194,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _flag_message(message: str, flags: dict[str, str]) -> str:
-    """``"cost: expected …"`` → ``"argument --cost: expected …"`` when the field is a flag."""
+    """A backend's ``"tokens: expected …"`` → ``"argument --tokens: expected …"``."""
     field, sep, rest = message.partition(":")
     words = field.split()
     if sep and words and words[0] in flags:
@@ -268,8 +243,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, Backend]:
             heartbeat_interval=args.heartbeat_interval,
             drain_timeout=args.drain_timeout,
         )
-    except ValueError as exc:
-        raise ValueError(_flag_message(str(exc), _FIELD_FLAGS)) from None
+    except InvalidParameterError as exc:
+        flag = _FIELD_FLAGS.get(exc.field)
+        raise ValueError(f"argument {flag}: {exc.reason}" if flag else str(exc)) from None
     try:
         backend = create_backend(name, **options)
     except ValueError as exc:

@@ -32,15 +32,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from fedgate.clock import Clock, to_seconds
+from fedgate.clock import Clock
 from fedgate.federation._listeners import add_listener
 from fedgate.types import NodeId
+from fedgate.validation import DAY, InvalidParameterError, count, seconds, validate
 
 __all__ = [
     "Admission",
@@ -58,7 +58,9 @@ _NO_TRANSITION = -1
 # The table's limits (counts live in bit fields of the 64-bit word).
 _MAX_FAILURES = 1023
 _MAX_COUNT = 63
-_MAX_DURATION = 68719476.735
+# The table counts whole milliseconds, so a shorter duration would round to 0;
+# it could hold (2^36 - 1) ms, but a breaker open for more than a day is a mistake.
+_Duration: TypeAlias = Annotated[float, seconds(ge=0.001, le=DAY)]
 
 
 class CircuitState(enum.Enum):
@@ -91,32 +93,11 @@ class Admission(enum.IntEnum):
 _ADMISSIONS = tuple(Admission)
 
 
-def _count(name: str, value: object, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"BreakerConfig.{name}: expected an int >= 1, got {value!r}")
-    if not 1 <= value <= upper:
-        raise ValueError(f"BreakerConfig.{name}: expected an int in [1, {upper}], got {value!r}")
-    return int(value)
-
-
-def _duration(name: str, value: object) -> float:
-    if not isinstance(value, (int, float, timedelta)) or isinstance(value, bool):
-        raise TypeError(
-            f"BreakerConfig.{name}: expected seconds as a number or timedelta, got {value!r}"
-        )
-    seconds = to_seconds(value, f"BreakerConfig.{name}")
-    # The table counts whole milliseconds, so a shorter duration would round to 0.
-    if not (math.isfinite(seconds) and 0.001 <= seconds <= _MAX_DURATION):
-        raise ValueError(
-            f"BreakerConfig.{name}: expected finite seconds in [0.001, {_MAX_DURATION}], "
-            f"got {value!r}"
-        )
-    return seconds
-
-
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """Breaker thresholds, validated on construction (durations in seconds).
+
+    Each field's bounds are declared by its annotation (:mod:`fedgate.validation`).
 
     Parameters
     ----------
@@ -134,38 +115,22 @@ class BreakerConfig:
         A probe unanswered this long counts as failed (no stuck HALF_OPEN).
     """
 
-    failure_threshold: int = 5
-    open_timeout: float = 30.0
-    max_open_timeout: float = 300.0
-    half_open_max_probes: int = 1
-    success_threshold: int = 1
-    probe_timeout: float = 10.0
+    failure_threshold: Annotated[int, count(1, _MAX_FAILURES)] = 5
+    open_timeout: _Duration = 30.0
+    max_open_timeout: _Duration = 300.0
+    half_open_max_probes: Annotated[int, count(1, _MAX_COUNT)] = 1
+    success_threshold: Annotated[int, count(1, _MAX_COUNT)] = 1
+    probe_timeout: _Duration = 10.0
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(
-            self,
-            "failure_threshold",
-            _count("failure_threshold", self.failure_threshold, _MAX_FAILURES),
-        )
-        set_(self, "open_timeout", _duration("open_timeout", self.open_timeout))
-        set_(self, "max_open_timeout", _duration("max_open_timeout", self.max_open_timeout))
-        set_(
-            self,
-            "half_open_max_probes",
-            _count("half_open_max_probes", self.half_open_max_probes, _MAX_COUNT),
-        )
-        set_(
-            self,
-            "success_threshold",
-            _count("success_threshold", self.success_threshold, _MAX_COUNT),
-        )
-        set_(self, "probe_timeout", _duration("probe_timeout", self.probe_timeout))
+        validate(self)
         if self.max_open_timeout < self.open_timeout:
-            raise ValueError(
-                "BreakerConfig.max_open_timeout: expected >= open_timeout "
-                f"({self.open_timeout!r}), "
-                f"got {self.max_open_timeout!r}"
+            raise InvalidParameterError(
+                "BreakerConfig",
+                "max_open_timeout",
+                self.max_open_timeout,
+                f"expected >= open_timeout ({self.open_timeout!r}), "
+                f"got {self.max_open_timeout!r}",
             )
 
 

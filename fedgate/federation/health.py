@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ import numpy.typing as npt
 from fedgate.clock import Clock, to_seconds
 from fedgate.federation._listeners import add_listener
 from fedgate.types import NodeId
+from fedgate.validation import HeartbeatInterval, Latency, Timeout, count, validate
 
 __all__ = [
     "HealthChecker",
@@ -71,29 +72,11 @@ _UNKNOWN, _HEALTHY, _DEGRADED, _UNHEALTHY = 0, 1, 2, 3
 _STATES = tuple(HealthState)
 
 
-def _positive_int(name: str, value: object, upper: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"HealthConfig.{name}: expected an int >= 1, got {value!r}")
-    if value < 1 or (upper is not None and value > upper):
-        bound = ">= 1" if upper is None else f"in [1, {upper}]"
-        raise ValueError(f"HealthConfig.{name}: expected an int {bound}, got {value!r}")
-    return int(value)
-
-
-def _positive_duration(name: str, value: object) -> float:
-    if not isinstance(value, (int, float, timedelta)) or isinstance(value, bool):
-        raise TypeError(
-            f"HealthConfig.{name}: expected seconds as a number or timedelta, got {value!r}"
-        )
-    seconds = to_seconds(value, f"HealthConfig.{name}")
-    if not (math.isfinite(seconds) and seconds > 0.0):
-        raise ValueError(f"HealthConfig.{name}: expected finite seconds > 0, got {value!r}")
-    return seconds
-
-
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
     """Health thresholds, validated on construction (durations in seconds).
+
+    Each field's bounds are declared by its annotation (:mod:`fedgate.validation`).
 
     Parameters
     ----------
@@ -118,38 +101,16 @@ class HealthConfig:
         health does, would never get to open and probe it.
     """
 
-    failure_threshold: int = 3
-    recovery_threshold: int = 2
-    degraded_latency: float = 1.0
-    window: int = 1024
-    heartbeat_interval: float = 1.0
-    heartbeat_liveness: int = 3
-    unhealthy_cooldown: float = 5.0
+    failure_threshold: Annotated[int, count(1, 1023)] = 3
+    recovery_threshold: Annotated[int, count(1, 1023)] = 2
+    degraded_latency: Latency = 1.0
+    window: Annotated[int, count(1, _MAX_WINDOW)] = 1024
+    heartbeat_interval: HeartbeatInterval = 1.0
+    heartbeat_liveness: Annotated[int, count(1, 100)] = 3
+    unhealthy_cooldown: Timeout = 5.0
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "failure_threshold", _positive_int("failure_threshold", self.failure_threshold))
-        set_(
-            self, "recovery_threshold", _positive_int("recovery_threshold", self.recovery_threshold)
-        )
-        set_(
-            self, "degraded_latency", _positive_duration("degraded_latency", self.degraded_latency)
-        )
-        set_(self, "window", _positive_int("window", self.window, _MAX_WINDOW))
-        set_(
-            self,
-            "heartbeat_interval",
-            _positive_duration("heartbeat_interval", self.heartbeat_interval),
-        )
-        set_(
-            self, "heartbeat_liveness", _positive_int("heartbeat_liveness", self.heartbeat_liveness)
-        )
-
-        set_(
-            self,
-            "unhealthy_cooldown",
-            _positive_duration("unhealthy_cooldown", self.unhealthy_cooldown),
-        )
+        validate(self)
 
     @property
     def liveness_timeout(self) -> float:

@@ -34,14 +34,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from fedgate.clock import to_seconds
 from fedgate.types import RegionId
+from fedgate.validation import DAY, IDENT, MAX_COST, MAX_WEIGHT, Number, seconds, validate
 
 __all__ = [
     "CompositePolicy",
@@ -64,25 +63,10 @@ _DEFAULT_LATENCY_SCALE = 0.25
 _DEFAULT_COST_SCALE = 1.0
 
 
-def _finite_nonneg(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}.{name}: expected a finite number >= 0, got {value!r}")
-    x = float(value)
-    if not (math.isfinite(x) and x >= 0.0):
-        raise ValueError(f"{owner}.{name}: expected a finite number >= 0, got {value!r}")
-    return x
-
-
-def _finite_positive(owner: str, name: str, value: object, duration: bool) -> float:
-    if duration and isinstance(value, timedelta):
-        x = to_seconds(value, f"{owner}.{name}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}.{name}: expected a finite number > 0, got {value!r}")
-    else:
-        x = float(value)
-    if not (math.isfinite(x) and x > 0.0):
-        raise ValueError(f"{owner}.{name}: expected a finite number > 0, got {value!r}")
-    return x
+# A weight, a latency scale (seconds, or a timedelta) and a cost scale.
+_Weight: TypeAlias = Annotated[float, Number(ge=0.0, le=MAX_WEIGHT)]
+_LatencyScale: TypeAlias = Annotated[float, seconds(gt=0.0, le=DAY)]
+_CostScale: TypeAlias = Annotated[float, Number(gt=0.0, le=MAX_COST)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +76,12 @@ class Policy:
     Parameters
     ----------
     weight : float
-        Finite and >= 0; NaN, infinities and negatives are rejected naming
-        the field.
+        In [0, 1e6] (weights are relative); NaN, infinities and negatives
+        are rejected naming the field. Every field's bounds are declared by
+        its annotation (:mod:`fedgate.validation`).
     """
 
-    weight: float = 1.0
+    weight: _Weight = 1.0
 
     name: ClassVar[str] = ""
     index: ClassVar[int] = -1
@@ -104,9 +89,7 @@ class Policy:
     def __post_init__(self) -> None:
         if type(self) is Policy:
             raise TypeError("Policy is abstract: use HealthPolicy, LatencyPolicy, …")
-        object.__setattr__(
-            self, "weight", _finite_nonneg(type(self).__name__, "weight", self.weight)
-        )
+        validate(self)
 
     def to_mapping(self) -> dict[str, Any]:
         """The policy's fields as plain values (for configuration files)."""
@@ -136,18 +119,10 @@ class LatencyPolicy(Policy):
         The latency (seconds) that scores 0.5; finite and > 0.
     """
 
-    latency_scale: float = 0.25  # keep equal to _DEFAULT_LATENCY_SCALE
+    latency_scale: _LatencyScale = 0.25  # keep equal to _DEFAULT_LATENCY_SCALE
 
     name: ClassVar[str] = "latency"
     index: ClassVar[int] = _W_LATENCY
-
-    def __post_init__(self) -> None:
-        Policy.__post_init__(self)
-        object.__setattr__(
-            self,
-            "latency_scale",
-            _finite_positive("LatencyPolicy", "latency_scale", self.latency_scale, duration=True),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,18 +146,10 @@ class LocalityPolicy(Policy):
         the router's ``origin`` setting applies when neither is given.
     """
 
-    origin: RegionId | None = None
+    origin: Annotated[RegionId, IDENT] | None = None
 
     name: ClassVar[str] = "locality"
     index: ClassVar[int] = _W_LOCALITY
-
-    def __post_init__(self) -> None:
-        Policy.__post_init__(self)
-        if self.origin is not None and (not isinstance(self.origin, str) or not self.origin):
-            raise ValueError(
-                "LocalityPolicy.origin: expected a non-empty region id or None, "
-                f"got {self.origin!r}"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,18 +164,10 @@ class CostPolicy(Policy):
         The price that scores 0.5 on cheapness; finite and > 0.
     """
 
-    cost_scale: float = 1.0  # keep equal to _DEFAULT_COST_SCALE
+    cost_scale: _CostScale = 1.0  # keep equal to _DEFAULT_COST_SCALE
 
     name: ClassVar[str] = "cost"
     index: ClassVar[int] = _W_COST
-
-    def __post_init__(self) -> None:
-        Policy.__post_init__(self)
-        object.__setattr__(
-            self,
-            "cost_scale",
-            _finite_positive("CostPolicy", "cost_scale", self.cost_scale, duration=False),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +348,8 @@ class CompositePolicy:
             try:
                 built.append(kind(**kwargs))
             except (TypeError, ValueError) as exc:
-                raise type(exc)(f"policies.{key}: {exc}") from None
+                wrapped = TypeError if isinstance(exc, TypeError) else ValueError
+                raise wrapped(f"policies.{key}: {exc}") from None
         composite = cls(built)
         composite.validate()
         return composite

@@ -1,40 +1,22 @@
 """Choose a node for each request: policy scoring plus load balancing.
 
-The router keeps the whole fleet as struct-of-arrays
-(:class:`fedgate.routing.scoring.NodeArrays`: health codes, latency percentiles,
-region ids, costs, GPU flags, in-flight counts, breaker states) and updates
-it incrementally:
-
-* catalog changes arrive as events and flip one node's bit in the
-  per-capability (and per-model) ``uint8`` masks;
-* health states and breaker states are gathered in bulk, and only when the
-  health checker's / breaker's version counter moved;
-* latency percentiles are refreshed for the nodes with new samples only, at
-  most every ``refresh_interval`` seconds;
-* the gateway reports node facts (:meth:`Router.update_node`), liveness
-  (:meth:`Router.set_alive`) and in-flight requests (:meth:`Router.acquire` /
-  :meth:`Router.release`).
+The router's copy of the fleet — struct-of-arrays kept in step with the
+catalog, the health checker, the breaker and the gateway's reports — is its
+base class :class:`~fedgate.routing.fleet.Fleet` (routing/fleet.py).
 
 A decision is then one pass of the Numba scoring kernel over the arrays
 (compiled ahead of time at install, or just in time: :attr:`Router.kernels`)
-and a pick by the load-balancing strategy among the eligible nodes:
+and a pick by the load-balancing strategy among the eligible nodes::
 
-``least-latency`` (default)
-    The best composite score, discounted by in-flight requests
-    (``score / (1 + load_penalty × inflight)``), so concurrent requests spread
-    over equally good nodes instead of herding onto the first.
-``round-robin``
-    The next eligible node after the last one chosen for this capability/model.
-``least-connections``
-    The eligible node with the fewest in-flight requests (best score on ties).
-``weighted-random``
-    An eligible node drawn with probability proportional to its score
-    (seeded: ``Router(seed=…)``).
-``consistent-hash``
-    A hash ring (64 virtual points per node) over the eligible nodes, keyed
-    by ``request.affinity_key`` or else ``request.tenant_id``; a key keeps its
-    node while that node stays eligible, and only the keys of a node that
-    leaves move. Requests with neither key use ``least-latency``.
+    route(request) ──► _refresh() ──► mask of (model, capability) ──► scoring kernel
+                                                                      │ scores, best
+                       RouteDecision ◄── pick (routing/strategies.py) ◄┘
+                                          none eligible ──► error (routing/explain.py)
+
+The strategies (``least-latency``, the default, ``round-robin``,
+``least-connections``, ``weighted-random``, ``consistent-hash``) are
+described in :mod:`fedgate.routing.strategies`; :meth:`Router.candidates`
+(:mod:`fedgate.routing.explain`) shows every node's standing for a request.
 
 Eligibility comes before any strategy and is never widened: a node must
 serve the capability (and model, when pinned), be alive, sit in a region
@@ -55,12 +37,8 @@ that is never used (a rejected probe, a cancelled request) leaves no trace.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -76,12 +54,6 @@ from fedgate._core.codes import (
     P_ORIGIN,
     P_PREFER_GPU,
     P_PRIVACY,
-    REASON_BREAKER_OPEN,
-    REASON_LATENCY,
-    REASON_NOT_SERVING,
-    REASON_OK,
-    REASON_PRIVACY,
-    REASON_UNHEALTHY,
 )
 from fedgate.clock import Clock
 from fedgate.errors import (
@@ -92,19 +64,25 @@ from fedgate.errors import (
     PrivacyViolationError,
     QoSViolationError,
 )
-from fedgate.federation.breaker import Admission, CircuitBreaker, CircuitState
-from fedgate.federation.catalog import CatalogEvent, ModelCatalog
-from fedgate.federation.health import HealthChecker, HealthState
+from fedgate.federation.breaker import Admission, CircuitBreaker
+from fedgate.federation.catalog import ModelCatalog
+from fedgate.federation.health import HealthChecker
 from fedgate.federation.policy import CompositePolicy
 from fedgate.routing import arrays as _arrays
-from fedgate.routing.arrays import NodeArrays
+from fedgate.routing.explain import Candidate, Explain
+from fedgate.routing.fleet import MaskKey
 from fedgate.routing.kernels import routing_kernels
+from fedgate.routing.strategies import (
+    STRATEGIES,
+    ConsistentHash,
+    LeastConnections,
+    Picker,
+    RoundRobin,
+    WeightedRandom,
+)
 from fedgate.types import (
-    Capability,
     InferenceRequest,
-    ModelId,
     NodeId,
-    PrivacyLevel,
     QoSRequirements,
     Region,
     RegionId,
@@ -112,19 +90,8 @@ from fedgate.types import (
 
 __all__ = ["ROUTING_ERRORS", "STRATEGIES", "Candidate", "RouteDecision", "Router"]
 
-STRATEGIES = (
-    "least-latency",
-    "round-robin",
-    "least-connections",
-    "weighted-random",
-    "consistent-hash",
-)
-
-_VIRTUAL_POINTS = 64
 # An origin region no node is in: every node scores 0 on locality, as it should.
 _NO_SUCH_REGION = 2**31 - 1
-# Walking the ring in Python beats a vectorised scan until this many steps.
-_RING_WALK = 128
 
 
 class RouteDecision(msgspec.Struct, frozen=True, gc=False):
@@ -145,39 +112,7 @@ class RouteDecision(msgspec.Struct, frozen=True, gc=False):
     probe: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One node's standing for one request (``router.candidates()``).
-
-    ``total`` is NaN when ineligible; ``reason`` says why (None when
-    eligible); ``breakdown`` maps each policy of the composite to its
-    component score.
-    """
-
-    node_id: NodeId
-    region_id: RegionId
-    eligible: bool
-    reason: str | None
-    total: float
-    breakdown: dict[str, float] = field(default_factory=dict)
-    inflight: int = 0
-
-
-def _ring_points(node: str) -> npt.NDArray[np.uint64]:
-    # blake2b, not hash(): the ring must agree across processes and restarts
-    # (hash() is salted per process), or affinity would reshuffle on deploy.
-    chunks = [
-        hashlib.blake2b(f"{node}#{i}".encode(), digest_size=64).digest()
-        for i in range(_VIRTUAL_POINTS // 8)
-    ]
-    return np.frombuffer(b"".join(chunks), dtype="<u8").astype(np.uint64)
-
-
-def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-
-
-class Router:
+class Router(Explain):
     """Routes requests over the nodes of a catalog, by policy and strategy.
 
     Parameters
@@ -223,69 +158,22 @@ class Router:
         refresh_interval: float = 0.05,
         load_penalty: float = 1.0,
     ) -> None:
-        if not isinstance(catalog, ModelCatalog):
-            raise TypeError(f"catalog: expected a ModelCatalog, got {catalog!r}")
-        if not isinstance(health, HealthChecker):
-            raise TypeError(f"health: expected a HealthChecker, got {health!r}")
-        if not isinstance(breaker, CircuitBreaker):
-            raise TypeError(f"breaker: expected a CircuitBreaker, got {breaker!r}")
-        if (
-            isinstance(refresh_interval, bool)
-            or not isinstance(refresh_interval, (int, float))
-            or not 0.0 <= refresh_interval < math.inf
-        ):
-            raise ValueError(
-                f"refresh_interval: expected finite seconds >= 0, got {refresh_interval!r}"
-            )
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
-        self._catalog = catalog
-        self._health = health
-        self._breaker = breaker
-        self._clock: Clock = clock if clock is not None else health.clock
-        self._refresh_interval = float(refresh_interval)
-        self._lock = threading.RLock()
+        super().__init__(catalog, health, breaker, clock, refresh_interval)
         # "aot" (compiled at install: Numba is never loaded) or "jit"; see routing.kernels.
         self.kernels, self._score, self._components = routing_kernels()
-        self._rng = np.random.default_rng(seed)
 
-        self._arrays = NodeArrays(capacity=64)
-        self._ids: list[NodeId] = []
-        self._slot_of: dict[NodeId, int] = {}
-        self._region_name: list[RegionId | None] = []
-        self._models_of: list[dict[ModelId, tuple[Capability, ...]]] = []
-        self._alive_flag: list[bool] = []
-        self._max_concurrency: list[int] = []
-        self._explicit_cost: list[float | None] = []
-        self._saturated: set[int] = set()
-
-        self._region_ids: dict[RegionId, int] = {}
-        self._regions: dict[RegionId, Region] = {}
-
-        cap = self._arrays.capacity
-        self._masks: dict[tuple[ModelId | None, Capability], npt.NDArray[np.uint8]] = {}
-        self._mask_counts: dict[tuple[ModelId | None, Capability], int] = {}
-        self._hmap = np.zeros(cap, dtype=np.intp)
-        self._bmap = np.zeros(cap, dtype=np.intp)
-        self._seen_seq = np.zeros(cap, dtype=np.uint64)
-        self._scores = np.empty(cap, dtype=np.float64)
-        self._reasons = np.empty(cap, dtype=np.int8)
-        self._scratch_mask = np.zeros(cap, dtype=np.uint8)
-        self._pbuf = np.empty((0, 3), dtype=np.float64)
-        self._columns: tuple[Any, ...] = self._arrays.kernel_columns()
-
-        self._health_version = -1
-        self._breaker_version = -1
-        self._latency_version = -1
-        self._last_latency_refresh = -math.inf
-
-        self._rr_last: dict[tuple[ModelId | None, Capability], int] = {}
-        # Allocated on the first consistent-hash pick: 512 bytes a node that
-        # the other strategies never read (8 MB for 16 384 slots).
-        self._ring_points = np.zeros((0, _VIRTUAL_POINTS), dtype=np.uint64)
-        self._ring_ready = 0  # slots [0, _ring_ready) have their points computed
-        self._ring_sorted: npt.NDArray[np.uint64] | None = None
-        self._ring_owner: npt.NDArray[np.intp] | None = None
+        # One picker per strategy for the router's lifetime: a switch back
+        # resumes the round-robin cursor, the seeded draw and the ring.
+        self._round_robin = RoundRobin()
+        self._ring = ConsistentHash(self._ids, self._arrays)  # the router's own list: it grows
+        self._pickers: dict[str, Picker | None] = {
+            "least-latency": None,  # the kernel's choice stands
+            "round-robin": self._round_robin,
+            "least-connections": LeastConnections(self._arrays),
+            "weighted-random": WeightedRandom(seed),
+            "consistent-hash": self._ring,
+        }
+        self._picker: Picker | None = None
 
         self._params = np.zeros(codes.N_PARAMS, dtype=np.float64)
         # The request QoS and origin the per-request part of _params was filled for.
@@ -317,11 +205,6 @@ class Router:
     def strategy(self) -> str:
         """The load-balancing strategy in force."""
         return self._strategy
-
-    @property
-    def arrays(self) -> NodeArrays:
-        """The node arrays (read-only use: benchmarks, dashboards)."""
-        return self._arrays
 
     def set_policy(self, policy: CompositePolicy) -> None:
         """Replace the scoring policy, all or nothing.
@@ -355,6 +238,7 @@ class Router:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
         self._strategy = strategy
+        self._picker = self._pickers[strategy]
 
     def _set_load_penalty(self, value: float) -> None:
         if (
@@ -375,334 +259,19 @@ class Router:
             self._origin_default = -1 if origin is None else self._region_index(origin)
             self._params_qos = None
 
-    def set_region(self, region: Region) -> None:
-        """Configure (or reconfigure) a region's clearance and default node cost."""
-        if not isinstance(region, Region):
-            raise TypeError(f"region: expected a Region, got {region!r}")
-        with self._lock:
-            self._regions[region.id] = region
-            rid = self._region_index(region.id)
-            self._arrays.set_clearance(rid, int(region.clearance))
-            for s, name in enumerate(self._region_name):
-                if name == region.id:
-                    self._apply_cost(s)
-
-    def clearance_of(self, region: RegionId) -> PrivacyLevel:
-        """A region's clearance (INTERNAL unless configured)."""
-        configured = self._regions.get(region)
-        return configured.clearance if configured is not None else PrivacyLevel.INTERNAL
-
-    def _region_index(self, region: RegionId) -> int:
-        rid = self._region_ids.get(region)
-        if rid is None:
-            configured = self._regions.get(region)
-            level = (
-                int(configured.clearance) if configured is not None else int(PrivacyLevel.INTERNAL)
-            )
-            rid = self._arrays.add_region(level)
-            self._region_ids[region] = rid
-            self._params_qos = None
-        return rid
-
-    # ================================================================ nodes
-
-    def _ensure(self, node: NodeId) -> int:
-        s = self._slot_of.get(node)
-        if s is not None:
-            return s
-        if not isinstance(node, str) or not node:
-            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
-        arrays = self._arrays
-        old_cap = arrays.capacity
-        s = arrays.add_node()
-        if arrays.capacity != old_cap:
-            self._grow(arrays.capacity)
-        self._columns = arrays.kernel_columns()
-        self._ids.append(node)
-        self._slot_of[node] = s
-        self._region_name.append(None)
-        self._models_of.append({})
-        self._alive_flag.append(True)
-        self._max_concurrency.append(0)
-        self._explicit_cost.append(None)
-        arrays.cost[s] = math.nan
-        hs = self._health.slot(node)
-        bs = self._breaker.slot(node)
-        self._hmap[s] = hs
-        self._bmap[s] = bs
-        arrays.health[s] = self._health.codes[hs]
-        arrays.breaker[s] = self._breaker.routable_codes[bs]
-        p50, _p95, p99 = self._health.latency_table.percentiles(hs)
-        arrays.p50[s] = p50
-        arrays.p99[s] = p99
-        self._seen_seq[s] = self._health.latency_seq[hs]
-        self._ring_sorted = None
-        return s
-
-    def _grow(self, cap: int) -> None:
-        def grown(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            new = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
-            new[: a.shape[0]] = a
-            return new
-
-        self._hmap = grown(self._hmap)
-        self._bmap = grown(self._bmap)
-        self._seen_seq = grown(self._seen_seq)
-        self._scores = np.empty(cap, dtype=np.float64)
-        self._reasons = np.empty(cap, dtype=np.int8)
-        self._scratch_mask = np.zeros(cap, dtype=np.uint8)
-        for key, mask in self._masks.items():
-            self._masks[key] = grown(mask)
-
-    def _apply_alive(self, s: int) -> None:
-        serving = bool(self._models_of[s])
-        ok = serving and self._alive_flag[s] and s not in self._saturated
-        self._arrays.alive[s] = 1 if ok else 0
-
-    def _apply_cost(self, s: int) -> None:
-        cost = self._explicit_cost[s]
-        if cost is None:
-            name = self._region_name[s]
-            region = self._regions.get(name) if name is not None else None
-            cost = region.cost if region is not None and region.cost is not None else math.nan
-        self._arrays.cost[s] = cost
-
-    def _set_region_of(self, s: int, region: RegionId) -> None:
-        if self._region_name[s] != region:
-            self._region_name[s] = region
-            self._arrays.region[s] = self._region_index(region)
-            self._apply_cost(s)
-
-    def _on_catalog(self, event: CatalogEvent) -> None:
-        with self._lock:
-            self._apply(event)
-
-    def _apply(self, event: CatalogEvent) -> None:
-        s = self._ensure(event.node_id)
-        models = self._models_of[s]
-        before = self._keys(models)
-        if event.kind == "deregistered":
-            models.pop(event.model_id, None)
-        else:
-            models[event.model_id] = event.capabilities
-            self._set_region_of(s, event.region_id)
-        after = self._keys(models)
-        for key in before - after:
-            self._masks[key][s] = 0
-            left = self._mask_counts[key] - 1
-            if left:
-                self._mask_counts[key] = left
-            else:
-                del self._masks[key], self._mask_counts[key]
-                self._rr_last.pop(key, None)
-        for key in after - before:
-            mask = self._masks.get(key)
-            if mask is None:
-                mask = self._masks[key] = np.zeros(self._arrays.capacity, dtype=np.uint8)
-                self._mask_counts[key] = 0
-            mask[s] = 1
-            self._mask_counts[key] += 1
-        self._apply_alive(s)
-
-    @staticmethod
-    def _keys(
-        models: dict[ModelId, tuple[Capability, ...]],
-    ) -> set[tuple[ModelId | None, Capability]]:
-        keys: set[tuple[ModelId | None, Capability]] = set()
-        for model, caps in models.items():
-            for cap in caps:
-                keys.add((model, cap))
-                keys.add((None, cap))
-        return keys
-
-    def update_node(
-        self,
-        node: NodeId,
-        *,
-        region: RegionId | None = None,
-        gpu: bool | None = None,
-        cost: float | None = None,
-        max_concurrency: int | None = None,
-    ) -> int:
-        """Record what a node announced (arguments left None are unchanged).
-
-        Parameters
-        ----------
-        node : NodeId
-            Added to the router if new (it serves nothing until the catalog says so).
-        region : RegionId, optional
-            Its region (the catalog's registration sets it too).
-        gpu : bool, optional
-            Whether it runs on a GPU.
-        cost : float, optional
-            Its price (finite >= 0); without one the region's configured cost applies.
-        max_concurrency : int, optional
-            Requests it takes at once (>= 1; 0 for no limit). A node at its
-            limit is not routable until a request is released.
-
-        Returns
-        -------
-        int
-            The node's slot.
-        """
-        if region is not None and (not isinstance(region, str) or not region):
-            raise ValueError(f"region: expected a non-empty region id, got {region!r}")
-        if gpu is not None and not isinstance(gpu, bool):
-            raise TypeError(f"gpu: expected a bool, got {gpu!r}")
-        if cost is not None and (
-            isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf
-        ):
-            raise ValueError(f"cost: expected a finite number >= 0, got {cost!r}")
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool)
-            or not isinstance(max_concurrency, int)
-            or max_concurrency < 0
-        ):
-            raise ValueError(
-                f"max_concurrency: expected an int >= 0 (0: no limit), got {max_concurrency!r}"
-            )
-        with self._lock:
-            s = self._ensure(node)
-            if region is not None:
-                self._set_region_of(s, region)
-            if gpu is not None:
-                self._arrays.gpu[s] = 1 if gpu else 0
-            if cost is not None:
-                self._explicit_cost[s] = float(cost)
-                self._apply_cost(s)
-            if max_concurrency is not None:
-                self._max_concurrency[s] = max_concurrency
-                self._update_saturation(s)
-            return s
-
-    def set_alive(self, node: NodeId, alive: bool) -> None:
-        """Mark a node connected (True) or gone (False); a gone node is never routed to."""
-        if not isinstance(alive, bool):
-            raise TypeError(f"alive: expected a bool, got {alive!r}")
-        with self._lock:
-            s = self._ensure(node)
-            self._alive_flag[s] = alive
-            self._apply_alive(s)
-
-    def _update_saturation(self, s: int) -> None:
-        limit = self._max_concurrency[s]
-        full = limit > 0 and int(self._arrays.inflight[s]) >= limit
-        if full != (s in self._saturated):
-            if full:
-                self._saturated.add(s)
-            else:
-                self._saturated.discard(s)
-            self._apply_alive(s)
-
-    def acquire(self, node: NodeId) -> int:
-        """Count one more request in flight on ``node``; returns the new count."""
-        with self._lock:
-            s = self._slot_of.get(node)
-            if s is None:
-                raise ValueError(f"node: expected a node known to the router, got {node!r}")
-            inflight = self._arrays.inflight
-            count = int(inflight[s]) + 1
-            inflight[s] = count
-            limit = self._max_concurrency[s]
-            # Saturation changes only when the count crosses the limit.
-            if limit and (count >= limit) != (s in self._saturated):
-                self._update_saturation(s)
-            return count
-
-    def release(self, node: NodeId) -> int:
-        """Count one request fewer in flight on ``node``; returns the new count.
-
-        Raises
-        ------
-        ValueError
-            Nothing was in flight on ``node`` (an unpaired release).
-        """
-        with self._lock:
-            s = self._slot_of.get(node)
-            inflight = self._arrays.inflight
-            count = -1 if s is None else int(inflight[s]) - 1
-            if s is None or count < 0:
-                raise ValueError(f"release: expected a request in flight on {node!r}, got none")
-            inflight[s] = count
-            limit = self._max_concurrency[s]
-            if limit and (count >= limit) != (s in self._saturated):
-                self._update_saturation(s)
-            return count
-
-    def inflight(self, node: NodeId) -> int:
-        """Requests in flight on ``node`` (0 for an unknown node)."""
-        s = self._slot_of.get(node)
-        return 0 if s is None else int(self._arrays.inflight[s])
-
-    def nodes(self) -> list[NodeId]:
-        """Every node the router knows, in slot order."""
-        return list(self._ids)
-
-    def slot_of(self, node: NodeId) -> int:
-        """The node's slot in :attr:`arrays`, or -1."""
-        return self._slot_of.get(node, -1)
-
     def close(self) -> None:
         """Stop listening to the catalog."""
         self._unsubscribe()
 
-    # ================================================================ refresh
+    # ================================================================ fleet hooks
 
-    def refresh(self, *, force: bool = False) -> None:
-        """Bring health, breaker and latency columns up to date (routing does this itself).
+    def _key_gone(self, key: MaskKey) -> None:
+        self._round_robin.forget(key)
 
-        ``force`` refreshes latency percentiles regardless of ``refresh_interval``.
-        """
-        with self._lock:
-            self._refresh(force)
-
-    def _refresh(self, force: bool = False) -> None:
-        n = self._arrays.n
-        health = self._health
-        health.expire()
-        if health.version != self._health_version:
-            self._health_version = health.version
-            np.take(health.codes, self._hmap[:n], out=self._arrays.health[:n])
-        breaker = self._breaker
-        if breaker.clock() >= breaker.next_deadline:
-            breaker.poll()
-        if breaker.version != self._breaker_version:
-            self._breaker_version = breaker.version
-            np.take(breaker.routable_codes, self._bmap[:n], out=self._arrays.breaker[:n])
-        if health.latency_version != self._latency_version:
-            now = self._clock()
-            if force or now - self._last_latency_refresh >= self._refresh_interval:
-                self._latency_version = health.latency_version
-                self._last_latency_refresh = now
-                self._refresh_latency(n)
-
-    def _refresh_latency(self, n: int) -> None:
-        hmap = self._hmap[:n]
-        current = self._health.latency_seq[hmap]
-        changed = np.flatnonzero(current != self._seen_seq[:n])
-        if not changed.size:
-            return
-        table = self._health.latency_table
-        p50, p99 = self._arrays.p50, self._arrays.p99
-        if changed.size * 4 > n:
-            rows = len(self._health)
-            if self._pbuf.shape[0] < rows:
-                self._pbuf = np.empty((max(rows, 2 * self._pbuf.shape[0]), 3), dtype=np.float64)
-            table.all_percentiles(self._pbuf)
-            picked = self._pbuf[hmap[changed]]
-            p50[changed] = picked[:, 0]
-            p99[changed] = picked[:, 2]
-        else:
-            for s in changed.tolist():
-                a, _b, c = table.percentiles(int(hmap[s]))
-                p50[s] = a
-                p99[s] = c
-        self._seen_seq[:n] = current
+    def _region_added(self) -> None:
+        self._params_qos = None  # a request origin may map to the new region id
 
     # ================================================================ routing
-
-    def _mask_key(self, request: InferenceRequest) -> tuple[ModelId | None, Capability]:
-        return (request.model, request.capability)
 
     def _fill_params(self, request: InferenceRequest) -> npt.NDArray[np.float64]:
         qos = request.qos
@@ -802,242 +371,11 @@ class Router:
         )  # fmt: skip
         if best < 0:
             raise self._explain(request, base, excluded)
-        strategy = self._strategy
-        if strategy != "least-latency":
-            best = self._pick(strategy, request, key, n, best)
+        picker = self._picker
+        if picker is not None:
+            best = picker.pick(request, key, scores[:n], best)
         region = self._region_name[best]
         return RouteDecision(self._ids[best], RegionId(region or ""), float(scores[best]), best)
-
-    def _pick(self, strategy: str, request: InferenceRequest,
-              key: tuple[ModelId | None, Capability], n: int, best: int) -> int:  # fmt: skip
-        scores = self._scores[:n]
-        if strategy == "consistent-hash":
-            affinity = request.affinity_key or request.tenant_id
-            if affinity is None:
-                return best
-            return self._ring_pick(affinity, scores)
-        eligible = np.flatnonzero(~np.isnan(scores))
-        if strategy == "round-robin":
-            last = self._rr_last.get(key, -1)
-            i = int(np.searchsorted(eligible, last, side="right"))
-            chosen = int(eligible[i if i < eligible.size else 0])
-            self._rr_last[key] = chosen
-            return chosen
-        if strategy == "least-connections":
-            inflight = self._arrays.inflight[eligible]
-            fewest = eligible[inflight == inflight.min()]
-            return int(fewest[np.argmax(scores[fewest])])
-        # weighted-random: inverse-CDF draw (Generator.choice re-validates p on every call)
-        cumulative = np.cumsum(scores[eligible])
-        total = float(cumulative[-1])
-        if not total > 0.0:
-            return int(eligible[self._rng.integers(eligible.size)])
-        i = int(np.searchsorted(cumulative, self._rng.random() * total, side="right"))
-        return int(eligible[min(i, eligible.size - 1)])
-
-    def _ring_pick(self, affinity: str, scores: npt.NDArray[np.float64]) -> int:
-        n = scores.shape[0]
-        if self._ring_ready < n:
-            if self._ring_points.shape[0] < n:
-                points = np.zeros((self._hmap.shape[0], _VIRTUAL_POINTS), dtype=np.uint64)
-                points[: self._ring_ready] = self._ring_points[: self._ring_ready]
-                self._ring_points = points
-            for s in range(self._ring_ready, n):
-                self._ring_points[s] = _ring_points(self._ids[s])
-            self._ring_ready = n
-            self._ring_sorted = None
-        if self._ring_sorted is None or self._ring_sorted.size != n * _VIRTUAL_POINTS:
-            flat = self._ring_points[:n].ravel()
-            order = np.argsort(flat, kind="stable")
-            self._ring_sorted = flat[order]
-            self._ring_owner = order // _VIRTUAL_POINTS
-        h = np.uint64(_key_hash(affinity))
-        points, owners = self._ring_sorted, self._ring_owner
-        assert owners is not None
-        size = points.size
-        start = int(np.searchsorted(points, h, side="left"))
-        for step in range(min(_RING_WALK, size)):
-            owner = int(owners[(start + step) % size])
-            if scores[owner] == scores[owner]:  # not NaN: eligible
-                return owner
-        # Few eligible nodes: the eligible point nearest clockwise, vectorised
-        # (unsigned subtraction wraps, which is exactly the ring distance).
-        eligible = np.flatnonzero(~np.isnan(scores))
-        distance = self._ring_points[eligible] - h
-        nearest = int(np.argmin(distance))
-        return int(eligible[nearest // _VIRTUAL_POINTS])
-
-    # ================================================================ errors
-
-    def _clearances(self, n: int) -> npt.NDArray[np.int8]:
-        # A region id the clearance table does not know fails closed to
-        # INTERNAL, as in the kernel.
-        table = self._arrays.clearance
-        regions = self._arrays.region[:n]
-        out = np.full(n, codes.DEFAULT_CLEARANCE, dtype=np.int8)
-        known = regions < table.size
-        out[known] = table[regions[known]]
-        return out
-
-    def _only_saturated(self, s: int, request: InferenceRequest) -> bool:
-        """Whether node ``s`` would be eligible but for its concurrency limit."""
-        a = self._arrays
-        bound = request.qos.max_latency
-        return (
-            s in self._saturated
-            and self._alive_flag[s]
-            and int(a.health[s]) != codes.HEALTH_UNHEALTHY
-            and int(a.breaker[s]) != codes.BREAKER_OPEN
-            and not (bound is not None and float(a.p50[s]) > bound)
-        )
-
-    def _no_capacity(self, request: InferenceRequest) -> NoCapacityError:
-        if request.model is not None:
-            return NoCapacityError(
-                f"no node serves model {request.model!r} "
-                f"with capability {str(request.capability)!r}"
-            )
-        return NoCapacityError(f"no node serves capability {str(request.capability)!r}")
-
-    def _explain(self, request: InferenceRequest, base: npt.NDArray[np.uint8],
-                 excluded: set[NodeId] | frozenset[NodeId]) -> FederationError:  # fmt: skip
-        n = self._arrays.n
-        what = f"capability {str(request.capability)!r}"
-        if request.model is not None:
-            what = f"model {request.model!r} with {what}"
-        serving = base[:n].astype(bool)
-        privacy = request.qos.privacy
-        region_clearance = self._clearances(n)
-        cleared = serving & (region_clearance >= int(privacy))
-        if not cleared.any():
-            regions = sorted(
-                {self._region_name[s] or "?" for s in np.flatnonzero(serving).tolist()}
-            )
-            return PrivacyViolationError(
-                f"no region cleared for {privacy.name} serves {what}: the "
-                f"{int(serving.sum())} node(s) serving it are in {', '.join(regions)} "
-                f"(cleared for at most {PrivacyLevel(int(region_clearance[serving].max())).name})"
-            )
-        remaining = cleared.copy()
-        for node in excluded:
-            s = self._slot_of.get(node)
-            if s is not None and s < n:
-                remaining[s] = False
-        if not remaining.any():
-            return NoCapacityError(
-                f"every node serving {what} in a region cleared for {privacy.name} "
-                f"({int(cleared.sum())}) was excluded (already tried)"
-            )
-        candidates = np.flatnonzero(remaining)
-        reasons = self._reasons[candidates]
-        not_serving = candidates[reasons == REASON_NOT_SERVING]
-        busy = sum(1 for s in not_serving.tolist() if self._only_saturated(s, request))
-        if busy:
-            # A node at its concurrency limit frees up as soon as a request
-            # ends: the caller should back off and retry, not give up.
-            return BackpressureError(
-                f"no node serving {what} has room: {busy} at its concurrency limit, "
-                f"{candidates.size - busy} unavailable"
-            )
-        latency = candidates[reasons == REASON_LATENCY]
-        if latency.size:
-            bound = request.qos.max_latency or math.inf
-            fastest = float(np.nanmin(self._arrays.p50[latency]))
-            return QoSViolationError(
-                f"no node serving {what} meets max_latency {bound * 1000:.1f} ms: "
-                f"{latency.size} healthy node(s), fastest p50 {fastest * 1000:.1f} ms"
-            )
-        unhealthy = int((reasons == REASON_UNHEALTHY).sum())
-        open_ = int((reasons == REASON_BREAKER_OPEN).sum())
-        down = int(not_serving.size)
-        # Name the privacy level: with every cleared node down, the caller must
-        # see that sovereignty is why no other node was used.
-        return AllNodesUnhealthyError(
-            f"no healthy node serves {what} in a region cleared for {privacy.name}: "
-            f"{unhealthy} unhealthy, {open_} with an open breaker, {down} not alive "
-            f"(of {candidates.size}); nodes in other regions are never used"
-        )
-
-    # ================================================================ introspection
-
-    def _reason_text(self, s: int, reason: int, request: InferenceRequest) -> str | None:
-        if reason == REASON_OK:
-            return None
-        if reason == REASON_NOT_SERVING:
-            if s in self._saturated:
-                busy = int(self._arrays.inflight[s])
-                return f"not serving: at its concurrency limit ({busy} in flight)"
-            if not self._alive_flag[s]:
-                return "not serving: node is not alive (disconnected)"
-            return "not serving: no such capability/model on this node"
-        if reason == REASON_PRIVACY:
-            region = self._region_name[s]
-            level = PrivacyLevel(int(self._arrays.clearance[self._arrays.region[s]]))
-            return f"privacy: region {region} cleared for {level.name} < {request.qos.privacy.name}"
-        if reason == REASON_UNHEALTHY:
-            alive = self._health.is_alive(self._ids[s])
-            return "health: UNHEALTHY" + ("" if alive else " (heartbeat missed)")
-        if reason == REASON_BREAKER_OPEN:
-            state = self._breaker.state(self._ids[s])
-            if state is CircuitState.HALF_OPEN:
-                return "breaker: HALF_OPEN, every probe slot taken"
-            return f"breaker: {state.name}"
-        if reason == REASON_LATENCY:
-            bound = request.qos.max_latency or math.inf
-            return (f"latency: p50 {float(self._arrays.p50[s]) * 1000:.1f} ms > "
-                    f"max_latency {bound * 1000:.1f} ms")  # fmt: skip
-        return f"reason {reason}"
-
-    def candidates(self, request: InferenceRequest) -> list[Candidate]:
-        """Every node serving the request's capability/model, with its standing.
-
-        Eligible nodes first, best total first; then the ineligible ones with
-        the reason. Empty when no node serves the capability at all.
-        """
-        if not isinstance(request, InferenceRequest):
-            raise TypeError(f"request: expected an InferenceRequest, got {type(request).__name__}")
-        with self._lock:
-            self._refresh(force=True)
-            base = self._masks.get((request.model, request.capability))
-            if base is None:
-                return []
-            n = self._arrays.n
-            components = np.empty((n, codes.N_WEIGHTS), dtype=np.float64)
-            scores = np.empty(n, dtype=np.float64)
-            reasons = np.empty(n, dtype=np.int8)
-            # The router's own arrays, valid by construction: the kernel directly,
-            # not the validating score_components() (which always runs the JIT one).
-            self._components(*self._columns, base, self._arrays.clearance, self._weights,
-                             self._fill_params(request), components, scores, reasons)  # fmt: skip
-            names = [(p.name, p.index) for p in self._policy.policies]
-            out: list[Candidate] = []
-            for s in np.flatnonzero(base[:n]).tolist():
-                reason = int(reasons[s])
-                total = float(scores[s])
-                out.append(
-                    Candidate(
-                        node_id=self._ids[s],
-                        region_id=RegionId(self._region_name[s] or ""),
-                        eligible=reason == REASON_OK,
-                        reason=self._reason_text(s, reason, request),
-                        total=total,
-                        breakdown={name: float(components[s, k]) for name, k in names},
-                        inflight=int(self._arrays.inflight[s]),
-                    )
-                )
-        out.sort(key=lambda c: (not c.eligible, -c.total if c.eligible else 0.0))
-        return out
-
-    def node_health(self, node: NodeId) -> HealthState:
-        """The health state the router scores ``node`` with."""
-        s = self._slot_of.get(node)
-        if s is None:
-            return HealthState.UNKNOWN
-        return tuple(HealthState)[int(self._arrays.health[s])]
-
-    def capabilities(self) -> list[Capability]:
-        """Capabilities some node serves."""
-        return sorted({cap for (model, cap) in self._masks if model is None})
 
     def __repr__(self) -> str:
         return (

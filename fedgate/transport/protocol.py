@@ -66,6 +66,8 @@ from typing import Final as _Final
 
 import msgspec
 
+from fedgate import validation as _limits
+
 __all__ = [
     "ERROR_CODES",
     "ERR_BACKEND",
@@ -113,8 +115,11 @@ PROTOCOL_VERSION: _Final = 1
 MAX_FRAME_BYTES: _Final = 16 * 1024 * 1024
 """Default largest frame accepted (version byte included); checked before decoding."""
 
-MAX_DEADLINE: _Final = 1e9
-"""Largest remaining deadline a Request may carry, in seconds (it must be finite)."""
+MAX_DEADLINE: _Final = _limits.MAX_DEADLINE
+"""Largest remaining deadline a Request may carry, in seconds (it must be finite).
+
+Declared in :mod:`fedgate.validation` with the other settings' bounds, so that an
+``InferenceRequest`` never accepts a deadline this wire would reject."""
 
 # --- error codes -------------------------------------------------------------
 # Whether a failure counts against a node's health and breaker travels with
@@ -151,11 +156,11 @@ def is_node_caused(code: str) -> bool:
 
 
 # --- field types -------------------------------------------------------------
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_limits.MAX_ID)]
 WireRid = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=_limits.MAX_REQUEST_ID)]
 WorkerId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8,64}$")]
-CapabilityName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")]
+CapabilityName = Annotated[str, msgspec.Meta(pattern=_limits.CAPABILITY_PATTERN)]
 # On per-request messages a pattern would cost ~2 µs per decode (msgspec calls
 # into ``re``): a Request's capability is only bounded here, because the worker
 # looks it up in the set it announced (whose names Ready validated) anyway.
@@ -164,10 +169,11 @@ Code = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Text = Annotated[str, msgspec.Meta(max_length=8192)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 # NaN fails every comparison, so gt/ge bounds also reject it; le bounds reject inf.
-Seconds = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_DEADLINE)]
-Interval = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
-Cost = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
-Concurrency = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+# The bounds a worker's config and a request declare (fedgate.validation), checked here in C.
+Seconds = Annotated[float, _limits.DEADLINE.meta]
+Interval = Annotated[float, _limits.HEARTBEAT.meta]
+Cost = Annotated[float, _limits.COST.meta]
+Concurrency = Annotated[int, _limits.CONCURRENCY.meta]
 
 
 class _Msg(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):

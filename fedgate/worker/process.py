@@ -43,11 +43,9 @@ import functools
 import logging
 import math
 import os
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import zmq
 import zmq.asyncio
@@ -80,7 +78,23 @@ from fedgate.transport.protocol import (
     error,
     new_worker_id,
 )
-from fedgate.types import Capability
+from fedgate.validation import (
+    CapabilityNames,
+    Concurrency,
+    ConnectEndpoints,
+    Cost,
+    FrameBytes,
+    Grace,
+    HeartbeatInterval,
+    Hwm,
+    KeywordOptions,
+    ModelNames,
+    NodeName,
+    NonEmpty,
+    Switch,
+    seconds,
+    validate,
+)
 from fedgate.worker.backends import Backend, BackendRequest, create_backend
 from fedgate.worker.link import Link, connect
 
@@ -92,30 +106,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
 
-_ENDPOINT = re.compile(
-    r"^(?:tcp://[^\s:/]+|tcp://\[[0-9A-Fa-f:.]+\]):(?:\d{1,5}|\*)$"
-    r"|^(?:ipc|inproc)://\S+$"
-)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 _MESSAGE_CHARS = 1024
-
-
-def _number(
-    name: str, value: Any, low: float, high: float, *, low_open: bool = False, integer: bool = False
-) -> None:
-    kind: Any = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        what = "an int" if integer else "a number"
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name}: expected a value in {bracket}{low:g}, {high:g}], got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """Everything a worker needs; validated on construction (``ValueError`` names the field).
+
+    Each field's bounds are declared by its annotation (:mod:`fedgate.validation`);
+    lists are stored as tuples, capabilities in lower case.
 
     Parameters
     ----------
@@ -154,81 +153,25 @@ class WorkerConfig:
         Seconds the last replies and Disconnect may take to leave at close.
     """
 
-    gateways: Sequence[str]
-    node: str
-    region: str
-    models: Sequence[str]
-    capabilities: Sequence[str]
-    backend: str = "synthetic"
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
-    gpu: bool = False
-    cost: float = 1.0
-    max_concurrency: int = 64
-    heartbeat_interval: float = 1.0
-    drain_timeout: float = 5.0
-    send_hwm: int = 10_000
-    recv_hwm: int = 10_000
-    max_frame_bytes: int = MAX_FRAME_BYTES
-    close_linger: float = 0.5
+    gateways: ConnectEndpoints
+    node: NodeName
+    region: NodeName
+    models: ModelNames
+    capabilities: CapabilityNames
+    backend: NonEmpty = "synthetic"
+    backend_options: KeywordOptions = field(default_factory=dict)
+    gpu: Switch = False
+    cost: Cost = 1.0
+    max_concurrency: Concurrency = 64
+    heartbeat_interval: HeartbeatInterval = 1.0
+    drain_timeout: Grace = 5.0
+    send_hwm: Hwm = 10_000
+    recv_hwm: Hwm = 10_000
+    max_frame_bytes: FrameBytes = MAX_FRAME_BYTES
+    close_linger: Annotated[float, seconds(ge=0.0, le=60.0)] = 0.5
 
     def __post_init__(self) -> None:
-        def seq(name: str, value: Any) -> tuple[str, ...]:
-            if isinstance(value, str) or not isinstance(value, Sequence):
-                raise ValueError(f"{name}: expected a list of str, got {value!r}")
-            items = tuple(value)
-            if not items:
-                raise ValueError(f"{name}: expected at least one, got none")
-            for item in items:
-                if not isinstance(item, str):
-                    raise ValueError(f"{name}: expected str items, got {item!r}")
-            if len(set(items)) != len(items):
-                raise ValueError(f"{name}: expected distinct items, got {list(items)!r}")
-            return items
-
-        gateways = seq("gateways", self.gateways)
-        for endpoint in gateways:
-            if not _ENDPOINT.match(endpoint):
-                raise ValueError(
-                    "gateways: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, "
-                    f"got {endpoint!r}"
-                )
-        for name in ("node", "region"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _NAME.match(value):
-                raise ValueError(
-                    f"{name}: expected 1-128 characters [A-Za-z0-9_.:@-] starting with a "
-                    f"letter or digit, got {value!r}"
-                )
-        models = seq("models", self.models)
-        for model in models:
-            if not model.strip() or len(model) > 256 or model != model.strip():
-                raise ValueError(
-                    f"models: expected 1-256 characters without surrounding spaces, got {model!r}"
-                )
-        capabilities = tuple(
-            str(Capability.parse(c)) for c in seq("capabilities", self.capabilities)
-        )
-        if not isinstance(self.backend, str) or not self.backend:
-            raise ValueError(f"backend: expected a backend name, got {self.backend!r}")
-        if not isinstance(self.backend_options, Mapping):
-            raise ValueError(f"backend_options: expected a mapping, got {self.backend_options!r}")
-        if not isinstance(self.gpu, bool):
-            raise ValueError(f"gpu: expected a bool, got {self.gpu!r}")
-        _number("cost", self.cost, 0.0, 1e12)
-        _number("max_concurrency", self.max_concurrency, 1, 1_000_000, integer=True)
-        _number("heartbeat_interval", self.heartbeat_interval, 0.0, 3600.0, low_open=True)
-        _number("drain_timeout", self.drain_timeout, 0.0, 86400.0)
-        _number("send_hwm", self.send_hwm, 1, 10_000_000, integer=True)
-        _number("recv_hwm", self.recv_hwm, 1, 10_000_000, integer=True)
-        _number("max_frame_bytes", self.max_frame_bytes, 64, 2**31, integer=True)
-        _number("close_linger", self.close_linger, 0.0, 60.0)
-        object.__setattr__(self, "gateways", gateways)
-        object.__setattr__(self, "models", models)
-        object.__setattr__(self, "capabilities", capabilities)
-        object.__setattr__(self, "backend_options", MappingProxyType(dict(self.backend_options)))
-        object.__setattr__(self, "cost", float(self.cost))
-        object.__setattr__(self, "heartbeat_interval", float(self.heartbeat_interval))
-        object.__setattr__(self, "drain_timeout", float(self.drain_timeout))
+        validate(self)
 
 
 @dataclass(slots=True)
