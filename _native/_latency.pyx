@@ -1,12 +1,11 @@
-"""Per-node sliding windows of request latencies with exact p50/p95/p99 (compiled core).
+"""The latency table in C: one contiguous block, percentiles by selection (compiled core).
 
-The router reads every node's percentiles on each decision and the health
-checker records a latency on every response, so both paths stay in C: one
-contiguous block holds all windows (nodes x window float64), and percentiles
-come from selection on a preallocated scratch copy rather than a sort.
-
-Percentiles are bit-for-bit those of ``numpy.percentile`` with its default
-'linear' method. The pure-Python twin is :mod:`fedgate._latency_py`.
+What the table must do, its limits, argument checks, errors and docstrings are
+in :mod:`fedgate._core.latency_spec`; the pure-Python twin is
+:mod:`fedgate._core._latency_py`. Recording and reading percentiles stay in C:
+one contiguous block holds all windows (nodes x window float64), and
+percentiles come from selection on a preallocated scratch copy rather than a
+sort, bit for bit those of ``numpy.percentile``.
 """
 
 from libc.math cimport INFINITY, NAN, floor
@@ -15,15 +14,19 @@ from libc.string cimport memcpy
 
 import numpy as np
 
+from fedgate._core import latency_spec as spec
+from fedgate._core._docs import document
+from fedgate._core.latency_spec import MAX_WINDOW
+
 __all__ = ["MAX_WINDOW", "LatencyTable"]
 
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
 
-MAX_WINDOW = 1 << 20
 # Below this many elements insertion sort beats another partition step.
 cdef Py_ssize_t _SMALL = 16
-cdef double[3] _TRIPLE = [50.0, 95.0, 99.0]
+cdef double[3] _TRIPLE
+_TRIPLE[0], _TRIPLE[1], _TRIPLE[2] = spec.PERCENTILES
 
 
 # ---------------------------------------------------------------- selection
@@ -276,57 +279,11 @@ def _nth_element(double[::1] values not None, Py_ssize_t k, int depth=-1):
     _introselect(&values[0], n, k, _depth_budget(n) if depth < 0 else depth)
 
 
-# ---------------------------------------------------------------- argument checks
-
-
-cdef object _check_window(object window):
-    if (isinstance(window, bool) or not isinstance(window, (int, np.integer))
-            or not 1 <= window <= MAX_WINDOW):
-        raise ValueError(f"window: expected an int in [1, {MAX_WINDOW}], got {window!r}")
-    return int(window)
-
-
-cdef object _check_nodes(object nodes, object window):
-    if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 0:
-        raise ValueError(f"nodes: expected an int >= 0, got {nodes!r}")
-    nodes = int(nodes)
-    _check_room(nodes, window)
-    return nodes
-
-
-cdef int _check_room(object nodes, object window) except -1:
-    # The block must stay addressable in bytes by a Py_ssize_t.
-    if nodes > PY_SSIZE_T_MAX // (window * 8):
-        raise MemoryError(f"latency table: cannot hold {nodes} nodes x {window} samples")
-    return 0
-
-
-cdef str _latency_error(double value):
-    return f"latency: expected finite seconds >= 0, got {value!r}"
-
-
-cdef str _describe(object out):
-    return f"{out.dtype} array of shape {out.shape}"
-
-
 # ---------------------------------------------------------------- the table
 
 
 cdef class LatencyTable:
-    """Sliding windows of the most recent latencies of each node, with percentiles.
-
-    Parameters
-    ----------
-    window : int
-        Samples kept per node (the most recent ones), 1 to ``MAX_WINDOW``.
-    nodes : int
-        Node slots to create up front (more come from :meth:`add_node`).
-
-    Raises
-    ------
-    ValueError
-        If `window` or `nodes` is not an int in range.
-    """
+    """Sliding windows of the most recent latencies of each node, with percentiles."""
 
     def __cinit__(self):
         self._data = NULL
@@ -337,9 +294,9 @@ cdef class LatencyTable:
         self._nodes = 0
         self._capacity = 0
 
-    def __init__(self, window=1024, nodes=0):
-        window = _check_window(window)
-        nodes = _check_nodes(nodes, window)
+    def __init__(self, window=spec.DEFAULT_WINDOW, nodes=0):
+        window = spec.check_window(window)
+        nodes = spec.check_nodes(nodes, window)
         self._release()
         self._window = window
         self._scratch = <double*>malloc(<size_t>self._window * sizeof(double))
@@ -368,18 +325,14 @@ cdef class LatencyTable:
         self._capacity = 0
 
     cdef int _reserve(self, Py_ssize_t nodes) except -1:
-        # Doubling keeps add_node amortised O(1); the per-node arrays grow with
-        # the block, and capacity moves only once all three have grown.
-        cdef Py_ssize_t cap = self._capacity
+        # The per-node arrays grow with the block, and capacity moves only
+        # once all three have grown.
+        cdef Py_ssize_t cap
         cdef void* p
-        if nodes <= cap:
+        if nodes <= self._capacity:
             return 0
-        if cap == 0:
-            cap = nodes
-        else:
-            while cap < nodes:
-                cap = cap * 2 if cap < PY_SSIZE_T_MAX // 2 else nodes
-        _check_room(cap, self._window)
+        cap = spec.grown_capacity(self._capacity, nodes)
+        spec.check_room(cap, self._window)
         p = realloc(self._data, <size_t>cap * <size_t>self._window * sizeof(double))
         if p == NULL:
             raise MemoryError(f"latency table: cannot grow to {cap} nodes x {self._window} samples")
@@ -397,7 +350,7 @@ cdef class LatencyTable:
 
     cdef int _check_slot(self, Py_ssize_t slot) except -1:
         if slot < 0 or slot >= self._nodes:
-            raise IndexError(f"slot: expected 0 <= slot < {self._nodes}, got {slot}")
+            raise spec.slot_error(slot, self._nodes)
         return 0
 
     cdef void _push(self, Py_ssize_t slot, double seconds) noexcept nogil:
@@ -421,6 +374,8 @@ cdef class LatencyTable:
         # cells; after, all cells. Either way a prefix, in any order.
         quantiles_from(self._data + slot * self._window, self._scratch, n, percents, nq, out)
 
+    # Compiled properties take their docstrings from source only; the twins'
+    # test holds these equal to latency_spec.DOCS.
     @property
     def window(self):
         """Samples kept per node."""
@@ -435,17 +390,16 @@ cdef class LatencyTable:
         return self._nodes
 
     def __repr__(self):
-        return f"LatencyTable(window={self._window}, nodes={self._nodes})"
+        return spec.table_repr(self._window, self._nodes)
 
     def __reduce__(self):
         # Raw C buffers have no pickled form; say so plainly (the twin agrees).
-        raise TypeError("LatencyTable: cannot pickle a latency table")
+        raise TypeError(spec.PICKLE_ERROR)
 
     def add_node(self):
-        """Add an empty node slot and return its index (0, 1, 2, ...)."""
         cdef Py_ssize_t slot = self._nodes
         if slot == PY_SSIZE_T_MAX:
-            raise MemoryError("latency table: cannot add more node slots")
+            raise MemoryError(spec.FULL_ERROR)
         self._reserve(slot + 1)
         self._head[slot] = 0
         self._count[slot] = 0
@@ -453,114 +407,48 @@ cdef class LatencyTable:
         return slot
 
     def reset(self, Py_ssize_t slot):
-        """Empty the window of `slot` (for reuse by another node)."""
         self._check_slot(slot)
         self._head[slot] = 0
         self._count[slot] = 0
 
     def record(self, Py_ssize_t slot, double seconds):
-        """Record one latency in seconds; the oldest sample leaves a full window.
-
-        Raises
-        ------
-        IndexError
-            If `slot` is not a node slot.
-        ValueError
-            If `seconds` is NaN, infinite or negative.
-        """
         self._check_slot(slot)
         if not (seconds >= 0.0 and seconds < INFINITY):
-            raise ValueError(_latency_error(seconds))
+            raise spec.latency_error(seconds)
         self._push(slot, seconds)
 
     def record_many(self, Py_ssize_t slot, values):
-        """Record a sequence of latencies in order; nothing is recorded if one is invalid.
-
-        Raises
-        ------
-        IndexError
-            If `slot` is not a node slot.
-        ValueError
-            If `values` is not one-dimensional or holds NaN, infinite or
-            negative latencies.
-        """
         self._check_slot(slot)
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.ndim != 1:
-            raise ValueError(
-                f"values: expected a 1-D sequence of seconds, got an array of shape {arr.shape}")
-        cdef const double[::1] v = np.ascontiguousarray(arr)
+        cdef const double[::1] v = spec.as_samples(values)
         cdef Py_ssize_t n = v.shape[0], i
         if n == 0:
             return
         i = _first_invalid(&v[0], n)
         if i >= 0:
-            raise ValueError(f"{_latency_error(v[i])} at values[{i}]")
+            raise spec.latency_error(v[i], i)
         for i in range(n):
             self._push(slot, v[i])
 
     def count(self, Py_ssize_t slot):
-        """Samples currently in the window of `slot` (at most `window`)."""
         self._check_slot(slot)
         return self._count[slot]
 
     def percentile(self, Py_ssize_t slot, double q):
-        """The `q`-th percentile of the window, as ``numpy.percentile`` computes it.
-
-        Returns NaN for an empty window.
-
-        Raises
-        ------
-        IndexError
-            If `slot` is not a node slot.
-        ValueError
-            If `q` is not within [0, 100].
-        """
         cdef double result
         self._check_slot(slot)
         if not (q >= 0.0 and q <= 100.0):
-            raise ValueError(f"q: expected a percentile in [0, 100], got {q!r}")
+            raise spec.percentile_error(q)
         self._slot_quantiles(slot, &q, 1, &result)
         return result
 
     def percentiles(self, Py_ssize_t slot):
-        """``(p50, p95, p99)`` of the window of `slot`, NaN for an empty window."""
         cdef double[3] result
         self._check_slot(slot)
         self._slot_quantiles(slot, _TRIPLE, 3, result)
         return (result[0], result[1], result[2])
 
     def all_percentiles(self, out=None):
-        """p50, p95 and p99 of every node, one row per slot (NaN rows for empty windows).
-
-        Parameters
-        ----------
-        out : numpy.ndarray, optional
-            Writeable C-contiguous float64 array of shape ``(>= len(self), 3)``
-            to fill in place (rows past ``len(self)`` are left alone).
-
-        Returns
-        -------
-        numpy.ndarray
-            `out`, or a new ``(len(self), 3)`` float64 array.
-
-        Raises
-        ------
-        TypeError
-            If `out` is neither None nor an ndarray.
-        ValueError
-            If `out` has the wrong dtype, shape, layout or is read-only.
-        """
-        if out is None:
-            out = np.empty((self._nodes, 3), dtype=np.float64)
-        elif not isinstance(out, np.ndarray):
-            raise TypeError(f"out: expected a numpy.ndarray or None, got {type(out).__name__}")
-        elif (out.dtype != np.float64 or out.ndim != 2 or out.shape[0] < self._nodes
-                or out.shape[1] != 3 or not out.flags.c_contiguous
-                or not out.flags.writeable):
-            raise ValueError(
-                f"out: expected a writeable C-contiguous float64 array of shape "
-                f"(>={self._nodes}, 3), got {_describe(out)}")
+        out = spec.check_out(out, self._nodes)
         cdef double[:, ::1] view = out
         cdef Py_ssize_t s
         if self._nodes == 0:
@@ -572,7 +460,6 @@ cdef class LatencyTable:
         return out
 
     def samples(self, Py_ssize_t slot):
-        """A copy of the window of `slot`, oldest sample first."""
         self._check_slot(slot)
         cdef Py_ssize_t n = self._count[slot], h = self._head[slot], w = self._window
         cdef const double* row = self._data + slot * w
@@ -587,3 +474,6 @@ cdef class LatencyTable:
             if h:
                 memcpy(&view[w - h], row, <size_t>h * sizeof(double))
         return result
+
+
+document(LatencyTable, spec.DOCS)

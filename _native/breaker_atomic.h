@@ -28,6 +28,9 @@
 
 typedef _Atomic uint64_t fg_brk_atomic;
 
+/* The states are the routing codes BREAKER_* of fedgate/_core/codes.py and the
+ * limits those of fedgate/_core/breaker_spec.py: tests/test_twins.py parses
+ * these lines, and the compiled module refuses to load if they disagree. */
 #define FG_BRK_CLOSED 0
 #define FG_BRK_OPEN 1
 #define FG_BRK_HALF_OPEN 2

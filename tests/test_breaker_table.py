@@ -667,6 +667,31 @@ class Reference:
             return REOPENED
         return TRIPPED if self.state == OPEN else NONE
 
+    def release(self, now: int) -> int:
+        if self._stuck(now):
+            self._counted_failure(self.deadline)
+            return REOPENED
+        if self.state == HALF_OPEN and self.probes > 0:
+            self.probes -= 1
+        return NONE
+
+    def boundary(self, now: int) -> int | None:
+        """The next tick at which time alone changes the state, or None if none will."""
+        state, _, probes, _, deadline = self.effective(now)
+        if state == OPEN or (state == HALF_OPEN and probes > 0):
+            return deadline
+        return None
+
+
+# Where a step lands relative to the acted-on slot's next deadline, in ticks
+# (whole milliseconds); None: an ordinary step of 0 to 120 ms. Half ticks land
+# on the rounding ties. Off-by-one-tick bugs live exactly here, and random
+# steps of a few dozen milliseconds hit the deadline tick itself only rarely.
+AROUND_DEADLINE: list[float | None] = [None, 0, -1, 1, -0.5, 0.5]
+# Calls in a row at one instant: the limit plus -1, 0 or +1 (probes admitted,
+# failures to trip, successes to close), so the one-too-many call is made.
+AROUND_LIMIT = [1, 0, -1]
+
 
 def make_machine(table_class: type) -> type[RuleBasedStateMachine]:
     class BreakerMachine(RuleBasedStateMachine):
@@ -674,7 +699,7 @@ def make_machine(table_class: type) -> type[RuleBasedStateMachine]:
             threshold=st.integers(1, 4),
             open_ms=st.integers(1, 40),
             growth=st.integers(1, 20),
-            probes=st.integers(1, 3),
+            probes=st.sampled_from([1, 2, 3, 63]),
             successes=st.integers(1, 3),
             probe_ms=st.integers(1, 40),
             odd_ms=st.sampled_from([0.0, 0.5, 0.25, 0.7]),
@@ -709,6 +734,7 @@ def make_machine(table_class: type) -> type[RuleBasedStateMachine]:
                 nodes=slots,
             )
             self.config = (threshold, open_s, max_s, probes, successes, probe_s)
+            self.limits = {"allow": probes, "failure": threshold, "success": successes}
             self.models = [Reference(*self.config) for _ in range(slots)]
             self.epoch = epoch
             self.now = epoch + start
@@ -716,16 +742,17 @@ def make_machine(table_class: type) -> type[RuleBasedStateMachine]:
         def ticks(self) -> int:
             return ref_ticks(self.now, self.epoch)
 
-        @rule(
-            slot=st.integers(0, 2),
-            op=st.sampled_from(["allow", "allow", "success", "failure"]),
-            half_ms=st.integers(0, 240),
-        )
-        def act(self, slot: int, op: str, half_ms: int) -> None:
-            # One rule for time and calls, since Hypothesis's cost is per step
-            # and per draw. Half milliseconds land exactly on rounding ties.
-            self.now += half_ms / 2000
-            slot %= len(self.models)
+        def advance(self, model: Reference, half_ms: int, around: float | None) -> None:
+            if around is None:
+                self.now += half_ms / 2000
+                return
+            deadline = model.boundary(self.ticks())
+            if deadline is None:
+                return
+            # The clock never goes back: a deadline already behind stays behind.
+            self.now = max(self.now, self.epoch + (deadline + around) / 1000)
+
+        def call(self, slot: int, op: str) -> None:
             model, now, ticks = self.models[slot], self.now, self.ticks()
             if op == "allow":
                 before = model.effective(ticks)[0]
@@ -736,8 +763,35 @@ def make_machine(table_class: type) -> type[RuleBasedStateMachine]:
                     assert decision == REJECT, "admitted a call while effectively OPEN"
             elif op == "success":
                 assert self.table.record_success(slot, now) == model.success(ticks)
-            else:
+            elif op == "failure":
                 assert self.table.record_failure(slot, now) == model.failure(ticks)
+            else:
+                assert self.table.release(slot, now) == model.release(ticks)
+
+        @rule(
+            slot=st.integers(0, 2),
+            op=st.sampled_from(["allow", "allow", "success", "failure", "release"]),
+            half_ms=st.integers(0, 240),
+            around=st.sampled_from(AROUND_DEADLINE),
+        )
+        def act(self, slot: int, op: str, half_ms: int, around: float | None) -> None:
+            # One rule for time and calls, since Hypothesis's cost is per step
+            # and per draw.
+            slot %= len(self.models)
+            self.advance(self.models[slot], half_ms, around)
+            self.call(slot, op)
+
+        @rule(
+            slot=st.integers(0, 2),
+            op=st.sampled_from(["allow", "failure", "success"]),
+            beyond=st.sampled_from(AROUND_LIMIT),
+            around=st.sampled_from(AROUND_DEADLINE[1:]),
+        )
+        def burst(self, slot: int, op: str, beyond: int, around: float) -> None:
+            slot %= len(self.models)
+            self.advance(self.models[slot], 0, around)
+            for _ in range(self.limits[op] + beyond):
+                self.call(slot, op)
 
         @rule(slot=st.integers(0, 2), dice=st.integers(0, 9))
         def reset(self, slot: int, dice: int) -> None:
@@ -778,16 +832,20 @@ def make_machine(table_class: type) -> type[RuleBasedStateMachine]:
     return BreakerMachine
 
 
+R4_SETTINGS = settings(
+    max_examples=300,
+    stateful_step_count=30,
+    deadline=None,
+    # Deterministic: the same runs every time, and no database replaying a
+    # failure found on another checkout.
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
 def test_r4_matches_the_reference_model(core: types.SimpleNamespace) -> None:
-    run_state_machine_as_test(
-        make_machine(core.BreakerTable),
-        settings=settings(
-            max_examples=200,
-            stateful_step_count=20,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    run_state_machine_as_test(make_machine(core.BreakerTable), settings=R4_SETTINGS)
 
 
 # ---------------------------------------------------------------- threads

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import re
+import threading
+from collections.abc import Callable
 
 import msgspec
 import pytest
 import zmq
+import zmq.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inproc import federation
 
+from fedgate.gateway.gateway import GatewayConfig
 from fedgate.transport import protocol
 from fedgate.transport.protocol import (
     ERROR_CODES,
@@ -34,6 +41,8 @@ from fedgate.transport.protocol import (
     decode_worker_message,
     encode,
 )
+from fedgate.worker.backends.synthetic import SyntheticBackend
+from fedgate.worker.process import Worker, WorkerConfig
 
 RID = "9f86d081884c7d659a2feaa0c55ad015"
 WID = "a1b2c3d4e5f60718"
@@ -137,6 +146,100 @@ def test_oversized_frame_is_rejected_before_decoding() -> None:
         decode(b"\x01" + b"\xff" * MAX_FRAME_BYTES)
 
 
+# --- size limits at every entry point ----------------------------------------
+# Each decoder has a fast path for ``bytes`` (what pyzmq's recv returns) with its
+# own inline size check, and a general path for every other buffer: both must
+# hold the limit to the byte, on either side of the copy/slice threshold.
+
+
+def _worker_sized(pad: int, knob: int) -> protocol.Message:
+    return Final(RID, knob, 3, b"x" * pad)
+
+
+def _gateway_sized(pad: int, knob: int) -> protocol.Message:
+    return Request(RID, knob, "r", None, "generate", None, b"x" * pad, 1.0)
+
+
+def exactly(size: int, build: Callable[[int, int], protocol.Message]) -> bytes:
+    """A valid frame of exactly ``size`` bytes, padded through a bytes field.
+
+    MessagePack length headers grow by a byte at 256 and 65536, which leaves
+    sizes one padding length cannot reach; a second field whose encoding is one
+    byte longer (attempt 200 against 0) reaches them.
+    """
+    for knob in (0, 200):
+        guess = size - len(encode(build(0, knob)))
+        for pad in range(max(guess - 8, 0), max(guess + 1, 0)):
+            frame = encode(build(pad, knob))
+            if len(frame) == size:
+                return frame
+    raise AssertionError(f"no frame of exactly {size} bytes")  # pragma: no cover
+
+
+BUFFERS: dict[str, Callable[[bytes], object]] = {
+    "bytes": bytes,  # the fast path
+    "bytearray": bytearray,
+    "memoryview": memoryview,
+    "zmq.Frame": zmq.Frame,
+}
+# (decoder, message builder): every entry point with a message it must accept.
+ENTRY_POINTS = {
+    "decode(worker)": (decode, _worker_sized),
+    "decode(gateway)": (decode, _gateway_sized),
+    "decode_worker_message": (decode_worker_message, _worker_sized),
+    "decode_gateway_message": (decode_gateway_message, _gateway_sized),
+}
+
+
+@pytest.mark.parametrize("limit", [100, protocol._COPY_MAX, protocol._COPY_MAX + 1, 70_000])
+@pytest.mark.parametrize("buffer", BUFFERS)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_decoder_holds_the_size_limit_to_the_byte(
+    entry: str, buffer: str, limit: int
+) -> None:
+    reader, build = ENTRY_POINTS[entry]
+    wrap = BUFFERS[buffer]
+    for size in (limit - 1, limit):
+        frame = exactly(size, build)
+        assert reader(wrap(frame), limit) == decode(frame), size
+    over = exactly(limit + 1, build)
+    with pytest.raises(
+        ProtocolError, match=rf"^oversized frame: expected at most {limit} bytes, got {limit + 1}$"
+    ):
+        reader(wrap(over), limit)
+    # The same frame passes once the limit allows it: only its size was wrong.
+    assert reader(wrap(over), limit + 1) == decode(over)
+
+
+@pytest.mark.parametrize("buffer", ["bytes", "memoryview"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_decoder_holds_the_default_limit(entry: str, buffer: str) -> None:
+    reader, build = ENTRY_POINTS[entry]
+    wrap = BUFFERS[buffer]
+    at_limit = exactly(MAX_FRAME_BYTES, build)
+    assert reader(wrap(at_limit)) == decode(at_limit, MAX_FRAME_BYTES)
+    with pytest.raises(ProtocolError, match=rf"at most {MAX_FRAME_BYTES} bytes, got "):
+        reader(wrap(exactly(MAX_FRAME_BYTES + 1, build)))
+
+
+@pytest.mark.parametrize("buffer", BUFFERS)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_decoder_checks_size_before_content(entry: str, buffer: str) -> None:
+    reader = ENTRY_POINTS[entry][0]
+    wrap = BUFFERS[buffer]
+    limit = 64
+    # Garbage one byte over the limit is oversized; at the limit it is malformed.
+    with pytest.raises(ProtocolError, match=r"^oversized frame"):
+        reader(wrap(b"\x01" + b"\xc1" * limit), limit)
+    with pytest.raises(ProtocolError, match=r"^malformed"):
+        reader(wrap(b"\x01" + b"\xc1" * (limit - 1)), limit)
+    # And the smallest frames: nothing at all, then a version byte with no body.
+    with pytest.raises(ProtocolError, match=r"^empty frame"):
+        reader(wrap(b""), limit)
+    with pytest.raises(ProtocolError, match=r"^malformed"):
+        reader(wrap(b"\x01"), limit)
+
+
 @pytest.mark.parametrize(
     ("fields", "complaint"),
     [
@@ -210,9 +313,25 @@ def test_error_codes_classification() -> None:
 
 
 def test_ids_are_fresh_and_unguessable() -> None:
-    rids = {protocol.new_rid() for _ in range(1000)}
-    assert len(rids) == 1000
-    assert all(len(r) == 32 and int(r, 16) >= 0 for r in rids)
+    # Three batches of the per-thread cache, so refills are covered too.
+    rids = [protocol.new_rid() for _ in range(3 * protocol._RID_BATCH + 17)]
+    assert len(set(rids)) == len(rids)
+    # Exactly 32 lower-case hex digits: int(r, 16) would also take "0x…", "-…",
+    # "1_0", whitespace or upper case.
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r) for r in rids), rids[:5]
+    # 128 random bits: every bit position is set in some ids and clear in others
+    # (a fixed bit survives 800 fair draws with probability 2**-799).
+    values = [int(r, 16) for r in rids]
+    ored, anded = 0, (1 << 128) - 1
+    for v in values:
+        ored, anded = ored | v, anded & v
+    assert ored == (1 << 128) - 1 and anded == 0, (hex(ored), hex(anded))
+    # In another thread: its own batch, no id shared with this one.
+    other: list[str] = []
+    thread = threading.Thread(target=lambda: other.extend(protocol.new_rid() for _ in range(300)))
+    thread.start()
+    thread.join()
+    assert len(set(other)) == 300 and not set(other) & set(rids)
     wid = protocol.new_worker_id()
     assert decode(encode(Heartbeat("n", wid, 0, 0, 0))).worker_id == wid  # type: ignore[union-attr]
 
@@ -223,6 +342,110 @@ def test_a_typical_partial_is_small() -> None:
     # Batching amortises the header: 64 tokens cost their bytes plus 2 each.
     many = encode(Partial(protocol.new_rid(), 0, 1234, [b"abcdef01 "] * 64))
     assert len(many) <= 64 * (9 + 2) + 48
+
+
+# --- the receive loops: the limit each side configures, and frames per message --
+# The gateway's ROUTER reads [identity, frame] and the worker's DEALER [frame];
+# both pass their configured max_frame_bytes to the decoder's bytes fast path.
+# A message with one frame too many is dropped whole, and the next one is read
+# from its own first frame.
+
+
+def _heartbeat_sized(pad: int, knob: int) -> protocol.Message:
+    return Heartbeat("n" * (pad + 1), WID, knob, 0, 0)
+
+
+async def _reply(sock: zmq.asyncio.Socket, timeout: float = 5.0) -> protocol.Message:
+    return decode(await asyncio.wait_for(sock.recv(), timeout))
+
+
+async def test_gateway_receive_limits_frame_size_and_count() -> None:
+    # A heartbeat from a worker the gateway does not know is answered with
+    # Reannounce, and a dropped frame is counted: both are visible from outside.
+    limit = 200
+    config = GatewayConfig(request_timeout=5.0, retry_delay=0.01, max_frame_bytes=limit)
+    async with federation(config=config) as (gw, _):
+        ctx = zmq.asyncio.Context()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.connect(gw.endpoints[0])
+        try:
+            dropped = 0
+            for size in (limit + 1, limit, limit + 1, limit - 1):
+                frame = exactly(size, _heartbeat_sized)
+                await rogue.send(frame)
+                if size > limit:
+                    dropped += 1
+                    continue
+                # Frames from one peer are read in order: the answer to this one
+                # comes after every earlier frame was dropped or answered.
+                assert isinstance(await _reply(rogue), Reannounce), size
+                assert gw.stats().malformed_frames == dropped, size
+            beat = encode(Heartbeat("n", WID, 0, 0, 0))
+            for extra in ([b""], [beat], [beat, beat]):
+                await rogue.send_multipart([beat, *extra])
+                await rogue.send(beat)
+                dropped += 1
+                assert isinstance(await _reply(rogue), Reannounce), extra
+                assert gw.stats().malformed_frames == dropped, extra
+            assert not await rogue.poll(0), "a multi-frame message was answered"
+        finally:
+            rogue.close(0)
+            ctx.term()
+
+
+async def test_worker_receive_limits_frame_size_and_count() -> None:
+    limit = 300
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:*")
+    cfg = WorkerConfig(
+        [router.getsockopt_string(zmq.LAST_ENDPOINT)], "node", "region", ["m"], ["generate"],
+        heartbeat_interval=0.05, close_linger=0.0, max_frame_bytes=limit,
+    )  # fmt: skip
+
+    async def answer(rid: str) -> protocol.Message:
+        while True:  # skip heartbeats and partials
+            _, frame = await asyncio.wait_for(router.recv_multipart(), 5.0)
+            msg = decode_worker_message(frame)
+            if isinstance(msg, (Final, Error)) and msg.rid == rid:
+                return msg
+
+    def sized(size: int, rid: str) -> bytes:
+        return exactly(
+            size, lambda pad, knob: Request(rid, knob, "r", None, "generate", None,
+                                            b"x" * pad, 10.0, 0, False)
+        )  # fmt: skip
+
+    try:
+        async with Worker(cfg, backend=SyntheticBackend(tokens=1)) as worker:
+            ident, ready = await asyncio.wait_for(router.recv_multipart(), 5.0)
+            assert isinstance(decode_worker_message(ready), Ready)
+            await router.send_multipart([ident, encode(Welcome("node", "gw"))])
+            await worker.wait_welcomed(5.0)
+            dropped = served = 0
+            for k, size in enumerate((limit + 1, limit, limit + 1, limit - 1)):
+                rid = f"{k:032x}"
+                await router.send_multipart([ident, sized(size, rid)])
+                if size > limit:
+                    dropped += 1
+                    continue
+                served += 1
+                assert isinstance(await answer(rid), Final), size
+                assert worker.stats.malformed_frames == dropped, size
+                assert worker.stats.requests == served, size
+            for k, extra in enumerate(([b""], [encode(Cancel(RID, 0))])):
+                one, two = f"{k:031x}a", f"{k:031x}b"
+                await router.send_multipart([ident, sized(100, one), *extra])
+                await router.send_multipart([ident, sized(100, two)])
+                dropped += 1
+                served += 1
+                assert isinstance(await answer(two), Final)
+                assert worker.stats.malformed_frames == dropped, extra
+                assert worker.stats.requests == served, extra
+    finally:
+        router.close(0)
+        ctx.term()
 
 
 # --- garbage: everything raises ProtocolError, nothing else ------------------

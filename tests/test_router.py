@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import threading
 import types
 from collections import Counter
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedgate import _core
 from fedgate.clock import ManualClock
 from fedgate.errors import (
     AllNodesUnhealthyError,
@@ -35,6 +37,7 @@ from fedgate.federation.policy import (
     LocalityPolicy,
     PrivacyPolicy,
 )
+from fedgate.routing.kernels import routing_kernels
 from fedgate.routing.router import STRATEGIES, Router
 from fedgate.types import (
     Capability,
@@ -47,6 +50,17 @@ from fedgate.types import (
     RegionId,
 )
 
+
+def _expected_kernels() -> str:
+    try:
+        from fedgate.routing import _kernels_aot  # noqa: F401
+    except ImportError:
+        return "jit"
+    jit_off = os.environ.get("NUMBA_DISABLE_JIT", "") not in ("", "0")
+    return "jit" if _core.NO_EXTENSIONS or jit_off else "aot"
+
+
+EXPECTED_KERNELS = _expected_kernels()
 T = Capability.TRANSCRIBE
 G = Capability.GENERATE
 MODEL = ModelId("whisper-large-v3")
@@ -82,6 +96,10 @@ def build(
     breaker = CircuitBreaker(breaker_config, clock=clock, **brk)
     router_kw.setdefault("refresh_interval", 0.0)
     router = Router(catalog, health, breaker, regions=regions, **router_kw)  # type: ignore[arg-type]
+    # Which kernels every test here runs: the ahead-of-time ones whenever they are
+    # built and allowed (test_scoring.py checks both builds against a reference).
+    assert (router.kernels, router._score, router._components) == routing_kernels()
+    assert router.kernels == EXPECTED_KERNELS
     fleet = Fleet(clock, catalog, health, breaker, router)
     for node, region in nodes:
         fleet.add(node, region)

@@ -1,10 +1,13 @@
 """The scoring kernels against a naive reference, with and without the JIT.
 
-Tests whose name contains ``reference`` run twice: here, against the compiled
-kernels, and again in a subprocess with ``NUMBA_DISABLE_JIT=1``
-(:func:`test_kernels_with_jit_disabled`), where the kernels run as the plain
-Python they are written in. The kernels compile once per session (the
-module-scoped ``warm`` fixture), not once per example.
+Tests whose name contains ``reference`` run on both builds of the kernels
+(the ``kernels`` fixture): the ones compiled ahead of time at install, which
+the router runs whenever they are built, and the just-in-time ones; for the
+build the router chose, on the very functions it calls. They run again in a
+subprocess with ``NUMBA_DISABLE_JIT=1`` (:func:`test_kernels_with_jit_disabled`),
+where the just-in-time kernels run as the plain Python they are written in.
+The kernels compile once per session (the module-scoped ``warm`` fixture), not
+once per example.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +31,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fedgate
+from fedgate import _core
 from fedgate._core import codes
 from fedgate.routing import _jit, arrays
 from fedgate.routing import _kernels as kn
 from fedgate.routing import scoring as sc
+from fedgate.routing.kernels import routing_kernels
+
+try:
+    from fedgate.routing import _kernels_aot as aot
+except ImportError:  # a checkout never built: the router compiles just in time
+    aot = None
 
 JIT_OFF = _jit.jit_disabled()
 # Pure-Python kernels are ~1000× slower: fewer examples keep that run short.
@@ -48,6 +59,36 @@ NAN = math.nan
 def warm() -> None:
     """Compile every kernel once for the whole module (a no-op without the JIT)."""
     _jit.warm_up()
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """One build of the two kernels: ``score`` and ``components``."""
+
+    name: str
+    score: Callable[..., Any]
+    components: Callable[..., Any]
+
+
+def kernels_named(name: str) -> Kernels:
+    """The "aot" or "jit" kernels; for the build the router chose, its very functions."""
+    how, score, components = routing_kernels()
+    if how == name:
+        return Kernels(name, score, components)
+    if name == "jit":
+        return Kernels(name, kn._score_kernel, kn._components_kernel)
+    if aot is None:
+        pytest.skip(
+            "fedgate.routing._kernels_aot is not built (FEDGATE_NO_AOT=1, or the ahead-of-time "
+            "build failed at install): the router runs the just-in-time kernels"
+        )
+    return Kernels(name, aot.score, aot.components)
+
+
+@pytest.fixture(scope="module", params=["aot", "jit"])
+def kernels(request: pytest.FixtureRequest) -> Kernels:
+    """Each build of the kernels in turn (module-scoped: Hypothesis tests take it too)."""
+    return kernels_named(request.param)
 
 
 # ---------------------------------------------------------------- fleets
@@ -286,11 +327,17 @@ def reference(f: Fleet) -> tuple[list[float], list[int], list[list[float]], list
     return scores, reasons, components, effective, best
 
 
-def run_kernel(f: Fleet) -> tuple[np.ndarray, np.ndarray, int]:
+def run_kernel(f: Fleet, kernels: Kernels) -> tuple[np.ndarray, np.ndarray, int]:
+    """Score through ``kernels`` as the router does: validate, then call the kernel."""
     a = f.arrays()
     scores = np.full(f.n + 2, -7.0)
     reasons = np.full(f.n + 2, -7, dtype=np.int8)
-    best = sc.score_nodes(a, f.mask_array(), np.array(f.weights), f.params(), scores, reasons)
+    mask, weights, params = f.mask_array(), np.array(f.weights), f.params()
+    arrays.check_buffers(a, mask, scores, reasons)
+    arrays.check_weights(weights)
+    arrays.check_params(params)
+    best = int(kernels.score(*a.kernel_columns(), mask, a.clearance, weights, params, scores,
+                             reasons))  # fmt: skip
     # Nothing past n is touched.
     assert (scores[f.n :] == -7.0).all() and (reasons[f.n :] == -7).all()
     return scores[: f.n], reasons[: f.n], best
@@ -320,9 +367,9 @@ def assert_same_choice(best: int, ref_best: int, ref_effective: list[float]) -> 
 
 @PROPERTY
 @given(fleets())
-def test_reference_scores_reasons_and_choice(f: Fleet) -> None:
+def test_reference_scores_reasons_and_choice(kernels: Kernels, f: Fleet) -> None:
     ref_scores, ref_reasons, _, ref_eff, ref_best = reference(f)
-    scores, reasons, best = run_kernel(f)
+    scores, reasons, best = run_kernel(f, kernels)
     assert reasons.tolist() == ref_reasons
     np.testing.assert_allclose(scores, np.array(ref_scores), rtol=1e-12, atol=1e-15)
     assert np.array_equal(np.isnan(scores), reasons != codes.REASON_OK)
@@ -333,10 +380,10 @@ def test_reference_scores_reasons_and_choice(f: Fleet) -> None:
 
 @settings(PROPERTY, max_examples=5 if JIT_OFF else 20)
 @given(fleets(min_nodes=3 * kn._BLOCK, max_nodes=4 * kn._BLOCK))
-def test_reference_large_fleets_across_blocks(f: Fleet) -> None:
+def test_reference_large_fleets_across_blocks(kernels: Kernels, f: Fleet) -> None:
     # The kernel scores in blocks of _BLOCK nodes: the choice must carry across.
     ref_scores, ref_reasons, _, ref_eff, ref_best = reference(f)
-    scores, reasons, best = run_kernel(f)
+    scores, reasons, best = run_kernel(f, kernels)
     assert reasons.tolist() == ref_reasons
     np.testing.assert_allclose(scores, np.array(ref_scores), rtol=1e-12, atol=1e-15)
     assert_same_choice(best, ref_best, ref_eff)
@@ -344,10 +391,18 @@ def test_reference_large_fleets_across_blocks(f: Fleet) -> None:
 
 # ---------------------------------------------------------------- ahead of time
 
-try:
-    from fedgate.routing import _kernels_aot as aot
-except ImportError:  # a checkout never built: the router compiles just in time
-    aot = None
+def test_reference_tests_check_the_kernels_the_router_runs() -> None:
+    # Whenever the ahead-of-time kernels are built and allowed, the router runs
+    # them; and the "aot"/"jit" reference runs call exactly what it calls.
+    how, score, components = routing_kernels()
+    allowed = not _core.NO_EXTENSIONS and not JIT_OFF
+    assert how == ("aot" if aot is not None and allowed else "jit")
+    chosen = kernels_named(how)
+    assert (chosen.score, chosen.components) == (score, components)
+    if how == "aot":
+        assert aot is not None and (score, components) == (aot.score, aot.components)
+    else:
+        assert (score, components) == (kn._score_kernel, kn._components_kernel)
 
 
 @pytest.mark.skipif(aot is None or JIT_OFF, reason="needs fedgate.routing._kernels_aot and the JIT")
@@ -383,8 +438,8 @@ def test_aot_kernels_equal_the_jit_ones_bit_for_bit(f: Fleet) -> None:
 
 @PROPERTY
 @given(fleets())
-def test_reference_choice_is_eligible_and_cleared(f: Fleet) -> None:
-    _, reasons, best = run_kernel(f)
+def test_reference_choice_is_eligible_and_cleared(kernels: Kernels, f: Fleet) -> None:
+    _, reasons, best = run_kernel(f, kernels)
     for i in np.flatnonzero(reasons == codes.REASON_OK).tolist():
         # Sovereignty: whatever else happens, an eligible node's region is cleared.
         assert level_of(f, i) >= f.privacy
@@ -398,21 +453,23 @@ def test_reference_choice_is_eligible_and_cleared(f: Fleet) -> None:
 
 @PROPERTY
 @given(fleets())
-def test_reference_components_agree_with_scores(f: Fleet) -> None:
+def test_reference_components_agree_with_scores(kernels: Kernels, f: Fleet) -> None:
     _, ref_reasons, ref_components, _, _ = reference(f)
     a = f.arrays()
     weights, params, mask = np.array(f.weights), f.params(), f.mask_array()
-    components, scores, reasons, best = sc.score_components(a, mask, weights, params)
-    assert components.shape == (f.n, codes.N_WEIGHTS)
+    n, size = f.n, a.capacity
+    components, scores = np.full((size, codes.N_WEIGHTS), -7.0), np.full(size, -7.0)
+    reasons = np.full(size, -7, dtype=np.int8)
+    best = kernels.components(*a.kernel_columns(), mask, a.clearance, weights, params, components,
+                              scores, reasons)  # fmt: skip
+    components, scores, reasons = components[:n], scores[:n], reasons[:n]
     np.testing.assert_allclose(
         components, np.array(ref_components).reshape(f.n, 6), rtol=1e-12, atol=1e-15
     )
     assert ((components >= 0.0) & (components <= 1.0)).all()
     assert reasons.tolist() == ref_reasons
     # The two kernels share their per-node code: identical bits, identical choice.
-    s2 = np.empty(f.n)
-    r2 = np.empty(f.n, dtype=np.int8)
-    best2 = sc.score_nodes(a, mask, weights, params, s2, r2)
+    s2, r2, best2 = run_kernel(f, kernels)
     assert best == best2
     assert np.array_equal(scores, s2, equal_nan=True)
     assert np.array_equal(reasons, r2)
@@ -433,12 +490,12 @@ def test_reference_growth_preserves_data(f: Fleet, capacity: int) -> None:
 # ---------------------------------------------------------------- fixed cases
 
 
-def test_reference_empty_and_all_ineligible_choose_nobody() -> None:
-    assert run_kernel(fleet(0))[2] == -1
-    assert run_kernel(fleet(5, mask=[0] * 5))[2] == -1
-    assert run_kernel(fleet(5, health=[codes.HEALTH_UNHEALTHY] * 5))[2] == -1
-    assert run_kernel(fleet(5, breaker=[codes.BREAKER_OPEN] * 5))[2] == -1
-    scores, reasons, best = run_kernel(fleet(5, clearance=[1], privacy=2))
+def test_reference_empty_and_all_ineligible_choose_nobody(kernels: Kernels) -> None:
+    assert run_kernel(fleet(0), kernels)[2] == -1
+    assert run_kernel(fleet(5, mask=[0] * 5), kernels)[2] == -1
+    assert run_kernel(fleet(5, health=[codes.HEALTH_UNHEALTHY] * 5), kernels)[2] == -1
+    assert run_kernel(fleet(5, breaker=[codes.BREAKER_OPEN] * 5), kernels)[2] == -1
+    scores, reasons, best = run_kernel(fleet(5, clearance=[1], privacy=2), kernels)
     assert best == -1 and reasons.tolist() == [codes.REASON_PRIVACY] * 5
     assert np.isnan(scores).all()
 
@@ -457,37 +514,39 @@ def test_reference_empty_and_all_ineligible_choose_nobody() -> None:
         (dict(region=[7]), 0),  # unknown region: INTERNAL, enough for privacy 1
     ],
 )
-def test_reference_reason_order(overrides: dict[str, list[Any]], reason: int) -> None:
+def test_reference_reason_order(
+    overrides: dict[str, list[Any]], reason: int, kernels: Kernels
+) -> None:
     f = fleet(1, max_latency=1.0, **overrides)
-    assert run_kernel(f)[1].tolist() == [reason] == reference(f)[1]
+    assert run_kernel(f, kernels)[1].tolist() == [reason] == reference(f)[1]
 
 
-def test_reference_unknown_region_fails_closed() -> None:
+def test_reference_unknown_region_fails_closed(kernels: Kernels) -> None:
     unknown = [-(2**31), -1, 1, 61, 62, 63, 64, 10_000, 2**31 - 1]
     f = fleet(len(unknown), region=unknown, clearance=[3], privacy=2)
-    assert run_kernel(f)[1].tolist() == [codes.REASON_PRIVACY] * len(unknown)
+    assert run_kernel(f, kernels)[1].tolist() == [codes.REASON_PRIVACY] * len(unknown)
     # ... as INTERNAL, which is enough for INTERNAL data.
     f = fleet(len(unknown), region=unknown, clearance=[0], privacy=1)
-    assert run_kernel(f)[1].tolist() == [codes.REASON_OK] * len(unknown)
+    assert run_kernel(f, kernels)[1].tolist() == [codes.REASON_OK] * len(unknown)
     # Past the bit set: the per-node table path says the same.
     f = fleet(2, region=[64, 70], clearance=[3] * 65, privacy=2)
-    assert run_kernel(f)[1].tolist() == [codes.REASON_OK, codes.REASON_PRIVACY]
+    assert run_kernel(f, kernels)[1].tolist() == [codes.REASON_OK, codes.REASON_PRIVACY]
 
 
-def test_reference_ties_go_to_the_lowest_slot() -> None:
-    assert run_kernel(fleet(50))[2] == 0
+def test_reference_ties_go_to_the_lowest_slot(kernels: Kernels) -> None:
+    assert run_kernel(fleet(50), kernels)[2] == 0
     f = fleet(6, health=[2, 1, 2, 1, 1, 2])
-    assert run_kernel(f)[2] == 1
+    assert run_kernel(f, kernels)[2] == 1
 
 
-def test_reference_load_penalty_spreads_requests() -> None:
+def test_reference_load_penalty_spreads_requests(kernels: Kernels) -> None:
     f = fleet(2, p50=[0.01, 0.05], p99=[0.01, 0.05], inflight=[5, 0])
-    assert run_kernel(f)[2] == 0  # no penalty: the faster node
+    assert run_kernel(f, kernels)[2] == 0  # no penalty: the faster node
     f.load_penalty = 0.2
-    assert run_kernel(f)[2] == 1  # the idle node once in-flight work counts
+    assert run_kernel(f, kernels)[2] == 1  # the idle node once in-flight work counts
 
 
-def test_reference_component_values() -> None:
+def test_reference_component_values(kernels: Kernels) -> None:
     f = fleet(
         3,
         health=[1, 2, 0],
@@ -501,11 +560,13 @@ def test_reference_component_values() -> None:
         prefer_gpu=True,
         cost_tolerance=0.0,
     )
-    components, _, _, _ = sc.score_components(
-        f.arrays(), f.mask_array(), np.array(f.weights), f.params()
-    )
+    a = f.arrays()
+    components = np.full((a.capacity, codes.N_WEIGHTS), -7.0)
+    scores, reasons = np.empty(a.capacity), np.empty(a.capacity, dtype=np.int8)
+    kernels.components(*a.kernel_columns(), f.mask_array(), a.clearance, np.array(f.weights),
+                       f.params(), components, scores, reasons)  # fmt: skip
     np.testing.assert_allclose(
-        components,
+        components[: f.n],
         [
             [1.0, 0.5, 1.0, 0.0, 0.5, 1.0],  # latency 0.25 s at scale 0.25 s, cost 1 at scale 1
             [0.5, 0.5, 1.0, 1.0, 0.5, 0.0],  # no samples, no price: neutral
@@ -720,7 +781,8 @@ def test_warm_up_compiles_each_kernel_once() -> None:
     _jit.warm_up()
     assert {name: list(k.signatures) for name, k in kernels.items()} == before
     # The router's call types are the warmed ones: a routing call compiles nothing.
-    run_kernel(fleet(3))
+    f = fleet(3)
+    sc.score_nodes(f.arrays(), f.mask_array(), np.array(f.weights), f.params())
     sc.score_components(fleet(2).arrays(), np.ones(2, np.uint8), arrays.make_weights(),
                         arrays.make_params())  # fmt: skip
     assert {name: list(k.signatures) for name, k in kernels.items()} == before

@@ -1,8 +1,11 @@
 """The one place that chooses between the compiled core and its pure-Python twins.
 
 Every compiled module (``fedgate._core._latency``, ``fedgate._core._breaker_table``) has a
-twin with identical behaviour (``_latency_py``, ``_breaker_table_py``).
-Components import the chosen classes from here and nowhere else.
+twin with identical behaviour (``_latency_py``, ``_breaker_table_py``). What both
+twins share (codes, limits, defaults, argument checks, error texts, docstrings)
+is in one spec per component (``latency_spec``, ``breaker_spec``), so the twins
+differ only in how they apply the rules. Components import the chosen classes
+from here and nowhere else.
 
 ``FEDGATE_NO_EXTENSIONS=1`` forces the pure path. Without it a failed import of
 the compiled modules also falls back (a source checkout that was never built

@@ -1,58 +1,17 @@
 """Stub of the compiled lock-free circuit-breaker state table (``_native/_breaker_table.pyx``).
 
-The pure-Python twin ``fedgate._core._breaker_table_py`` has the same interface.
+The pure-Python twin ``fedgate._core._breaker_table_py`` has the same interface;
+codes, limits and docstrings: :mod:`fedgate._core.breaker_spec`.
 """
 
 from datetime import timedelta
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import disjoint_base
 
-__all__ = [
-    "ADMIT",
-    "CLOSED",
-    "HALF_OPEN",
-    "MAX_FAILURES",
-    "NO_TRANSITION",
-    "OPEN",
-    "OP_ALLOW",
-    "OP_FAILURE",
-    "OP_SUCCESS",
-    "PROBE",
-    "PROBING",
-    "RECOVERED",
-    "REJECT",
-    "REOPENED",
-    "REOPENED_AND_PROBING",
-    "TRIPPED",
-    "BreakerTable",
-    "decode_transition",
-]
-
-CLOSED: Final = 0
-OPEN: Final = 1
-HALF_OPEN: Final = 2
-
-REJECT: Final = 0
-ADMIT: Final = 1
-PROBE: Final = 2
-
-NO_TRANSITION: Final = -1
-TRIPPED: Final = 1
-PROBING: Final = 5
-RECOVERED: Final = 6
-REOPENED: Final = 7
-REOPENED_AND_PROBING: Final = 8
-
-OP_ALLOW: Final = 0
-OP_SUCCESS: Final = 1
-OP_FAILURE: Final = 2
-
-MAX_FAILURES: Final = 1023
-
-def decode_transition(code: int) -> tuple[int, int]: ...
+# The spec's __all__ is exactly the constants and function this module exports.
+from fedgate._core.breaker_spec import *  # noqa: F403
 
 @disjoint_base  # a cdef class: it cannot share a subclass with another C layout
 class BreakerTable:
@@ -72,14 +31,14 @@ class BreakerTable:
     def epoch(self) -> float: ...
     def __init__(
         self,
-        failure_threshold: int = 5,
-        open_timeout: float | timedelta = 30.0,
-        max_open_timeout: float | timedelta = 300.0,
-        half_open_max_probes: int = 1,
-        success_threshold: int = 1,
-        probe_timeout: float | timedelta = 10.0,
-        epoch: float = 0.0,
-        nodes: int = 0,
+        failure_threshold: int = ...,
+        open_timeout: float | timedelta = ...,
+        max_open_timeout: float | timedelta = ...,
+        half_open_max_probes: int = ...,
+        success_threshold: int = ...,
+        probe_timeout: float | timedelta = ...,
+        epoch: float = ...,
+        nodes: int = ...,
     ) -> None: ...
     def __len__(self) -> int: ...
     def add_node(self) -> int: ...

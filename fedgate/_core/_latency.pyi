@@ -1,18 +1,21 @@
-"""Stub of the compiled latency table (``_native/_latency.pyx``); twin: ``_latency_py``."""
+"""Stub of the compiled latency table (``_native/_latency.pyx``); twin: ``_latency_py``.
 
-from typing import Final, SupportsFloat, SupportsIndex
+Limits, checks and docstrings: :mod:`fedgate._core.latency_spec`.
+"""
+
+from typing import SupportsFloat, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_WINDOW", "LatencyTable"]
+from fedgate._core.latency_spec import MAX_WINDOW as MAX_WINDOW
 
-MAX_WINDOW: Final[int]
+__all__ = ["MAX_WINDOW", "LatencyTable"]
 
 def _nth_element(values: npt.NDArray[np.float64], k: int, depth: int = -1) -> None: ...
 
 class LatencyTable:
-    def __init__(self, window: int = 1024, nodes: int = 0) -> None: ...
+    def __init__(self, window: int = ..., nodes: int = ...) -> None: ...
     @property
     def window(self) -> int: ...
     @property

@@ -1,4 +1,4 @@
-"""Subscriptions shared by the catalog, the health checker and the circuit breaker.
+"""Subscriptions shared by the catalog and the per-node slots (health, breaker: ``_slots``).
 
 Each keeps a plain list of listeners that it calls synchronously, in order,
 under its own lock; this module only owns adding one and the handle that

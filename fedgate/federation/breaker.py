@@ -22,13 +22,15 @@ happened (the deadline), not the time they were noticed.
 Only failures the node caused belong in :meth:`CircuitBreaker.record_failure`
 (RELIABILITY rule 4): bad input, an unknown capability, an oversized request
 or a client's cancel never reach it.
+
+Node registration, slot growth and the listeners are the shared
+:class:`fedgate.federation._slots.NodeSlots`, as for health.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +39,10 @@ from typing import Annotated, Any, NamedTuple, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedgate._core import breaker_spec
+from fedgate._core.codes import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN
 from fedgate.clock import Clock
-from fedgate.federation._listeners import add_listener
+from fedgate.federation._slots import NodeSlots, checked_clock, checked_config, optional
 from fedgate.types import NodeId
 from fedgate.validation import DAY, InvalidParameterError, count, seconds, validate
 
@@ -52,12 +56,11 @@ __all__ = [
     "CircuitState",
 ]
 
-_CLOSED, _OPEN, _HALF_OPEN = 0, 1, 2
-_REJECT, _ADMIT, _PROBE = 0, 1, 2
-_NO_TRANSITION = -1
+_ADMIT = breaker_spec.ADMIT
+_NO_TRANSITION = breaker_spec.NO_TRANSITION
 # The table's limits (counts live in bit fields of the 64-bit word).
-_MAX_FAILURES = 1023
-_MAX_COUNT = 63
+_MAX_FAILURES = breaker_spec.MAX_FAILURES
+_MAX_COUNT = breaker_spec.MAX_COUNT
 # The table counts whole milliseconds, so a shorter duration would round to 0;
 # it could hold (2^36 - 1) ms, but a breaker open for more than a day is a mistake.
 _Duration: TypeAlias = Annotated[float, seconds(ge=0.001, le=DAY)]
@@ -66,9 +69,9 @@ _Duration: TypeAlias = Annotated[float, seconds(ge=0.001, le=DAY)]
 class CircuitState(enum.Enum):
     """A breaker's state. Values are the scoring kernel's ``BREAKER_*`` codes."""
 
-    CLOSED = 0
-    OPEN = 1
-    HALF_OPEN = 2
+    CLOSED = BREAKER_CLOSED
+    OPEN = BREAKER_OPEN
+    HALF_OPEN = BREAKER_HALF_OPEN
 
     def __str__(self) -> str:
         return self.name
@@ -80,9 +83,9 @@ _STATES = tuple(CircuitState)
 class Admission(enum.IntEnum):
     """The answer of :meth:`CircuitBreaker.admit`; falsy only for REJECT."""
 
-    REJECT = 0
-    ADMIT = 1
-    PROBE = 2
+    REJECT = breaker_spec.REJECT
+    ADMIT = breaker_spec.ADMIT
+    PROBE = breaker_spec.PROBE
 
     @property
     def probe(self) -> bool:
@@ -167,11 +170,7 @@ class BreakerStatus:
     trips: int
 
 
-def _opt(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
-class CircuitBreaker:
+class CircuitBreaker(NodeSlots[BreakerConfig, BreakerTransition]):
     """Per-node circuit breakers (nodes register on first use).
 
     Parameters
@@ -193,19 +192,13 @@ class CircuitBreaker:
         *,
         table_factory: Callable[..., Any] | None = None,
     ) -> None:
-        if config is None:
-            config = BreakerConfig()
-        elif not isinstance(config, BreakerConfig):
-            raise TypeError(f"config: expected a BreakerConfig, got {config!r}")
-        if not callable(clock):
-            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        config = checked_config(config, BreakerConfig)
+        clock = checked_clock(clock)
         if table_factory is None:
             from fedgate._core import BreakerTable
 
             table_factory = BreakerTable
-        self._config = config
-        self._clock = clock
-        self._table = table_factory(
+        table = table_factory(
             failure_threshold=config.failure_threshold,
             open_timeout=config.open_timeout,
             max_open_timeout=config.max_open_timeout,
@@ -215,38 +208,29 @@ class CircuitBreaker:
             epoch=float(clock()),
             nodes=0,
         )
-        self._max_probes = config.half_open_max_probes
-        # The table is lock-free; this lock only orders the bookkeeping below
+        # The table is lock-free; the lock only orders the bookkeeping below
         # (what was last observed per node), so events come out in order.
-        self._lock = threading.RLock()
-        self._slots: dict[NodeId, int] = {}
-        self._ids: list[NodeId] = []
+        super().__init__(config, clock, table)
+        self._max_probes = config.half_open_max_probes
         self._last_failure: list[float] = []
         self._trips_of: list[int] = []
-        cap = 16
         # Last observed effective state, probes and deadline per slot.
-        self._codes = np.zeros(cap, dtype=np.int8)
-        self._routable = np.zeros(cap, dtype=np.int8)
-        self._probes = np.zeros(cap, dtype=np.int16)
-        self._deadline = np.full(cap, np.nan, dtype=np.float64)
-        self._scratch = np.zeros(cap, dtype=np.int8)
+        self._codes = self._array("_codes", np.int8, BREAKER_CLOSED)
+        self._routable = self._array("_routable", np.int8, BREAKER_CLOSED)
+        self._probes = self._array("_probes", np.int16, 0)
+        self._deadline = self._array("_deadline", np.float64, np.nan)
+        self._scratch = self._array("_scratch", np.int8, 0)
         self._next_deadline = math.inf
-        self._version = 0
         self._transitions = 0
         self._trips = 0
-        self._listeners: list[BreakerListener] = []
+
+    _TABLE = "breaker table"
+
+    def _add_slot(self) -> None:
+        self._last_failure.append(math.nan)
+        self._trips_of.append(0)
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def config(self) -> BreakerConfig:
-        """The thresholds in force."""
-        return self._config
-
-    @property
-    def clock(self) -> Clock:
-        """The clock every decision reads."""
-        return self._clock
 
     @property
     def table(self) -> Any:
@@ -267,11 +251,6 @@ class CircuitBreaker:
         return self._routable[: len(self._ids)]
 
     @property
-    def version(self) -> int:
-        """Bumped whenever an observed state (or probe saturation) changes."""
-        return self._version
-
-    @property
     def next_deadline(self) -> float:
         """No time-driven transition can happen before this clock reading.
 
@@ -289,78 +268,15 @@ class CircuitBreaker:
         """Transitions into OPEN so far (trips and reopens)."""
         return self._trips
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._slots
-
-    def nodes(self) -> list[NodeId]:
-        """Every node with a breaker, in registration order."""
-        return list(self._ids)
-
-    def subscribe(self, listener: BreakerListener) -> Callable[[], None]:
-        """Call ``listener(BreakerTransition)`` for every transition, in order.
-
-        Listeners run synchronously under the breaker's lock: keep them short
-        (count, log, schedule) and do not record outcomes from inside one.
-
-        Returns
-        -------
-        callable
-            Call it to unsubscribe.
-        """
-        return add_listener(self._listeners, listener, self._lock)
-
-    def slot(self, node: NodeId, *, create: bool = True) -> int:
-        """The node's slot in :attr:`table` and :attr:`codes` (registering it when ``create``).
-
-        Returns -1 for an unknown node when not ``create``. Slots are never reused.
-        """
-        s = self._slots.get(node)
-        if s is not None:
-            return s
-        if not create:
-            return -1
-        if not isinstance(node, str) or not node:
-            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
-        with self._lock:
-            s = self._slots.get(node)
-            if s is not None:
-                return s
-            s = self._table.add_node()
-            if s != len(self._ids):
-                raise RuntimeError(
-                    f"breaker table slot {s} out of step with {len(self._ids)} nodes"
-                )
-            if s == self._codes.shape[0]:
-                self._grow()
-            self._ids.append(NodeId(node))
-            self._last_failure.append(math.nan)
-            self._trips_of.append(0)
-            self._slots[NodeId(node)] = s
-            return s
-
-    def _grow(self) -> None:
-        cap = self._codes.shape[0] * 2
-        for name, fill in (("_codes", 0), ("_routable", 0), ("_probes", 0),
-                           ("_deadline", np.nan), ("_scratch", 0)):  # fmt: skip
-            old = getattr(self, name)
-            new = np.full(cap, fill, dtype=old.dtype)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
-
     # ------------------------------------------------------------ observation
 
     def _emit(self, s: int, old: int, new: int, at: float) -> None:
         self._transitions += 1
-        if new == _OPEN:
+        if new == BREAKER_OPEN:
             self._trips += 1
             self._trips_of[s] += 1
         if self._listeners:
-            event = BreakerTransition(self._ids[s], _STATES[old], _STATES[new], at)
-            for listener in tuple(self._listeners):
-                listener(event)
+            self._notify(BreakerTransition(self._ids[s], _STATES[old], _STATES[new], at))
 
     def _observe(self, s: int, now: float) -> int:
         """Compare the table's effective view of slot ``s`` with what was last seen.
@@ -373,20 +289,22 @@ class CircuitBreaker:
         known = int(self._codes[s])
         known_probes = int(self._probes[s])
         known_deadline = float(self._deadline[s])
-        if known == _HALF_OPEN and known_probes > 0 and state == _HALF_OPEN and probes == 0:
+        half_open = BREAKER_HALF_OPEN
+        if known == half_open and known_probes > 0 and state == half_open and probes == 0:
             # Nobody looked while a stuck probe reopened the breaker and the
             # new open period ran out: both transitions happened.
-            self._emit(s, _HALF_OPEN, _OPEN, min(known_deadline, now))
-            self._emit(s, _OPEN, _HALF_OPEN, min(known_deadline + timeout, now))
+            self._emit(s, BREAKER_HALF_OPEN, BREAKER_OPEN, min(known_deadline, now))
+            self._emit(s, BREAKER_OPEN, BREAKER_HALF_OPEN, min(known_deadline + timeout, now))
         elif state != known:
-            if state == _OPEN:
+            if state == BREAKER_OPEN:
                 at = opened_at if opened_at == opened_at else now
-            elif known == _OPEN and state == _HALF_OPEN and known_deadline <= now:
+            elif known == BREAKER_OPEN and state == BREAKER_HALF_OPEN and known_deadline <= now:
                 at = known_deadline
             else:
                 at = now
             self._emit(s, known, state, min(at, now))
-        routable = _OPEN if state == _HALF_OPEN and probes >= self._max_probes else state
+        saturated = state == BREAKER_HALF_OPEN and probes >= self._max_probes
+        routable = BREAKER_OPEN if saturated else state
         if state != known or routable != self._routable[s] or probes != known_probes:
             self._codes[s] = state
             self._routable[s] = routable
@@ -414,7 +332,7 @@ class CircuitBreaker:
             s = self.slot(node)
         with self._lock:
             now = self._clock()
-            if self._codes[s] == _CLOSED:
+            if self._codes[s] == BREAKER_CLOSED:
                 # CLOSED changes only by a recorded failure: nothing time-driven to observe.
                 decision = self._table.allow(s, now)
                 if decision != _ADMIT:
@@ -436,7 +354,7 @@ class CircuitBreaker:
             s = self.slot(node)
         with self._lock:
             now = self._clock()
-            if self._codes[s] == _CLOSED:
+            if self._codes[s] == BREAKER_CLOSED:
                 if self._table.record_success(s, now) == _NO_TRANSITION:
                     return
             else:
@@ -456,7 +374,7 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             self._last_failure[s] = now
-            if self._codes[s] == _CLOSED:
+            if self._codes[s] == BREAKER_CLOSED:
                 if self._table.record_failure(s, now) == _NO_TRANSITION:
                     return
             else:
@@ -535,11 +453,13 @@ class CircuitBreaker:
                 current = self._scratch
                 self._table.states_into(now, current)
                 codes = self._codes[:n]
-                probing = (codes == _HALF_OPEN) & (self._probes[:n] > 0)
+                probing = (codes == BREAKER_HALF_OPEN) & (self._probes[:n] > 0)
                 due = (current[:n] != codes) | (probing & (self._deadline[:n] <= now))
                 for s in np.flatnonzero(due).tolist():
                     self._observe(s, now)
-                pending = (codes == _OPEN) | ((codes == _HALF_OPEN) & (self._probes[:n] > 0))
+                # After the observations above: codes and probes have moved.
+                probing = (codes == BREAKER_HALF_OPEN) & (self._probes[:n] > 0)
+                pending = (codes == BREAKER_OPEN) | probing
                 self._next_deadline = (
                     float(self._deadline[:n][pending].min()) if pending.any() else math.inf
                 )
@@ -566,17 +486,17 @@ class CircuitBreaker:
 
     def _status(self, s: int, now: float) -> BreakerStatus:
         state, failures, probes, opened_at, timeout, reset_at = self._table.snapshot(s, now)
-        reset = _opt(reset_at)
+        reset = optional(reset_at)
         return BreakerStatus(
             node_id=self._ids[s],
             state=_STATES[state],
             failures=int(failures),
             probes=int(probes),
-            opened_at=_opt(opened_at),
+            opened_at=optional(opened_at),
             open_timeout=float(timeout),
             reset_at=reset,
             time_to_reset=None if reset is None else max(0.0, reset - now),
-            last_failure=_opt(self._last_failure[s]),
+            last_failure=optional(self._last_failure[s]),
             trips=self._trips_of[s],
         )
 

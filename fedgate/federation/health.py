@@ -19,17 +19,17 @@ Latencies go into the compiled ring-buffer table (:mod:`fedgate._core`),
 which gives exact p50/p95/p99 over the most recent ``window`` samples.
 
 For the router the checker keeps its per-node state codes in a NumPy array
-(:attr:`HealthChecker.codes`, the ``fedgate.routing.scoring.HEALTH_*`` codes) with a
+(:attr:`HealthChecker.codes`, the ``fedgate._core.codes.HEALTH_*`` codes) with a
 :attr:`~HealthChecker.version` bumped on every change, and a per-node count
 of recorded samples (:attr:`~HealthChecker.latency_seq`), so a router
-refreshes only what changed, in bulk.
+refreshes only what changed, in bulk. Node registration, slot growth and the
+listeners are the shared :class:`fedgate.federation._slots.NodeSlots`.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +39,10 @@ from typing import Annotated, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from fedgate._core.codes import HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN
+from fedgate._core.latency_spec import MAX_WINDOW as _MAX_WINDOW
 from fedgate.clock import Clock, to_seconds
-from fedgate.federation._listeners import add_listener
+from fedgate.federation._slots import NodeSlots, checked_clock, checked_config, optional
 from fedgate.types import NodeId
 from fedgate.validation import HeartbeatInterval, Latency, Timeout, count, validate
 
@@ -53,22 +55,19 @@ __all__ = [
     "HealthTransition",
 ]
 
-_MAX_WINDOW = 1 << 20
-
 
 class HealthState(enum.Enum):
     """A node's health. Values are the scoring kernel's ``HEALTH_*`` codes."""
 
-    UNKNOWN = 0
-    HEALTHY = 1
-    DEGRADED = 2
-    UNHEALTHY = 3
+    UNKNOWN = HEALTH_UNKNOWN
+    HEALTHY = HEALTH_HEALTHY
+    DEGRADED = HEALTH_DEGRADED
+    UNHEALTHY = HEALTH_UNHEALTHY
 
     def __str__(self) -> str:
         return self.name
 
 
-_UNKNOWN, _HEALTHY, _DEGRADED, _UNHEALTHY = 0, 1, 2, 3
 _STATES = tuple(HealthState)
 
 
@@ -159,11 +158,7 @@ class HealthTransition(NamedTuple):
 HealthListener = Callable[[HealthTransition], None]
 
 
-def _opt(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
-class HealthChecker:
+class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
     """Tracks every node's health; all calls are plain (non-async) and thread-safe.
 
     Parameters
@@ -186,23 +181,14 @@ class HealthChecker:
         *,
         table_factory: Callable[..., Any] | None = None,
     ) -> None:
-        if config is None:
-            config = HealthConfig()
-        elif not isinstance(config, HealthConfig):
-            raise TypeError(f"config: expected a HealthConfig, got {config!r}")
-        if not callable(clock):
-            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        config = checked_config(config, HealthConfig)
+        clock = checked_clock(clock)
         if table_factory is None:
             from fedgate._core import LatencyTable
 
             table_factory = LatencyTable
-        self._config = config
-        self._clock = clock
+        super().__init__(config, clock, table_factory(window=config.window, nodes=0))
         self._liveness = config.liveness_timeout
-        self._table = table_factory(window=config.window, nodes=0)
-        self._lock = threading.RLock()
-        self._slots: dict[NodeId, int] = {}
-        self._ids: list[NodeId] = []
         # Scalar per-node state in lists: a report touches a few of them, and
         # list element access is several times cheaper than NumPy scalar access.
         self._reported: list[int] = []
@@ -214,28 +200,25 @@ class HealthChecker:
         self._cooldown_until: list[float] = []
         self._next_cooldown = math.inf
         # Bulk-read state in arrays (the router gathers them; expire() scans them).
-        cap = 16
-        self._codes = np.zeros(cap, dtype=np.int8)
-        self._latency_seq = np.zeros(cap, dtype=np.uint64)
-        self._last_hb = np.full(cap, np.nan, dtype=np.float64)
-        self._tracked = np.zeros(cap, dtype=np.bool_)
-        self._dead = np.zeros(cap, dtype=np.bool_)
+        self._codes = self._array("_codes", np.int8, HEALTH_UNKNOWN)
+        self._latency_seq = self._array("_latency_seq", np.uint64, 0)
+        self._last_hb = self._array("_last_hb", np.float64, np.nan)
+        self._tracked = self._array("_tracked", np.bool_, False)
+        self._dead = self._array("_dead", np.bool_, False)
         self._next_expiry = math.inf
-        self._version = 0
         self._latency_version = 0
-        self._listeners: list[HealthListener] = []
+
+    _TABLE = "latency table"
+
+    def _add_slot(self) -> None:
+        self._reported.append(HEALTH_UNKNOWN)
+        self._failures.append(0)
+        self._successes.append(0)
+        self._fast_streak.append(0)
+        self._last_check.append(math.nan)
+        self._cooldown_until.append(math.inf)
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def config(self) -> HealthConfig:
-        """The thresholds in force."""
-        return self._config
-
-    @property
-    def clock(self) -> Clock:
-        """The clock every time-dependent decision reads."""
-        return self._clock
 
     @property
     def latency_table(self) -> Any:
@@ -253,11 +236,6 @@ class HealthChecker:
         return self._latency_seq[: len(self._ids)]
 
     @property
-    def version(self) -> int:
-        """Bumped whenever any node's effective state changes."""
-        return self._version
-
-    @property
     def latency_version(self) -> int:
         """Bumped on every latency sample."""
         return self._latency_version
@@ -267,79 +245,10 @@ class HealthChecker:
         """No heartbeat-tracked node can be declared dead before this clock reading."""
         return self._next_expiry
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._slots
-
-    def nodes(self) -> list[NodeId]:
-        """Every registered node, in registration order."""
-        return list(self._ids)
-
-    def subscribe(self, listener: HealthListener) -> Callable[[], None]:
-        """Call ``listener(HealthTransition)`` on every change of effective state.
-
-        Returns
-        -------
-        callable
-            Call it to unsubscribe.
-        """
-        return add_listener(self._listeners, listener, self._lock)
-
-    def _grow(self) -> None:
-        cap = self._codes.shape[0] * 2
-        for name, fill in (("_codes", 0), ("_latency_seq", 0), ("_last_hb", np.nan),
-                           ("_tracked", False), ("_dead", False)):  # fmt: skip
-            old = getattr(self, name)
-            new = np.full(cap, fill, dtype=old.dtype)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
-
-    def _check_node(self, node: object) -> NodeId:
-        if not isinstance(node, str) or not node:
-            raise ValueError(f"node: expected a non-empty node id, got {node!r}")
-        return NodeId(node)
-
-    def slot(self, node: NodeId, *, create: bool = True) -> int:
-        """The node's slot in :attr:`latency_table` and :attr:`codes`.
-
-        Registers an unknown node when ``create`` (else returns -1). Slots are
-        never reused, so a router can keep them.
-        """
-        s = self._slots.get(node)
-        if s is not None:
-            return s
-        if not create:
-            return -1
-        with self._lock:
-            s = self._slots.get(node)
-            if s is not None:
-                return s
-            node = self._check_node(node)
-            s = self._table.add_node()
-            if s != len(self._ids):
-                raise RuntimeError(
-                    f"latency table slot {s} out of step with {len(self._ids)} nodes"
-                )
-            if s == self._codes.shape[0]:
-                self._grow()
-            self._ids.append(node)
-            self._reported.append(_UNKNOWN)
-            self._failures.append(0)
-            self._successes.append(0)
-            self._fast_streak.append(0)
-            self._last_check.append(math.nan)
-            self._cooldown_until.append(math.inf)
-            self._slots[node] = s
-            return s
-
     def _emit(self, slot: int, old: int, new: int, at: float, cause: str) -> None:
         self._version += 1
         if self._listeners:
-            event = HealthTransition(self._ids[slot], _STATES[old], _STATES[new], at, cause)
-            for listener in tuple(self._listeners):
-                listener(event)
+            self._notify(HealthTransition(self._ids[slot], _STATES[old], _STATES[new], at, cause))
 
     def _set_reported(self, slot: int, new: int, at: float) -> None:
         old_effective = int(self._codes[slot])
@@ -397,11 +306,11 @@ class HealthChecker:
             self._last_hb[s] = math.nan
             was_dead = bool(self._dead[s])
             self._dead[s] = False
-            self._reported[s] = _UNKNOWN
+            self._reported[s] = HEALTH_UNKNOWN
             old = int(self._codes[s])
-            if old != _UNKNOWN or was_dead:
-                self._codes[s] = _UNKNOWN
-                self._emit(s, old, _UNKNOWN, now, "reset")
+            if old != HEALTH_UNKNOWN or was_dead:
+                self._codes[s] = HEALTH_UNKNOWN
+                self._emit(s, old, HEALTH_UNKNOWN, now, "reset")
             return True
 
     # ------------------------------------------------------------ reports
@@ -441,13 +350,14 @@ class HealthChecker:
             reported = self._reported[s]
             if seconds > self._config.degraded_latency:
                 self._fast_streak[s] = 0
-                new = _DEGRADED
+                new = HEALTH_DEGRADED
             else:
                 streak = self._fast_streak[s] + 1
                 self._fast_streak[s] = streak
                 # From UNKNOWN there is nothing to recover from; HEALTHY stays HEALTHY.
-                if reported in (_UNKNOWN, _HEALTHY) or streak >= self._config.recovery_threshold:
-                    new = _HEALTHY
+                recovered = streak >= self._config.recovery_threshold
+                if reported in (HEALTH_UNKNOWN, HEALTH_HEALTHY) or recovered:
+                    new = HEALTH_HEALTHY
                 else:
                     new = reported
             if new != reported or self._codes[s] != new:
@@ -469,8 +379,9 @@ class HealthChecker:
             self._successes[s] = 0
             self._fast_streak[s] = 0
             self._last_check[s] = now
-            new = _UNHEALTHY if failures >= self._config.failure_threshold else _DEGRADED
-            if new == _UNHEALTHY:
+            down = failures >= self._config.failure_threshold
+            new = HEALTH_UNHEALTHY if down else HEALTH_DEGRADED
+            if new == HEALTH_UNHEALTHY:
                 until = now + self._config.unhealthy_cooldown
                 self._cooldown_until[s] = until
                 self._next_cooldown = min(self._next_cooldown, until)
@@ -497,9 +408,9 @@ class HealthChecker:
                 self._dead[s] = False
                 self._next_expiry = min(self._next_expiry, now + self._liveness)
                 new = self._reported[s]
-                if new != _UNHEALTHY:
+                if new != HEALTH_UNHEALTHY:
                     self._codes[s] = new
-                    self._emit(s, _UNHEALTHY, new, now, "heartbeat")
+                    self._emit(s, HEALTH_UNHEALTHY, new, now, "heartbeat")
 
     def expire(self, now: float | None = None) -> list[NodeId]:
         """Declare dead every tracked node whose heartbeat is overdue at ``now``.
@@ -531,10 +442,10 @@ class HealthChecker:
             for s in overdue.tolist():
                 self._dead[s] = True
                 old = int(self._codes[s])
-                if old != _UNHEALTHY:
-                    self._codes[s] = _UNHEALTHY
+                if old != HEALTH_UNHEALTHY:
+                    self._codes[s] = HEALTH_UNHEALTHY
                     # The node died when its deadline passed, not when we looked.
-                    self._emit(s, old, _UNHEALTHY, float(deadline[s]), "heartbeat_missed")
+                    self._emit(s, old, HEALTH_UNHEALTHY, float(deadline[s]), "heartbeat_missed")
             live[overdue] = False
             self._next_expiry = float(deadline[live].min()) if live.any() else math.inf
             return [self._ids[s] for s in overdue.tolist()]
@@ -551,14 +462,14 @@ class HealthChecker:
                     following = min(following, until)
                     continue
                 self._cooldown_until[s] = math.inf
-                if self._reported[s] == _UNHEALTHY:
+                if self._reported[s] == HEALTH_UNHEALTHY:
                     # One more failure is enough to take it out again.
                     self._failures[s] = threshold - 1
                     old = int(self._codes[s])
-                    self._reported[s] = _DEGRADED
-                    if not self._dead[s] and old != _DEGRADED:
-                        self._codes[s] = _DEGRADED
-                        self._emit(s, old, _DEGRADED, until, "cooldown")
+                    self._reported[s] = HEALTH_DEGRADED
+                    if not self._dead[s] and old != HEALTH_DEGRADED:
+                        self._codes[s] = HEALTH_DEGRADED
+                        self._emit(s, old, HEALTH_DEGRADED, until, "cooldown")
             self._next_cooldown = following
 
     def is_alive(self, node: NodeId) -> bool:
@@ -585,14 +496,14 @@ class HealthChecker:
         return HealthStatus(
             node_id=self._ids[s],
             state=_STATES[int(self._codes[s])],
-            latency_p50=_opt(p50),
-            latency_p95=_opt(p95),
-            latency_p99=_opt(p99),
+            latency_p50=optional(p50),
+            latency_p95=optional(p95),
+            latency_p99=optional(p99),
             consecutive_failures=self._failures[s],
             consecutive_successes=self._successes[s],
-            last_check=_opt(self._last_check[s]),
+            last_check=optional(self._last_check[s]),
             samples=int(self._table.count(s)),
-            last_heartbeat=_opt(hb),
+            last_heartbeat=optional(hb),
             alive=not self._dead[s],
             reported_state=_STATES[self._reported[s]],
         )

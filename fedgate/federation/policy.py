@@ -39,6 +39,15 @@ from typing import Annotated, Any, ClassVar, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedgate._core.codes import (
+    N_WEIGHTS,
+    W_COST,
+    W_GPU,
+    W_HEALTH,
+    W_LATENCY,
+    W_LOCALITY,
+    W_PRIVACY,
+)
 from fedgate.types import RegionId
 from fedgate.validation import DAY, IDENT, MAX_COST, MAX_WEIGHT, Number, seconds, validate
 
@@ -53,10 +62,6 @@ __all__ = [
     "PrivacyPolicy",
 ]
 
-# Component indices of the kernel's weight vector (fedgate.routing.scoring.W_*).
-# Repeated here so importing a policy never imports Numba.
-_W_HEALTH, _W_LATENCY, _W_PRIVACY, _W_LOCALITY, _W_COST, _W_GPU = range(6)
-_N_WEIGHTS = 6
 # Slotted dataclasses turn field defaults into descriptors on the class, so the
 # defaults used when a policy is absent are spelled out here.
 _DEFAULT_LATENCY_SCALE = 0.25
@@ -104,7 +109,7 @@ class HealthPolicy(Policy):
     """
 
     name: ClassVar[str] = "health"
-    index: ClassVar[int] = _W_HEALTH
+    index: ClassVar[int] = W_HEALTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ class LatencyPolicy(Policy):
     latency_scale: _LatencyScale = 0.25  # keep equal to _DEFAULT_LATENCY_SCALE
 
     name: ClassVar[str] = "latency"
-    index: ClassVar[int] = _W_LATENCY
+    index: ClassVar[int] = W_LATENCY
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +135,7 @@ class PrivacyPolicy(Policy):
     """Data sovereignty. The constraint is always enforced; the weight only scores."""
 
     name: ClassVar[str] = "privacy"
-    index: ClassVar[int] = _W_PRIVACY
+    index: ClassVar[int] = W_PRIVACY
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +154,7 @@ class LocalityPolicy(Policy):
     origin: Annotated[RegionId, IDENT] | None = None
 
     name: ClassVar[str] = "locality"
-    index: ClassVar[int] = _W_LOCALITY
+    index: ClassVar[int] = W_LOCALITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +172,7 @@ class CostPolicy(Policy):
     cost_scale: _CostScale = 1.0  # keep equal to _DEFAULT_COST_SCALE
 
     name: ClassVar[str] = "cost"
-    index: ClassVar[int] = _W_COST
+    index: ClassVar[int] = W_COST
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +180,7 @@ class GpuPolicy(Policy):
     """Favour GPU nodes when the request's ``qos.prefer_gpu`` is set."""
 
     name: ClassVar[str] = "gpu"
-    index: ClassVar[int] = _W_GPU
+    index: ClassVar[int] = W_GPU
 
 
 _KINDS: dict[str, type[Policy]] = {
@@ -274,7 +279,7 @@ class CompositePolicy:
             )
 
     def weights(self) -> npt.NDArray[np.float64]:
-        """The kernel's weight vector (float64[6], ``fedgate.routing.scoring.W_*`` order).
+        """The kernel's weight vector (float64[6], ``fedgate._core.codes.W_*`` order).
 
         A component without a policy has weight 0.
 
@@ -284,7 +289,7 @@ class CompositePolicy:
             When every weight is 0.
         """
         self.validate()
-        w = np.zeros(_N_WEIGHTS, dtype=np.float64)
+        w = np.zeros(N_WEIGHTS, dtype=np.float64)
         for p in self._policies:
             w[p.index] = p.weight
         return w
