@@ -135,7 +135,7 @@ async def _scenario(nodes: int, streams: int, baseline: float, trace: int = 0) -
                 i % 2 == 0, 1.0, 64, True, 3600.0, 1, "bench",
             )  # fmt: skip
             # Through the gateway's own frame handling, as if the Ready had arrived.
-            gateway._dispatch(f"fake-{i}".encode(), ready)
+            gateway._on_message(f"fake-{i}".encode(), wire.encode(ready))
         for i in range(2):
             argv = [
                 sys.executable, "-m", "fedgate", "worker", "--gateway", gateway.endpoints[0],

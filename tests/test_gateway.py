@@ -227,13 +227,53 @@ async def test_malformed_frames_are_dropped_and_counted() -> None:
             ctx.term()
 
 
+class _FailingSocket:
+    """The gateway's socket, but the next send fails with an unexpected ZMQError."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.armed = False
+        self.failed: list[bytes] = []
+
+    def send(self, data: Any, *args: Any, **kw: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.failed.append(bytes(data))
+            raise zmq.ZMQError(zmq.EPROTONOSUPPORT)
+        return self._sock.send(data, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def test_an_unexpected_send_error_counts_against_the_node_and_fails_over() -> None:
+    async with federation({"node": "a", "cost": 0.0}, {"node": "b", "cost": 5.0}) as (gw, _):
+        pump = gw._pump
+        assert pump is not None
+        failing = _FailingSocket(pump.sock)
+        pump.sock = failing  # type: ignore[assignment]
+        failing.armed = True
+        response = await gw.infer(req("zmq-error"))
+        assert len(failing.failed) == 1
+        first = failing.failed[0].split(b"/")[0].decode()  # the identity: node/worker_id
+        # Not "shutdown": retried elsewhere, and the node that failed is charged with it.
+        assert response.node_id != first and response.attempts == 2
+        stats = gw.stats()
+        assert stats.failovers == 1 and stats.failed_requests == 0
+        assert stats.per_node[first].failures == 1
+        pump.sock = failing._sock
+
+
 async def test_second_worker_claiming_a_live_node_id_is_refused() -> None:
     async with federation({"node": "dup"}) as (gw, _):
         twin = Worker(WorkerConfig([gw.endpoints[0]], "dup", "other", ["m"], ["generate"],
                                    heartbeat_interval=0.1, close_linger=0.0))
+        assert gw.stats().refused_workers == 0
         code = await asyncio.wait_for(twin.run(), 5.0)
         assert code == 3
         assert [w["region"] for w in gw.workers()] == ["us-west-2"]
+        # Its Ready repeats until the Refuse arrives: at least one refusal, reported.
+        assert gw.stats().refused_workers >= 1
 
 
 async def test_lifecycle_trace_reaches_completed_through_the_hook() -> None:

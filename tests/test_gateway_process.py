@@ -1116,8 +1116,9 @@ async def test_worker_restarted_at_once_after_sigkill_is_not_refused(tmp_path: P
         await fleet.wait_registered(gw)
         # The gateway's ROUTER reports the old connection's end (the test's only
         # peer): from then on, only the vanished connection tells the old process apart.
-        assert gw._sock is not None
-        monitor = gw._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        pump = gw._pump
+        assert pump is not None
+        monitor = pump.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:
             fleet.kill("phoenix", signal.SIGKILL)
             await fleet.async_wait_exit("phoenix")
@@ -1126,7 +1127,7 @@ async def test_worker_restarted_at_once_after_sigkill_is_not_refused(tmp_path: P
                 zmq.EVENT_DISCONNECTED
             )
         finally:
-            gw._sock.disable_monitor()
+            pump.sock.disable_monitor()
             monitor.close(0)
         fleet.restart("phoenix")
         await fleet.wait_registered(gw, "phoenix", timeout=5.0)

@@ -8,8 +8,9 @@ See ``docs/ARCHITECTURE.md`` for the whole path.
 
 from __future__ import annotations
 
+from fedgate.gateway.builder import GatewayBuilder
 from fedgate.gateway.config import GatewayConfig
-from fedgate.gateway.gateway import Gateway, GatewayBuilder
+from fedgate.gateway.gateway import Gateway
 from fedgate.gateway.stats import GatewayStats, NodeStats, RouteRecord
 
 __all__ = ["Gateway", "GatewayBuilder", "GatewayConfig", "GatewayStats", "NodeStats", "RouteRecord"]

@@ -36,6 +36,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from fedgate.transport.bind import bind_router
 from fedgate.types import Capability, InferenceRequest, PrivacyLevel, QoSRequirements, RegionId
 
 if TYPE_CHECKING:
@@ -104,20 +105,19 @@ class Ingress:
             The endpoint cannot be bound.
         """
         ctx = zmq.asyncio.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # A client that went away must make the send fail (and cancel its work),
-        # not vanish silently.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, self._gateway.config.max_input_bytes + 65536)
-        try:
-            sock.bind(self._bind)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            ctx.term()
-            raise OSError(f"cannot bind ingress endpoint {self._bind!r}: {exc}") from exc
+        sock, (self._endpoint,) = bind_router(
+            ctx,
+            [self._bind],
+            what="ingress",
+            options={
+                zmq.LINGER: 0,
+                # A client that went away must make the send fail (and cancel
+                # its work), not vanish silently.
+                zmq.ROUTER_MANDATORY: 1,
+                zmq.MAXMSGSIZE: self._gateway.config.max_input_bytes + 65536,
+            },
+        )
         self._ctx, self._sock = ctx, sock
-        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._reader = asyncio.create_task(self._read(sock), name="fedgate-ingress")
 
     async def stop(self) -> None:

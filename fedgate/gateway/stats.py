@@ -1,14 +1,22 @@
-"""What the gateway reports: :class:`GatewayStats`, per-node counters, routing records."""
+"""What the gateway counts and reports.
+
+:class:`GatewayCounters` is the one mutable object every part of the request
+path counts into (the calls, the attempt book, the worker registry, the frame
+reader); :meth:`GatewayCounters.snapshot` turns it into the frozen
+:class:`GatewayStats` that :meth:`Gateway.stats` returns.
+"""
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 
 import msgspec
 
+from fedgate._core import LatencyTable
 from fedgate.types import NodeId, RegionId
 
-__all__ = ["GatewayStats", "NodeStats", "RouteRecord"]
+__all__ = ["GatewayCounters", "GatewayStats", "NodeStats", "RouteRecord"]
 
 
 @dataclass(slots=True)
@@ -64,3 +72,87 @@ class GatewayStats:
     workers: int
     per_node: dict[str, NodeStats] = field(default_factory=dict)
     per_tenant: dict[str, NodeStats] = field(default_factory=dict)
+    # Worker processes refused for claiming a node id live with another one (R16).
+    refused_workers: int = 0
+
+
+class GatewayCounters:
+    """The gateway's running counters (plain attributes: one increment each, no call)."""
+
+    __slots__ = (
+        "active",
+        "active_streams",
+        "cancel_acks",
+        "cancelled",
+        "cancels_sent",
+        "failed",
+        "failovers",
+        "latency",
+        "latency_sum",
+        "local_rejections",
+        "malformed",
+        "ok",
+        "per_node",
+        "per_tenant",
+        "refused",
+        "resumes",
+        "retries",
+        "retrying",
+        "stale",
+        "tokens",
+        "total",
+    )
+
+    def __init__(self) -> None:
+        self.total = self.ok = self.failed = self.cancelled = 0
+        self.tokens = 0
+        self.latency_sum = 0.0
+        self.active = self.active_streams = self.retrying = 0
+        self.retries = self.failovers = self.resumes = self.local_rejections = 0
+        self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
+        self.refused = 0
+        self.per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
+        self.per_tenant: dict[str, NodeStats] = collections.defaultdict(NodeStats)
+        # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).
+        self.latency = LatencyTable(window=4096, nodes=2)
+
+    def snapshot(self, *, breaker_trips: int, workers: int) -> GatewayStats:
+        """The counters as :class:`GatewayStats`, with what the gateway adds itself."""
+        p50, p95, p99 = self.latency.percentiles(0)
+        t50, t95, t99 = self.latency.percentiles(1)
+        done = self.ok
+        return GatewayStats(
+            total_requests=self.total,
+            successful_requests=self.ok,
+            failed_requests=self.failed,
+            cancelled_requests=self.cancelled,
+            total_tokens=self.tokens,
+            avg_latency=self.latency_sum / done if done else 0.0,
+            latency_p50=p50,
+            latency_p95=p95,
+            latency_p99=p99,
+            ttft_p50=t50,
+            ttft_p95=t95,
+            ttft_p99=t99,
+            active_requests=self.active,
+            active_streams=self.active_streams,
+            retries=self.retries,
+            failovers=self.failovers,
+            resumes=self.resumes,
+            breaker_trips=breaker_trips,
+            local_rejections=self.local_rejections,
+            stale_frames=self.stale,
+            malformed_frames=self.malformed,
+            cancels_sent=self.cancels_sent,
+            cancels_acknowledged=self.cancel_acks,
+            workers=workers,
+            per_node={
+                k: NodeStats(v.requests, v.successes, v.failures, v.tokens)
+                for k, v in self.per_node.items()
+            },
+            per_tenant={
+                k: NodeStats(v.requests, v.successes, v.failures, v.tokens)
+                for k, v in self.per_tenant.items()
+            },
+            refused_workers=self.refused,
+        )

@@ -69,6 +69,7 @@ class _GatewayCollector:
             ("fedgate_stale_frames", "Frames of abandoned attempts dropped", "stale_frames"),
             ("fedgate_malformed_frames", "Malformed frames dropped", "malformed_frames"),
             ("fedgate_cancels_sent", "CANCEL frames sent to workers", "cancels_sent"),
+            ("fedgate_refused_workers", "Workers refused: node id held", "refused_workers"),
         )  # fmt: skip
         for name, doc, key in counters:
             yield CounterMetricFamily(name, doc, value=float(stats[key]))

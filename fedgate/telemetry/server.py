@@ -29,6 +29,7 @@ from fedgate.telemetry import DEFAULT_ENDPOINT
 from fedgate.telemetry.client import TelemetryTimeout
 from fedgate.telemetry.prometheus import PrometheusExporter
 from fedgate.telemetry.snapshots import SCHEMA_VERSION, telemetry_for
+from fedgate.transport.bind import bind_router
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -159,19 +160,10 @@ class TelemetryServer:
             raise RuntimeError("telemetry server already started")
         self._loop = asyncio.get_running_loop()
         ctx = zmq.asyncio.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
         # A request is a word; anything larger is not a request worth reading.
-        sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
-        sock.setsockopt(zmq.SNDHWM, 1000)
-        try:
-            sock.bind(self._bind)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            ctx.term()
-            raise OSError(f"cannot bind telemetry endpoint {self._bind!r}: {exc}") from exc
+        options = {zmq.LINGER: 0, zmq.MAXMSGSIZE: 64 * 1024, zmq.SNDHWM: 1000}
+        sock, (self._endpoint,) = bind_router(ctx, [self._bind], what="telemetry", options=options)
         self._ctx, self._sock = ctx, sock
-        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.telemetry.telemetry_endpoint = self._endpoint
         if self._prometheus_port is not None:
             try:

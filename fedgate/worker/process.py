@@ -19,12 +19,14 @@ A backend that can hand over its whole answer at once (``complete(req)``, as
 the synthetic backend at full speed does) is answered inline, with the same
 frames and no task: nothing is left to cancel or time out.
 
-The sockets are plain pyzmq sockets read from the loop's file-descriptor
-callback (no future per message, no task per socket) and written with
-non-blocking sends. A frame the socket cannot take yet waits in the link's
-backlog, in order, and the task that sent it waits until it has left
-(backpressure: a slow gateway slows the backend down; the backlog holds at
-most one frame per task plus the newest control frame).
+The sockets are plain pyzmq sockets, one :class:`~fedgate.worker.link.Link`
+per gateway, each driven by the socket pump the gateway uses too
+(``fedgate/transport/pump.py``): read from the loop's file-descriptor callback
+(no future per message, no task per socket), written with non-blocking sends.
+A frame the socket cannot take yet waits in the link's backlog, in order, and
+the task that sent it waits until it has left (backpressure: a slow gateway
+slows the backend down; the backlog holds at most one frame per task plus the
+newest control frame).
 
 Stopping (:meth:`Worker.stop`, SIGTERM/SIGINT in the CLI): send Disconnect,
 accept nothing new (Error ``shutdown``), stop heartbeating, let in-flight
@@ -37,7 +39,6 @@ loop died.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import math
@@ -95,6 +96,7 @@ from fedgate.validation import (
     validate,
 )
 from fedgate.worker.backends import Backend, BackendRequest, create_backend
+from fedgate.worker.link import Link, connect
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_REFUSED", "Worker", "WorkerConfig", "WorkerStats"]
 
@@ -188,70 +190,12 @@ class WorkerStats:
     tokens_sent: int = 0
 
 
-class _Out:
-    """A frame the socket could not take at once, queued behind the ones before it.
-
-    ``frame`` becomes None when its sender withdrew it (a cancelled reply, a
-    heartbeat replaced by a newer one); ``waiter`` is resolved once it is handed
-    to libzmq (or the link closes).
-    """
-
-    __slots__ = ("frame", "waiter")
-
-    def __init__(self, frame: bytes) -> None:
-        self.frame: bytes | None = frame
-        self.waiter: asyncio.Future[None] | None = None
-
-
-class _Link:
-    """One gateway: its socket, registration state and send backlog."""
-
-    __slots__ = (
-        "backlog",
-        "closed",
-        "corked",
-        "drain_pending",
-        "drain_sent",
-        "endpoint",
-        "fd",
-        "fire_pending",
-        "gateway_id",
-        "index",
-        "refused",
-        "retry",
-        "retry_delay",
-        "sock",
-        "welcomed",
-    )
-
-    def __init__(self, index: int, endpoint: str, sock: zmq.Socket[Any]) -> None:
-        self.index = index
-        self.endpoint = endpoint
-        self.sock = sock
-        self.fd = cast(int, sock.getsockopt(zmq.FD))
-        self.welcomed = False
-        self.refused = False
-        self.closed = False
-        self.gateway_id: str | None = None
-        self.fire_pending: _Out | None = None
-        # Frames waiting for the socket (bounded: every task waits for its own
-        # frame to leave before it produces the next, and control frames replace
-        # each other). Empty on the fast path.
-        self.backlog: collections.deque[_Out] = collections.deque()
-        self.drain_pending = False
-        # Frames produced during a drain, sent when it ends (see _on_readable).
-        self.corked: list[bytes] | None = None
-        self.drain_sent = False  # the current drain sent its first reply
-        self.retry: asyncio.TimerHandle | None = None
-        self.retry_delay = _RETRY_MIN
-
-
 class _Active:
     """One request attempt being served by a task."""
 
     __slots__ = ("deadline", "key", "link", "reason", "replied", "started", "task", "timer")
 
-    def __init__(self, link: _Link, key: tuple[int, str, int], deadline: float) -> None:
+    def __init__(self, link: Link, key: tuple[int, str, int], deadline: float) -> None:
         self.link = link
         self.key = key
         self.deadline = deadline
@@ -260,22 +204,6 @@ class _Active:
         self.started = False  # produced its first chunk (else it counts as queued)
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-
-
-# Plain ints: zmq's flag enums cost a construction per call.
-_NOBLOCK = int(zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_RCVMORE = int(zmq.RCVMORE)
-_POLLOUT = int(zmq.POLLOUT)
-# Receive batch per loop callback: a flood of requests must not starve the
-# tasks already serving (nor the heartbeat).
-_RECV_BATCH = 512
-# While a frame waits for a blocked socket, its file descriptor normally says
-# when it can go; a timer retries too (backing off), in case a wake-up was
-# consumed by another call on the socket.
-_RETRY_MIN = 0.001
-_RETRY_MAX = 0.1
 
 
 class Worker:
@@ -327,7 +255,7 @@ class Worker:
         self._models = frozenset(config.models)
         self._default_model = config.models[0]
         self._max_concurrency = config.max_concurrency
-        self._links: list[_Link] = []
+        self._links: list[Link] = []
         self._active: dict[tuple[int, str, int], _Active] = {}
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
@@ -424,7 +352,17 @@ class Worker:
         self._failure = loop.create_future()
         try:
             for index, endpoint in enumerate(cfg.gateways):
-                self._links.append(_Link(index, endpoint, self._socket(ctx, endpoint)))
+                sock = connect(
+                    ctx,
+                    endpoint,
+                    routing_id=self.routing_id,
+                    send_hwm=cfg.send_hwm,
+                    recv_hwm=cfg.recv_hwm,
+                    heartbeat_interval=cfg.heartbeat_interval,
+                )
+                self._links.append(
+                    Link(index, endpoint, loop, sock, self._reader, self._malformed, self._fail)
+                )
             self._ready_frame = encode(
                 Ready(
                     cfg.node,
@@ -451,8 +389,8 @@ class Worker:
                 ", ".join(cfg.gateways),
             )
             for link in self._links:
-                loop.add_reader(link.fd, self._on_readable, link)
-                self._fire(link, self._ready_frame)
+                link.pump.start()
+                link.fire(self._ready_frame)
                 self.stats.readies_sent += 1
             background.append(loop.create_task(self._heartbeat()))
             self._started.set()
@@ -478,7 +416,7 @@ class Worker:
                 await asyncio.wait(leftovers, timeout=1.0)
             linger = int(cfg.close_linger * 1000)
             for link in self._links:
-                self._close_link(link, linger)
+                link.pump.close(linger)
             try:
                 await self.backend.aclose()
             except Exception:
@@ -488,50 +426,13 @@ class Worker:
         log.info("worker %s stopped (exit status %d)", self.worker_id, self._exit_code)
         return self._exit_code
 
-    def _socket(self, ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
-        cfg = self.config
-        sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-        sock.setsockopt(zmq.RCVHWM, cfg.recv_hwm)
-        # Queue only to live connections: a reply for a gateway that is gone
-        # waits (bounded by the deadline) instead of filling a dead pipe.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        # Transport heartbeats only notice a dead TCP peer so the DEALER
-        # reconnects; liveness towards the gateway is the application heartbeat.
-        ivl = max(1, int(cfg.heartbeat_interval * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
-        sock.connect(endpoint)
-        return sock
-
-    def _close_link(self, link: _Link, linger: int) -> None:
-        if link.closed:
-            return
-        # Last chance for queued replies (Disconnect, shutdown errors) to leave.
-        self._flush(link)
-        link.closed = True
-        if link.retry is not None:
-            link.retry.cancel()
-            link.retry = None
-        if self._loop is not None:
-            self._loop.remove_reader(link.fd)
-        for out in link.backlog:
-            if out.waiter is not None and not out.waiter.done():
-                out.waiter.set_result(None)
-        link.backlog.clear()
-        link.sock.close(linger=linger)
-
     async def _shutdown(self) -> None:
         self._draining = True
         reason = "refused" if self._exit_code == EXIT_REFUSED else "stopping"
         frame = encode(Disconnect(self.config.node, self.worker_id, reason))
         for link in self._links:
             if not link.refused:
-                self._fire(link, frame)
+                link.fire(frame)
         if self._active:
             log.info("draining %d in-flight request(s)", len(self._active))
         if self._active and self._drain and self.config.drain_timeout > 0:
@@ -578,206 +479,35 @@ class Worker:
                             self.config.node, self.worker_id, self._seq, len(self._active), queued
                         )
                     )
-                self._fire(link, frame)
+                link.fire(frame)
                 self.stats.heartbeats_sent += 1
             else:
-                self._fire(link, self._ready_frame)
+                link.fire(self._ready_frame)
                 self.stats.readies_sent += 1
 
     # --- sending -------------------------------------------------------------
 
-    def _send(self, link: _Link, frame: bytes) -> _Out | None:
-        """Hand ``frame`` to libzmq now, or queue it behind the frames before it.
-
-        Returns None when it left at once (the fast path: one non-blocking send,
-        nothing allocated), else its place in the link's backlog.
-        """
-        corked = link.corked
-        if corked is not None:  # inside a drain
-            if link.drain_sent:  # leaves with the others at the drain's end
-                corked.append(frame)
-                return None
-            # The drain's first reply leaves at once: a lone request (the
-            # common case at low load) does not wait for the drain's empty receive.
-            link.drain_sent = True
-        if not link.backlog and not link.closed:
-            try:
-                link.sock.send(frame, _NOBLOCK)
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return None  # closing: nothing can be sent any more
-                raise
-            else:
-                # A send may consume the socket's edge-triggered read
-                # notification: look at the socket once more this loop iteration.
-                if not link.drain_pending:
-                    link.drain_pending = True
-                    cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
-                return None
-        out = _Out(frame)
-        if link.closed:
-            return out
-        link.backlog.append(out)
-        self._arm_retry(link)
-        if not link.drain_pending:
-            # The failed send may have consumed a notification: look once more soon.
-            link.drain_pending = True
-            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
-        return out
-
-    async def _sent(self, link: _Link, out: _Out) -> None:
-        """Wait until a queued frame has left; cancelled, it is withdrawn unsent."""
-        if out.frame is None or link.closed:  # already sent, withdrawn, or never will be
-            return
-        fut = out.waiter = cast(asyncio.AbstractEventLoop, self._loop).create_future()
-        try:
-            await fut
-        except asyncio.CancelledError:
-            out.frame = None
-            raise
-
-    def _flush(self, link: _Link) -> None:
-        """Send queued frames in order until the socket is full again."""
-        backlog = link.backlog
-        if link.closed:
-            return
-        sock = link.sock
-        while backlog:
-            out = backlog[0]
-            frame = out.frame
-            if frame is not None:
-                try:
-                    sock.send(frame, _NOBLOCK)
-                except zmq.Again:
-                    self._arm_retry(link)
-                    return
-                except zmq.ZMQError as exc:
-                    if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                        return
-                    raise
-                out.frame = None  # sent: nothing left to withdraw
-            backlog.popleft()
-            waiter = out.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        link.retry_delay = _RETRY_MIN
-        if link.retry is not None:
-            link.retry.cancel()
-            link.retry = None
-
-    def _arm_retry(self, link: _Link) -> None:
-        if link.retry is None and not link.closed:
-            loop = cast(asyncio.AbstractEventLoop, self._loop)
-            link.retry = loop.call_later(link.retry_delay, self._retry, link)
-            link.retry_delay = min(_RETRY_MAX, link.retry_delay * 2)
-
-    def _retry(self, link: _Link) -> None:
-        link.retry = None
-        self._on_readable(link)
-
-    def _fire(self, link: _Link, frame: bytes) -> None:
-        """Send a periodic or control frame without waiting.
-
-        Only the newest one may wait for the socket: a heartbeat queued behind a
-        blocked pipe is replaced by the next, so an unreachable gateway costs
-        one pending frame, not one per interval.
-        """
-        pending = link.fire_pending
-        if pending is not None:
-            pending.frame = None
-        link.fire_pending = self._send(link, frame)
-
-    def _reply_later(self, link: _Link, msg: Error) -> None:
+    def _reply_later(self, link: Link, msg: Error) -> None:
         """Send a reply from synchronous code (it may wait for the socket; never replaced)."""
         self.stats.errors[msg.code] = self.stats.errors.get(msg.code, 0) + 1
-        self._send(link, encode(msg))
+        link.pump.send(encode(msg))
 
     # --- receiving -----------------------------------------------------------
 
-    def _on_readable(self, link: _Link) -> None:
-        """The socket's file descriptor fired (or a send asked for a look): drain it."""
-        if link.closed:
-            link.drain_pending = False
-            return
-        # Replies produced while draining (after the first) are held back and
-        # handed to libzmq together at the end: the I/O thread then wakes once
-        # and writes them in one go, not once per reply with a TCP write each.
-        link.drain_pending = True
-        link.drain_sent = False
-        corked = link.corked = []
-        try:
-            self._read_link(link)
-        finally:
-            link.corked = None
-        try:
-            if corked and not link.closed:
-                send = self._send
-                for frame in corked:
-                    send(link, frame)
-                # Those sends came after the drain's last look at the socket
-                # (which covered the sends before it) and may have consumed its
-                # read notification: look again.
-                self._settle(link)
-            elif link.backlog and not link.closed:
-                self._settle(link)
-        finally:
-            link.drain_pending = False
-
-    def _settle(self, link: _Link) -> None:
-        """Frames still queued after a drain: make sure no wake-up was lost.
-
-        The drain's last receive may have consumed the "writable again"
-        notification, and the flush's sends a "readable" one: ask the socket
-        what it can do now (ZMQ_EVENTS) and look again if anything is due.
-        """
-        self._flush(link)
-        if link.closed:
-            return
-        events = cast(int, link.sock.getsockopt(_EVENTS))
-        if events & _POLLIN or (link.backlog and events & _POLLOUT):
-            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
-
-    def _read_link(self, link: _Link) -> None:
-        if link.backlog:
-            self._flush(link)
-        sock = link.sock
-        recv = sock.recv
-        option = sock.getsockopt
+    def _reader(self, link: Link) -> Callable[[bytes, bytes], None]:
+        """The pump's message handler for ``link``: decode, then serve or control."""
         max_bytes = self.config.max_frame_bytes
         on_request = self._on_request
         on_cancel = self._on_cancel
-        for n in range(_RECV_BATCH):
-            if n == 1 and not cast(int, option(_EVENTS)) & _POLLIN:
-                # A lone request, the common case at low load: asking the socket
-                # re-arms its notification as an empty receive would, at a third
-                # of the cost (no exception raised).
-                return
+        on_control = self._on_control
+        malformed = self._malformed
+
+        def on_message(_identity: bytes, payload: bytes) -> None:
             try:
-                # As bytes, not a zmq.Frame: a drain of several requests ends with
-                # a receive that finds nothing, and that failure costs twice as
-                # much with copy=False (~12 µs against ~6). RCVMORE is a plain
-                # option read.
-                part = recv(_NOBLOCK)
-                if option(_RCVMORE):
-                    parts = 2
-                    while recv(_NOBLOCK, copy=False).more:
-                        parts += 1
-                    self._malformed(link, f"expected 1 frame per message, got {parts}")
-                    continue
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                self._fail(exc)
-                return
-            try:
-                msg = decode_gateway_message(part, max_bytes)
+                msg = decode_gateway_message(payload, max_bytes)
             except ProtocolError as exc:
-                self._malformed(link, str(exc))
-                continue
+                malformed(link, str(exc))
+                return
             try:
                 kind = type(msg)
                 if kind is Request:
@@ -785,15 +515,13 @@ class Worker:
                 elif kind is Cancel:
                     on_cancel(link, msg)  # type: ignore[arg-type]
                 else:
-                    self._on_control(link, msg)
-            except Exception:  # a bug in a handler must not end the loop
+                    on_control(link, msg)
+            except Exception:  # a bug in a handler must not end the pass
                 log.exception(
                     "worker failed to handle %s from %s", type(msg).__name__, link.endpoint
                 )
-            if link.closed:
-                return
-        # Batch full: more may be waiting, and the descriptor will not fire for it.
-        cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._on_readable, link)
+
+        return on_message
 
     def _fail(self, exc: BaseException) -> None:
         """The receive side broke: run() ends with EXIT_FAILED."""
@@ -801,7 +529,7 @@ class Worker:
         if failure is not None and not failure.done():
             failure.set_exception(exc)
 
-    def _malformed(self, link: _Link, why: str) -> None:
+    def _malformed(self, link: Link, why: str) -> None:
         self.stats.malformed_frames += 1
         now = asyncio.get_running_loop().time()
         if now - self._last_malformed_log >= 1.0:  # at most one line a second under a flood
@@ -813,7 +541,7 @@ class Worker:
                 self.stats.malformed_frames,
             )
 
-    def _on_control(self, link: _Link, msg: object) -> None:
+    def _on_control(self, link: Link, msg: object) -> None:
         node = self.config.node
         if isinstance(msg, Welcome):
             if msg.node != node:
@@ -836,7 +564,7 @@ class Worker:
             self._welcomed.clear()
             if not self._draining:
                 log.info("gateway %s asked node %s to announce again", link.endpoint, node)
-                self._fire(link, self._ready_frame)
+                link.fire(self._ready_frame)
                 self.stats.readies_sent += 1
         elif isinstance(msg, Refuse):
             if msg.node != node:
@@ -849,7 +577,7 @@ class Worker:
         else:  # pragma: no cover - the gateway decoder admits nothing else
             self.stats.unexpected_messages += 1
 
-    def _on_request(self, link: _Link, msg: Request) -> None:
+    def _on_request(self, link: Link, msg: Request) -> None:
         self.stats.requests += 1
         rid = msg.rid
         attempt = msg.attempt
@@ -888,7 +616,7 @@ class Worker:
         # backed up (then the reply must wait its turn, which takes a task):
         # nothing to cancel and no deadline to run, so no task, no timer.
         complete = self._complete
-        if complete is not None and not link.backlog:
+        if complete is not None and not link.pump.backlog:
             chunks = complete(req)
             if chunks is not None:
                 self._answer_now(link, msg, chunks)
@@ -901,16 +629,16 @@ class Worker:
         entry.timer = loop.call_later(msg.deadline, self._cancel, entry, ERR_DEADLINE)
         task.add_done_callback(functools.partial(self._finish, entry))
 
-    def _answer_now(self, link: _Link, msg: Request, chunks: list[list[bytes]]) -> None:
+    def _answer_now(self, link: Link, msg: Request, chunks: list[list[bytes]]) -> None:
         """Reply to a request whose chunks are all known: the frames _serve would send."""
         rid = msg.rid
         attempt = msg.attempt
         index = msg.resume_from
-        send = self._send
+        send = link.pump.send
         if msg.stream:
             for chunk in chunks:
                 if chunk:
-                    send(link, encode(Partial(rid, attempt, index, chunk)))
+                    send(encode(Partial(rid, attempt, index, chunk)))
                     index += len(chunk)
             output = b""
         else:
@@ -918,7 +646,7 @@ class Worker:
             index += len(parts)
             output = b"".join(parts)
         self.stats.tokens_sent += index - msg.resume_from
-        send(link, encode(Final(rid, attempt, index, output)))
+        send(encode(Final(rid, attempt, index, output)))
         self.stats.completed += 1
 
     def _unsupported(self, msg: Request) -> str | None:
@@ -936,7 +664,7 @@ class Worker:
             return f"node {self.config.node}'s backend cannot resume a generation"
         return None
 
-    def _on_cancel(self, link: _Link, msg: Cancel) -> None:
+    def _on_cancel(self, link: Link, msg: Cancel) -> None:
         entry = self._active.get((link.index, msg.rid, msg.attempt))
         if entry is None:
             self.stats.unknown_cancels += 1
@@ -954,7 +682,8 @@ class Worker:
         rid = msg.rid
         attempt = msg.attempt
         link = entry.link
-        send = self._send
+        pump = link.pump
+        send = pump.send
         stats = self.stats
         index = msg.resume_from
         try:
@@ -967,9 +696,9 @@ class Worker:
                         entry.started = True
                         # Backpressure: a frame the socket cannot take yet is
                         # waited for before the backend produces the next.
-                        out = send(link, encode(Partial(rid, attempt, index, chunk)))
+                        out = send(encode(Partial(rid, attempt, index, chunk)))
                         if out is not None:
-                            await self._sent(link, out)
+                            await pump.sent(out)
                         index += len(chunk)
                     output = b""
                 else:
@@ -987,9 +716,9 @@ class Worker:
             # gateway has given up on this attempt, and Error "deadline" says so
             # (the Final is withdrawn unsent).
             stats.tokens_sent += index - msg.resume_from
-            out = send(link, encode(Final(rid, attempt, index, output)))
+            out = send(encode(Final(rid, attempt, index, output)))
             if out is not None:
-                await self._sent(link, out)
+                await pump.sent(out)
             entry.replied = True
             stats.completed += 1
             return
@@ -1004,9 +733,9 @@ class Worker:
                 rid, attempt, ERR_BACKEND, f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
             )
         stats.tokens_sent += index - msg.resume_from
-        out = send(link, encode(reply))
+        out = send(encode(reply))
         if out is not None:
-            await self._sent(link, out)
+            await pump.sent(out)
         entry.replied = True
         stats.errors[reply.code] = stats.errors.get(reply.code, 0) + 1
 

@@ -1,0 +1,548 @@
+"""One request's attempt loop: route, admit, send, read the answer, fail over, resume.
+
+A :class:`Call` is made per ``infer`` / ``infer_stream`` and talks to a few
+collaborators, gathered once per gateway in a :class:`CallEnv`: the router
+(with the health checker and breaker it routes by), the worker registry, the
+attempt book (which sends through the socket pump) and the counters. See
+:mod:`fedgate.gateway.gateway` for the whole request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator
+from typing import Any, NamedTuple
+
+from fedgate.errors import (
+    BackpressureError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    FederationError,
+    NoCapacityError,
+    NodeUnreachableError,
+    StreamInterruptedError,
+    WorkerError,
+)
+from fedgate.federation.breaker import Admission, CircuitBreaker
+from fedgate.federation.health import HealthChecker
+from fedgate.federation.statemachine import RequestLifecycle, RequestState, TransitionHook
+from fedgate.gateway.attempt import Attempt, Attempts, Lost, LostCause
+from fedgate.gateway.config import GatewayConfig
+from fedgate.gateway.registry import Registry, Worker
+from fedgate.gateway.stats import GatewayCounters, NodeStats, RouteRecord
+from fedgate.routing.router import Router
+from fedgate.transport import protocol as wire
+from fedgate.types import InferenceRequest, InferenceResponse, NodeId, RegionId
+
+__all__ = ["Call", "CallEnv", "Failure"]
+
+_S = RequestState
+
+
+class CallEnv:
+    """What every call of one gateway talks to (``loop`` is set while it runs)."""
+
+    __slots__ = (
+        "attempts",
+        "breaker",
+        "config",
+        "counters",
+        "health",
+        "hooks",
+        "loop",
+        "recent_routes",
+        "registry",
+        "rng",
+        "router",
+    )
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        router: Router,
+        health: HealthChecker,
+        breaker: CircuitBreaker,
+        registry: Registry,
+        attempts: Attempts,
+        counters: GatewayCounters,
+        recent_routes: deque[RouteRecord],
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.health = health
+        self.breaker = breaker
+        self.registry = registry
+        self.attempts = attempts
+        self.counters = counters
+        self.recent_routes = recent_routes
+        self.hooks: list[TransitionHook] = []
+        self.rng = random.Random()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def fire(self, request_id: str, old: RequestState, new: RequestState, at: float) -> None:
+        for hook in list(self.hooks):
+            hook(request_id, old, new, at)
+
+
+class Failure(NamedTuple):
+    """Why an attempt ended without an answer, and what that means for the node and the request."""
+
+    error: Exception
+    node_caused: bool  # counts against the node's health and breaker
+    retryable: bool  # another node may still serve the request
+
+
+class Call:
+    """One request's attempt loop: routing, dispatch, failover, resume.
+
+    :meth:`run_unary` (``infer``) and :meth:`run` (``infer_stream``, an async
+    generator of token chunks) are the same loop; the steps they share are the
+    methods below. The unary loop is a plain coroutine because an async
+    generator costs every call a registration with the loop's shutdown set and
+    an extra frame per resumption, which ``infer`` never needs.
+    """
+
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "env",
+        "first_token_at",
+        "last_error",
+        "lifecycle",
+        "next_index",
+        "node",
+        "output",
+        "region",
+        "request",
+        "retrying",
+        "rid",
+        "score",
+        "started",
+        "stream",
+        "tenant",
+        "tried",
+    )
+
+    def __init__(self, env: CallEnv, request: InferenceRequest, stream: bool) -> None:
+        self.env = env
+        self.request = request
+        self.stream = stream
+        self.rid = wire.new_rid()
+        loop = env.loop
+        assert loop is not None
+        self.started = loop.time()
+        timeout = request.deadline if request.deadline is not None else env.config.request_timeout
+        self.deadline = self.started + timeout
+        self.lifecycle = RequestLifecycle(
+            request.request_id,
+            clock=loop.time,
+            start=_S.READY,
+            trace=False,
+            hook=env.fire if env.hooks else None,
+        )
+        self.next_index = 0
+        self.attempts = 0
+        self.tried: set[NodeId] = set()
+        self.last_error: Exception | None = None
+        self.first_token_at = -1.0
+        self.output = b""
+        self.node = NodeId("")
+        self.region = RegionId("")
+        self.score = 0.0
+        self.retrying = False
+        self.tenant: NodeStats | None = None
+
+    def response(self) -> InferenceResponse:
+        loop = self.env.loop
+        assert loop is not None
+        return InferenceResponse(
+            output=self.output,
+            node_id=self.node,
+            region_id=self.region,
+            score=self.score,
+            latency=loop.time() - self.started,
+            tokens=self.next_index,
+            attempts=self.attempts,
+            request_id=self.request.request_id,
+        )
+
+    # ------------------------------------------------------------- the two loops
+    async def run_unary(self) -> None:
+        """Run the request to its answer (``self.output``), failing over as needed."""
+        loop = self.env.loop
+        assert loop is not None
+        outcome = self._begin()
+        try:
+            self.lifecycle.to(_S.ROUTING)
+            while True:
+                choice = self._choose()
+                while isinstance(choice, BackpressureError):
+                    # Every eligible node is at its concurrency limit.
+                    await self._wait_for_capacity(choice)
+                    choice = self._choose()
+                worker, score, admission = choice
+                att = self._send_attempt(worker, score)
+                failure: Failure | None = None
+                if isinstance(att, Attempt):
+                    finished = False
+                    try:
+                        while True:
+                            step = self._step(await att.next(loop), att)
+                            if step is None:
+                                finished = True
+                                break
+                            if isinstance(step, Failure):
+                                failure = step
+                                break
+                    finally:
+                        self._end_attempt(att, admission, finished, failure)
+                    if finished:
+                        outcome = self._completed(att)
+                        return
+                else:
+                    failure = att
+                assert failure is not None
+                await self._after_failure(worker.node, admission, failure)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._end(outcome)
+
+    async def run(self) -> AsyncGenerator[list[bytes], None]:
+        """Run the request as a stream: yields each chunk of new tokens, in order."""
+        loop = self.env.loop
+        assert loop is not None
+        outcome = self._begin()
+        try:
+            self.lifecycle.to(_S.ROUTING)
+            while True:
+                choice = self._choose()
+                while isinstance(choice, BackpressureError):
+                    await self._wait_for_capacity(choice)
+                    choice = self._choose()
+                worker, score, admission = choice
+                att = self._send_attempt(worker, score)
+                failure: Failure | None = None
+                if isinstance(att, Attempt):
+                    finished = False
+                    try:
+                        while True:
+                            step = self._step(await att.next(loop), att)
+                            if step is None:
+                                finished = True
+                                break
+                            if isinstance(step, Failure):
+                                failure = step
+                                break
+                            if step:
+                                yield step
+                    finally:
+                        # Reached on success, failure, and when the caller stops reading.
+                        self._end_attempt(att, admission, finished, failure)
+                    if finished:
+                        outcome = self._completed(att)
+                        return
+                else:
+                    failure = att
+                assert failure is not None
+                await self._after_failure(worker.node, admission, failure)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            self._end(outcome)
+
+    # ------------------------------------------------------------ shared steps
+    def _begin(self) -> str:
+        counters = self.env.counters
+        req = self.request
+        counters.total += 1
+        counters.active += 1
+        if req.tenant_id:
+            self.tenant = tenant = counters.per_tenant[req.tenant_id]
+            tenant.requests += 1
+        return "failed"  # the outcome until the request completes or is cancelled
+
+    def _end(self, outcome: str) -> None:
+        counters = self.env.counters
+        tenant = self.tenant
+        counters.active -= 1
+        if self.retrying:
+            counters.retrying -= 1
+        if outcome == "ok":
+            counters.ok += 1
+            if tenant is not None:
+                tenant.successes += 1
+                tenant.tokens += self.next_index
+        elif outcome == "cancelled":
+            counters.cancelled += 1
+        else:
+            counters.failed += 1
+            if tenant is not None:
+                tenant.failures += 1
+
+    def _exclude(self) -> set[NodeId]:
+        if not self.stream or self.next_index == 0:
+            return self.tried
+        # Past the commit point only a node that can continue the generation may serve.
+        return self.tried | {w.node for w in self.env.registry.by_node.values() if not w.resumable}
+
+    def _choose(self) -> tuple[Worker, float, Admission] | BackpressureError:
+        """The next node to try, admitted by its breaker, or the router's
+        BackpressureError when every eligible node is full (wait for capacity).
+
+        Raises the caller's error when no node is left.
+        """
+        env = self.env
+        req = self.request
+        tried = self.tried
+        while True:
+            try:
+                decision = env.router.route(req, exclude=self._exclude())
+            except BackpressureError as exc:
+                return exc
+            except FederationError as exc:
+                self.lifecycle.to(_S.FAILED)
+                raise self._final_error(exc) from exc
+            node = decision.node_id
+            worker = env.registry.by_node.get(node)
+            if worker is None or not worker.alive:
+                tried.add(node)
+                continue
+            admission = env.breaker.admit(node)
+            if admission is Admission.REJECT:
+                env.counters.local_rejections += 1
+                tried.add(node)
+                if self.last_error is None:
+                    self.last_error = CircuitOpenError(f"node {node}: circuit breaker open")
+                continue
+            self.lifecycle.to(_S.INFERRING)
+            self.attempts += 1
+            tried.add(node)
+            return worker, decision.score, admission
+
+    async def _wait_for_capacity(self, full: BackpressureError) -> None:
+        """Wait in the bounded admission queue for a slot, within the deadline.
+
+        Raises the caller's error (``full``) when the queue is full or the deadline passes.
+        """
+        if not await self.env.attempts.wait_for_capacity(self.deadline):
+            self.lifecycle.to(_S.FAILED)
+            raise self._final_error(full) from full
+
+    def _send_attempt(self, worker: Worker, score: float) -> Attempt | Failure:
+        """Start the attempt on ``worker`` (a failed send arrives in its inbox)."""
+        env = self.env
+        try:
+            att = env.attempts.open(self, worker, self.attempts)
+        except NodeUnreachableError as exc:  # the gateway stopped under this request
+            return Failure(exc, False, False)
+        self.node, self.region, self.score = worker.node, worker.region, score
+        recent = env.recent_routes
+        if recent.maxlen:  # for the dashboard; after the send, off the latency path
+            req = self.request
+            recent.append(
+                RouteRecord(
+                    time.time(),
+                    req.request_id,
+                    req.tenant_id,
+                    str(req.capability),
+                    worker.node,
+                    worker.region,
+                    score,
+                    self.attempts,
+                )
+            )
+        return att
+
+    def _step(self, event: Any, att: Attempt) -> list[bytes] | Failure | None:
+        """Apply one inbox event: new tokens to pass on, None when done, or the failure."""
+        kind = type(event)
+        if kind is wire.Final:
+            if not self.stream:
+                self.output = event.output
+                self.next_index = event.tokens
+                return None
+            if event.tokens != self.next_index:
+                return Failure(
+                    NodeUnreachableError(
+                        f"node {self.node} ended the stream at {self.next_index} "
+                        f"tokens but reported {event.tokens}"
+                    ),
+                    True,
+                    True,
+                )
+            return None
+        if kind is wire.Partial:
+            loop = self.env.loop
+            assert loop is not None
+            att.last_frame = loop.time()
+            fresh = self._accept(event)
+            if fresh is None:  # a gap: the node broke the stream
+                return Failure(
+                    NodeUnreachableError(
+                        f"node {self.node} skipped tokens (expected index "
+                        f"{self.next_index}, got {event.index})"
+                    ),
+                    True,
+                    True,
+                )
+            if fresh and self.first_token_at < 0:
+                self.first_token_at = loop.time()
+                self.lifecycle.to(_S.STREAMING)
+            return fresh
+        if kind is wire.Error:
+            return self._worker_error(event)
+        return self._local_error(event, self.node)  # crash, stall, deadline, overflow, shutdown
+
+    def _end_attempt(
+        self, att: Attempt, admission: Admission, finished: bool, failure: Failure | None
+    ) -> None:
+        env = self.env
+        env.attempts.close(att, cancel=not finished and att.worker.alive)
+        if failure is None and not finished and admission is Admission.PROBE:
+            # The caller stopped: no verdict on the node, free the probe.
+            env.breaker.release(att.worker.node)
+
+    def _completed(self, att: Attempt) -> str:
+        self._succeeded(att.worker.node, att.started)
+        self.lifecycle.to(_S.COMPLETED)
+        return "ok"
+
+    async def _after_failure(self, node: NodeId, admission: Admission, failure: Failure) -> None:
+        """Book a failed attempt, then back off for the next one or raise the caller's error."""
+        env = self.env
+        counters = env.counters
+        loop = env.loop
+        assert loop is not None
+        lc = self.lifecycle
+        error = failure.error
+        self.last_error = error
+        if failure.node_caused:
+            env.health.report_failure(node)
+            env.breaker.record_failure(node)
+            counters.per_node[node].failures += 1
+        elif admission is Admission.PROBE:
+            env.breaker.release(node)
+        if not (failure.retryable and self._may_retry(self.retrying)):
+            lc.to(_S.FAILED)
+            raise self._final_error(error)
+        lc.to(_S.RETRYING)
+        if not self.retrying:
+            self.retrying = True
+            counters.retrying += 1
+        counters.retries += 1
+        if failure.node_caused:
+            counters.failovers += 1
+        if self.next_index:
+            counters.resumes += 1
+        delay = env.config.retry_delay * (2 ** (self.attempts - 1)) * (0.5 + env.rng.random())
+        if loop.time() + delay >= self.deadline:
+            lc.to(_S.FAILED)
+            raise DeadlineExceededError(
+                f"request {self.request.request_id!r}: deadline passed while retrying "
+                f"after {self.attempts} attempt(s): {error}"
+            ) from error
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lc.to(_S.ROUTING)
+
+    def _accept(self, msg: wire.Partial) -> list[bytes] | None:
+        """New tokens of a Partial, in order; [] for a duplicate, None for a gap."""
+        start = msg.index
+        if start > self.next_index:
+            return None
+        tokens = msg.tokens
+        end = start + len(tokens)
+        if end <= self.next_index:
+            return []
+        if start < self.next_index:
+            tokens = tokens[self.next_index - start :]
+        self.next_index = end
+        return tokens
+
+    def _succeeded(self, node: NodeId, attempt_started: float) -> None:
+        env = self.env
+        counters = env.counters
+        assert env.loop is not None
+        now = env.loop.time()
+        latency = now - self.started
+        # The node's health sees its own attempt's latency, not the backoffs before it.
+        env.health.report_success(node, now - attempt_started)
+        env.breaker.record_success(node)
+        stats = counters.per_node[node]
+        stats.successes += 1
+        stats.tokens += self.next_index
+        counters.tokens += self.next_index
+        counters.latency_sum += latency
+        counters.latency.record(0, latency)
+        if self.first_token_at >= 0:
+            counters.latency.record(1, self.first_token_at - self.started)
+
+    def _worker_error(self, msg: wire.Error) -> Failure:
+        """The failure a worker's Error frame reports."""
+        code = msg.code
+        text = f"node {self.node} failed request {self.request.request_id!r}: {code}: {msg.message}"
+        if code == wire.ERR_BAD_INPUT:
+            # The caller's input: never the node's fault, and no other node will like it more.
+            return Failure(WorkerError(text, code=code, node_caused=False), False, False)
+        node_caused = msg.node_caused or wire.is_node_caused(code)
+        if code == wire.ERR_DEADLINE:
+            return Failure(DeadlineExceededError(text), node_caused, False)
+        return Failure(WorkerError(text, code=code, node_caused=node_caused), node_caused, True)
+
+    def _local_error(self, event: Lost, node: NodeId) -> Failure:
+        """The failure the gateway observed itself (no frame from the node)."""
+        rid = self.request.request_id
+        cause = event.cause
+        if cause is LostCause.OVERFLOW:
+            error: Exception = BackpressureError(
+                f"request {rid!r}: reader too slow, more than {self.env.config.stream_buffer} "
+                "tokens buffered"
+            )
+        elif cause is LostCause.DEADLINE:
+            error = DeadlineExceededError(f"request {rid!r} exceeded its deadline on node {node}")
+        elif cause is LostCause.BACKPRESSURE:
+            error = BackpressureError(f"request {rid!r}: {event.message}")
+        elif cause is LostCause.SHUTDOWN:
+            error = NodeUnreachableError(f"request {rid!r}: {event.message}")
+        else:  # crash, stall, a failed send: the node's connection or process
+            error = NodeUnreachableError(f"request {rid!r} on node {node}: {event.message}")
+        return Failure(error, cause.node_caused, cause.retryable)
+
+    def _may_retry(self, already_retrying: bool) -> bool:
+        """Attempts left, time left, and room in the gateway's retry budget."""
+        env = self.env
+        config = env.config
+        if env.attempts.pump is None or self.attempts > config.max_retries:
+            return False
+        assert env.loop is not None
+        if env.loop.time() >= self.deadline:
+            return False
+        counters = env.counters
+        budget = max(config.retry_budget_min, int(config.retry_budget_ratio * counters.active))
+        others = counters.retrying - (1 if already_retrying else 0)
+        return others < budget
+
+    def _final_error(self, error: Exception) -> Exception:
+        """The error a caller sees: past the commit point, an explicit stream interruption."""
+        # Backpressure is the reader's own doing, not the node's: it stays typed as such.
+        if (
+            self.stream
+            and self.next_index > 0
+            and not isinstance(error, (StreamInterruptedError, BackpressureError))
+        ):
+            out = StreamInterruptedError(
+                f"stream {self.request.request_id!r} interrupted after {self.next_index} tokens: "
+                f"{self.last_error or error}"
+            )
+            out.__cause__ = error
+            return out
+        if isinstance(error, NoCapacityError) and self.last_error is not None:
+            # Every node was tried: report why the last one failed, not "no capacity".
+            return self.last_error
+        return error

@@ -1,0 +1,239 @@
+"""The worker registry: which worker processes are connected, and what happens when one goes.
+
+A worker announces itself with Ready; :meth:`Registry.register` records it
+(by node id and by socket identity), registers its models in the catalog and
+its node with health and the router, and answers Welcome — or Refuse when
+another live process already holds the node id (R16). Heartbeats keep the
+node alive in the health checker; a heartbeat from an unknown process is
+answered with Reannounce. :meth:`Registry.lose` takes a node out of routing
+and fails its in-flight attempts over (a crash, missed heartbeats, a lost
+connection); :meth:`Registry.expire` is the heartbeat monitor's pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import zmq
+
+from fedgate.errors import FederationError, NodeUnreachableError
+from fedgate.federation.catalog import ModelCatalog
+from fedgate.federation.health import HealthChecker
+from fedgate.gateway.attempt import Attempt, Lost, LostCause
+from fedgate.gateway.stats import GatewayCounters
+from fedgate.routing.router import Router
+from fedgate.transport import protocol as wire
+from fedgate.transport.pump import Pump
+from fedgate.types import ModelId, NodeId, RegionId
+
+__all__ = ["Registry", "Worker"]
+
+log = logging.getLogger("fedgate.gateway")
+
+
+class Worker:
+    """What the gateway knows of one connected worker process."""
+
+    __slots__ = (
+        "alive",
+        "attempts",
+        "cost",
+        "gpu",
+        "identity",
+        "max_concurrency",
+        "models",
+        "node",
+        "pid",
+        "region",
+        "resumable",
+        "worker_id",
+    )
+
+    def __init__(self, identity: bytes, msg: wire.Ready) -> None:
+        self.identity = identity
+        self.node = NodeId(msg.node)
+        self.region = RegionId(msg.region)
+        self.worker_id = msg.worker_id
+        self.models = [ModelId(m) for m in msg.models]
+        self.gpu = msg.gpu
+        self.cost = msg.cost
+        self.max_concurrency = msg.max_concurrency
+        self.resumable = msg.resumable
+        self.pid = msg.pid
+        self.alive = True
+        self.attempts: dict[str, Attempt] = {}
+
+
+class Registry:
+    """The connected workers of one gateway, by node id and by socket identity.
+
+    ``pump`` is set while the gateway runs (None otherwise): the registry
+    answers workers through it.
+    """
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        health: HealthChecker,
+        router: Router,
+        counters: GatewayCounters,
+        gateway_id: str,
+    ) -> None:
+        self.catalog = catalog
+        self.health = health
+        self.router = router
+        self.counters = counters
+        self.gateway_id = gateway_id
+        self.pump: Pump | None = None
+        self.by_identity: dict[bytes, Worker] = {}
+        self.by_node: dict[NodeId, Worker] = {}
+
+    def alive(self) -> int:
+        return sum(1 for w in self.by_node.values() if w.alive)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards."""
+        return [
+            {
+                "node": w.node,
+                "region": w.region,
+                "worker_id": w.worker_id,
+                "pid": w.pid,
+                "gpu": w.gpu,
+                "cost": w.cost,
+                "resumable": w.resumable,
+                "alive": w.alive,
+                "inflight": len(w.attempts),
+                "models": list(w.models),
+            }
+            for w in self.by_node.values()
+        ]
+
+    # ------------------------------------------------------------- messages
+    def heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
+        worker = self.by_identity.get(identity)
+        if worker is None or worker.worker_id != msg.worker_id or not worker.alive:
+            self._try_send(identity, wire.Reannounce())
+            return
+        self.health.heartbeat(worker.node)
+
+    def disconnect(self, identity: bytes, msg: wire.Disconnect) -> None:
+        worker = self.by_identity.get(identity)
+        if worker is not None and worker.worker_id == msg.worker_id:
+            # Draining: no new work; its in-flight requests still finish or fail explicitly.
+            self.router.set_alive(worker.node, False)
+            log.info(
+                "worker %s (%s) disconnecting: %s", worker.node, worker.worker_id, msg.reason
+            )
+
+    def register(self, identity: bytes, msg: wire.Ready) -> None:
+        node = NodeId(msg.node)
+        current = self.by_node.get(node)
+        if (
+            current is not None
+            and current.worker_id != msg.worker_id
+            and current.alive
+            and self.health.is_alive(node)
+            and self.connected(current)
+        ):
+            # R16: a second process claiming a live node id is refused, not merged.
+            self.counters.refused += 1
+            log.warning(
+                "refused worker %s claiming live node %s (held by %s)",
+                msg.worker_id,
+                node,
+                current.worker_id,
+            )
+            self._try_send(
+                identity, wire.Refuse(node, f"node id {node!r} is live with another worker")
+            )
+            return
+        if current is not None and (
+            current.worker_id != msg.worker_id or current.identity != identity
+        ):
+            self.lose(current, "replaced by a new worker process")
+            self.by_identity.pop(current.identity, None)
+        worker = Worker(identity, msg)
+        if (
+            current is not None
+            and current.worker_id == msg.worker_id
+            and current.identity == identity
+        ):
+            worker.attempts = current.attempts  # a re-announce keeps its in-flight work
+        self.by_identity[identity] = worker
+        self.by_node[node] = worker
+        stale_models = set(self.catalog.models_on(node)) - set(worker.models)
+        for model in stale_models:
+            self.catalog.deregister_sync(model, node)
+        for model in worker.models:
+            self.catalog.register_sync(model, node, worker.region, msg.capabilities)
+        if current is not None and current.worker_id != msg.worker_id:
+            # A new process: the old one's failures must not exile it. Reported
+            # UNHEALTHY has no way back without traffic (an UNHEALTHY node gets
+            # none); the breaker keeps its state and probes it on its own schedule.
+            self.health.deregister_node(node)
+        self.health.register_node(node, expect_heartbeats=True)
+        self.health.heartbeat(node)
+        self.router.update_node(
+            node,
+            region=worker.region,
+            gpu=worker.gpu,
+            cost=worker.cost,
+            max_concurrency=worker.max_concurrency,
+        )
+        self.router.set_alive(node, True)
+        self._try_send(identity, wire.Welcome(node, self.gateway_id))
+        log.info(
+            "worker %s registered: node %s region %s models %s",
+            msg.worker_id,
+            node,
+            worker.region,
+            worker.models,
+        )
+
+    # --------------------------------------------------------------- losing
+    def connected(self, worker: Worker) -> bool:
+        """Whether the worker's connection still exists (ROUTER_MANDATORY tells at once).
+
+        A process restarted right after a SIGKILL announces itself before its
+        predecessor's heartbeats have expired; the old connection, though, is
+        already gone, and refusing the new process would keep the node down.
+        """
+        pump = self.pump
+        if pump is None:
+            return False
+        try:
+            pump.send_now(wire.encode(wire.Reannounce()), worker.identity)
+        except NodeUnreachableError:
+            return False
+        except (FederationError, zmq.ZMQError):
+            return True
+        return True
+
+    def lose(self, worker: Worker, why: str) -> None:
+        """A worker is gone: no new dispatch, and its in-flight attempts fail over."""
+        if worker.alive:
+            worker.alive = False
+            self.router.set_alive(worker.node, False)
+            log.warning("node %s lost: %s", worker.node, why)
+        for att in list(worker.attempts.values()):
+            att.push(Lost(LostCause.CRASH, f"node {worker.node} lost: {why}"))
+
+    def expire(self) -> None:
+        """The heartbeat monitor's pass: lose every live worker whose heartbeats stopped."""
+        self.health.expire()
+        # Ask every live worker rather than use expire()'s list: whoever calls
+        # expire() first gets that list (the router does, on each route), and a
+        # dead node missed here would keep its in-flight attempts until deadline.
+        for worker in list(self.by_node.values()):
+            if worker.alive and not self.health.is_alive(worker.node):
+                self.lose(worker, "missed heartbeats")
+
+    def _try_send(self, identity: bytes, msg: wire.Message) -> None:
+        pump = self.pump
+        if pump is None:
+            return
+        with contextlib.suppress(FederationError, zmq.ZMQError):
+            pump.send_now(wire.encode(msg), identity)
