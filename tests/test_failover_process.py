@@ -139,7 +139,9 @@ async def test_r20_node_death_under_load_fails_no_request(tmp_path: Path) -> Non
                 else:
                     assert r.output == synthetic_output(rid, tokens)
                     assert r.node_id in cleared  # sovereignty held through the failover
-            attempts = max((r.attempts for r in results if not isinstance(r, BaseException)), default=0)
+            attempts = max(
+                (r.attempts for r in results if not isinstance(r, BaseException)), default=0
+            )
             per_round.append((stranded, len(errors), attempts))
             print(f"R20 round {rnd}: {stranded} stranded on {victim}, {len(errors)} failed")
             await fleet.async_wait_exit(victim)
@@ -214,17 +216,24 @@ class GatewayProc:
         self.endpoint = endpoint
         self.log = log
         self.popen: subprocess.Popen[str] | None = None
+        self._log: Any = None
         self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        self._log = self.log.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, str(TESTS / "gateway_replica.py"), self.endpoint, str(HB),
-             str(LIVENESS)],  # fmt: skip
+            [
+                sys.executable,
+                str(TESTS / "gateway_replica.py"),
+                self.endpoint,
+                str(HB),
+                str(LIVENESS),
+            ],
             stdout=subprocess.PIPE,
-            stderr=self.log.open("ab"),
+            stderr=self._log,
             text=True,
             env=env,
             cwd=REPO,
@@ -247,15 +256,21 @@ class GatewayProc:
             if msg["event"] == event:
                 return msg
 
-    def kill(self) -> None:
-        assert self.popen is not None
-        self.popen.kill()
-        self.popen.wait(5.0)
-
-    def close(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
+    async def kill(self) -> None:
+        """SIGKILL the process (if running) and close what it left open."""
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
             self.popen.kill()
-            self.popen.wait(5.0)
+        self.popen.wait(5.0)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, 5.0)  # its stdout is at EOF
+            self._reader = None
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 @pytest.mark.chaos
@@ -294,7 +309,7 @@ async def test_r26_gateway_replica_death_loses_nothing_and_its_workers_come_back
 
             clients = [asyncio.create_task(client(k)) for k in range(16)]
             await wait_until(lambda: outcome["ok"] >= 50, 10.0, "traffic flowing")
-            other.kill()
+            await other.kill()
             before = outcome["ok"]
             await wait_until(lambda: outcome["ok"] >= before + 100, 10.0, "traffic after the kill")
             await other.start()
@@ -315,5 +330,5 @@ async def test_r26_gateway_replica_death_loses_nothing_and_its_workers_come_back
             assert all(fleet.proc(f"w{i}").running for i in range(n_workers))
             assert took <= 2 * HB
         finally:
-            other.close()
+            await other.kill()
             print((tmp_path / "replica.log").read_text(errors="replace")[-3000:])
