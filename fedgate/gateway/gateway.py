@@ -62,6 +62,8 @@ log = logging.getLogger("fedgate.gateway")
 
 # Messages read per pass: a flood of frames must not starve the callers' tasks.
 _READ_BATCH = 4096
+# How long after a dropped connection the monitor keeps checking the busy workers.
+_DROP_WATCH = 0.5
 
 
 class Gateway:
@@ -95,6 +97,10 @@ class Gateway:
         self._pump: Pump | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: asyncio.Task[None] | None = None
+        # The ROUTER's socket monitor (dropped connections) and until when to re-check.
+        self._drops: zmq.Socket[Any] | None = None
+        self._drops_fd = -1
+        self._suspect_until = 0.0
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
         self._registry = registry = Registry(
@@ -170,6 +176,13 @@ class Gateway:
         self._env.loop = self._attempts.loop = loop
         self._attempts.pump = self._registry.pump = pump
         pump.start()
+        # A worker's dropped TCP connection is its death seen at once (its heartbeats
+        # take interval × liveness): the socket monitor reports it.
+        drops = self._drops = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        drops.setsockopt(zmq.LINGER, 0)
+        self._drops_fd = cast(int, drops.getsockopt(zmq.FD))
+        loop.add_reader(self._drops_fd, self._on_drops)
+        self._on_drops()  # the descriptor is edge-triggered: take what is already there
         self._monitor = asyncio.create_task(self._monitor_loop(), name="fedgate-monitor")
         pump.on_readable()
         log.info("gateway %s listening on %s", self.gateway_id, ", ".join(self._endpoints))
@@ -186,6 +199,14 @@ class Gateway:
                 await self._monitor
         await asyncio.sleep(0)  # let callers observe their failed attempts
         self._attempts.clear()
+        drops = self._drops
+        if drops is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._drops_fd)
+            with contextlib.suppress(zmq.ZMQError):
+                pump.sock.disable_monitor()
+            drops.close(0)
+            self._drops = None
         pump.close(0)
         self._pump = self._attempts.pump = self._registry.pump = None
         if self._ctx is not None:
@@ -329,6 +350,28 @@ class Gateway:
                 why,
             )
 
+    def _on_drops(self) -> None:
+        """The socket monitor reports dropped connections: check the busy workers now.
+
+        The socket may still route to a dropped peer for a moment (libzmq
+        retires the pipe after the event), so the monitor loop checks again
+        for a short while after each drop.
+        """
+        drops = self._drops
+        if drops is None:
+            return
+        dropped = False
+        # The descriptor is edge-triggered: read until nothing is left.
+        while drops.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            with contextlib.suppress(zmq.Again):
+                drops.recv_multipart(zmq.NOBLOCK)
+                dropped = True
+        if dropped:
+            loop = self._loop
+            assert loop is not None
+            self._suspect_until = loop.time() + _DROP_WATCH
+            self._registry.check_connections()
+
     async def _monitor_loop(self) -> None:
         interval = self.config.monitor_interval
         stall = self.config.stall_timeout
@@ -337,6 +380,8 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
+                if loop.time() < self._suspect_until:
+                    self._registry.check_connections()
                 self._registry.expire()
                 self.breaker.poll()
                 if stall is not None:
