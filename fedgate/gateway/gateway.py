@@ -101,6 +101,7 @@ class Gateway:
         self._drops: zmq.Socket[Any] | None = None
         self._drops_fd = -1
         self._suspect_until = 0.0
+        self._drop_check: asyncio.TimerHandle | None = None
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
         self._registry = registry = Registry(
@@ -207,6 +208,9 @@ class Gateway:
                 pump.sock.disable_monitor()
             drops.close(0)
             self._drops = None
+        if self._drop_check is not None:
+            self._drop_check.cancel()
+            self._drop_check = None
         pump.close(0)
         self._pump = self._attempts.pump = self._registry.pump = None
         if self._ctx is not None:
@@ -360,17 +364,48 @@ class Gateway:
         drops = self._drops
         if drops is None:
             return
-        dropped = False
-        # The descriptor is edge-triggered: read until nothing is left.
-        while drops.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            with contextlib.suppress(zmq.Again):
-                drops.recv_multipart(zmq.NOBLOCK)
-                dropped = True
+        dropped = 0
+        try:
+            # The descriptor is edge-triggered: read until nothing is left.
+            while cast(int, drops.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                with contextlib.suppress(zmq.Again):
+                    drops.recv_multipart(zmq.NOBLOCK)
+                    dropped += 1
+        except zmq.ZMQError as exc:  # closed under us (stopping): nothing to watch
+            log.debug("socket monitor: %s", exc)
+            return
         if dropped:
+            self._counters.dropped_connections += dropped
             loop = self._loop
             assert loop is not None
             self._suspect_until = loop.time() + _DROP_WATCH
-            self._registry.check_connections()
+            self._check_drops()
+
+    def _check_drops(self) -> None:
+        """Check the busy workers' connections once every frame already received is read.
+
+        A worker that sent its last frames and exited (a drained SIGTERM, a
+        stream's Final) must have them delivered before its attempts are
+        failed: a frame still unread when the check ran would turn a finished
+        request into a failover. While frames are waiting, look again shortly
+        (the pump reads them first), until the watch window ends.
+        """
+        pump, loop = self._pump, self._loop
+        if pump is None or loop is None or loop.time() >= self._suspect_until:
+            return
+        try:
+            pending = cast(int, pump.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        except zmq.ZMQError:
+            return
+        if pending:
+            if self._drop_check is None:
+                self._drop_check = loop.call_later(0.002, self._retry_drop_check)
+            return
+        self._registry.check_connections()
+
+    def _retry_drop_check(self) -> None:
+        self._drop_check = None
+        self._check_drops()
 
     async def _monitor_loop(self) -> None:
         interval = self.config.monitor_interval
@@ -380,8 +415,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                if loop.time() < self._suspect_until:
-                    self._registry.check_connections()
+                self._check_drops()
                 self._registry.expire()
                 self.breaker.poll()
                 if stall is not None:
