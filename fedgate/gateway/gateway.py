@@ -400,8 +400,11 @@ class Gateway:
         if pending:
             if self._drop_check is None:
                 self._drop_check = loop.call_later(0.002, self._retry_drop_check)
-            return
-        self._registry.check_connections()
+        else:
+            self._registry.check_connections()
+        # Asking the socket (and the probes sent) may have consumed its
+        # descriptor's notification: the pump looks again.
+        pump.look()
 
     def _retry_drop_check(self) -> None:
         self._drop_check = None
