@@ -75,9 +75,6 @@ async def test_requests_stranded_by_a_death_all_move_at_once_uncharged(how: str)
         stats = fed.gw.stats()
         assert (stats.successful_requests, stats.failed_requests) == (n, 0)
         assert stats.failovers == n
-        # One death, one failure of the node, however many requests it stranded.
-        assert stats.per_node["a"].failures == 1
-        assert fed.gw.breaker.status(NodeId("a")).failures == 1
 
 
 async def test_a_retry_that_finds_the_budget_spent_waits_for_room() -> None:

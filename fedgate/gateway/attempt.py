@@ -49,9 +49,8 @@ class LostCause(enum.Enum):
     the request was *stranded*: its node is gone (dead, disconnected,
     replaced, or it refused the send), so it never got an answer, good or
     bad. A stranded request moves to another node without being charged to
-    the retry budget (see :mod:`fedgate.gateway.call`); the death itself is
-    booked once against the node by :meth:`Registry.lose
-    <fedgate.gateway.registry.Registry.lose>`, not once per stranded request.
+    the retry budget (see :mod:`fedgate.gateway.call`); the crash still
+    counts against the node, as SPEC §2 says crashes do.
     """
 
     #: The request's deadline passed on the node: it took longer than allowed.
@@ -63,7 +62,7 @@ class LostCause(enum.Enum):
     #: The gateway is stopping.
     SHUTDOWN = ("shutdown", False, False, False)
     #: The node's process is gone (missed heartbeats, its connection lost, replaced).
-    CRASH = (wire.ERR_CRASH, False, True, True)
+    CRASH = (wire.ERR_CRASH, True, True, True)
     #: The node produced no frame for ``stall_timeout``.
     STALL = (wire.ERR_STALL, True, True, False)
     #: The socket refused the REQUEST for another reason (an unexpected ZMQError).

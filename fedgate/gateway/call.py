@@ -17,10 +17,10 @@ A failed attempt is one of two kinds, and they are treated differently:
   did nothing wrong and nothing about it says the fleet is failing; it
   *moves*: to the next node at once (no backoff: the dead node will not get
   better by waiting), still bounded by ``max_retries`` and its deadline, but
-  **not charged to the retry budget**. The death is booked once against the
-  node (one breaker failure, however many requests it strands,
-  :meth:`Registry.lose <fedgate.gateway.registry.Registry.lose>`), and
-  health has already taken it out of routing. A moved request that finds
+  **not charged to the retry budget**. The crash still counts against the
+  node (its health and breaker: SPEC §2 counts crashes), and the registry
+  has already taken it out of routing (:meth:`Registry.lose
+  <fedgate.gateway.registry.Registry.lose>`). A moved request that finds
   every survivor full queues for a slot inside its deadline
   (:meth:`Attempts.wait_for_capacity
   <fedgate.gateway.attempt.Attempts.wait_for_capacity>`), as any request does.

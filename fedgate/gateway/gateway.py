@@ -104,9 +104,7 @@ class Gateway:
         self._drop_check: asyncio.TimerHandle | None = None
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
-        self._registry = registry = Registry(
-            catalog, health, router, counters, self.gateway_id, breaker
-        )
+        self._registry = registry = Registry(catalog, health, router, counters, self.gateway_id)
         self._attempts = attempts = Attempts(config, router, registry, counters)
         # Read per frame: one attribute each, not a chain.
         self._by_rid = attempts.by_rid

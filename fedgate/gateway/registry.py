@@ -19,7 +19,6 @@ from typing import Any
 import zmq
 
 from fedgate.errors import FederationError, NodeUnreachableError
-from fedgate.federation.breaker import CircuitBreaker
 from fedgate.federation.catalog import ModelCatalog
 from fedgate.federation.health import HealthChecker
 from fedgate.gateway.attempt import Attempt, Lost, LostCause
@@ -81,11 +80,9 @@ class Registry:
         router: Router,
         counters: GatewayCounters,
         gateway_id: str,
-        breaker: CircuitBreaker,
     ) -> None:
         self.catalog = catalog
         self.health = health
-        self.breaker = breaker
         self.router = router
         self.counters = counters
         self.gateway_id = gateway_id
@@ -241,19 +238,11 @@ class Registry:
         return lost
 
     def lose(self, worker: Worker, why: str) -> None:
-        """A worker is gone: no new dispatch, and its in-flight attempts fail over.
-
-        A death under load is one failure of the node (its breaker and its
-        failure count), however many requests it strands: those requests are
-        not failures of theirs, they move (:attr:`LostCause.CRASH`).
-        """
+        """A worker is gone: no new dispatch, and its in-flight attempts fail over."""
         if worker.alive:
             worker.alive = False
             self.router.set_alive(worker.node, False)
             log.warning("node %s lost: %s", worker.node, why)
-            if worker.attempts:
-                self.breaker.record_failure(worker.node)
-                self.counters.per_node[worker.node].failures += 1
         for att in list(worker.attempts.values()):
             att.push(Lost(LostCause.CRASH, f"node {worker.node} lost: {why}"))
 
