@@ -91,7 +91,8 @@ class HealthConfig:
     Parameters
     ----------
     failure_threshold : int
-        Consecutive failures that make a node UNHEALTHY (>= 1).
+        Consecutive failures that make a node UNHEALTHY (>= 1): scored 0 by
+        the health policy, excluded only once its circuit breaker opens.
     recovery_threshold : int
         Consecutive fast successes that make a degraded node HEALTHY (>= 1).
     degraded_latency : float or timedelta
