@@ -31,7 +31,6 @@ from fedgate._core.codes import (
     REASON_NOT_SERVING,
     REASON_OK,
     REASON_PRIVACY,
-    REASON_UNHEALTHY,
 )
 from fedgate.errors import (
     AllNodesUnhealthyError,
@@ -98,7 +97,7 @@ class Explain(Fleet):
         return (
             s in self._saturated
             and self._alive_flag[s]
-            and int(a.health[s]) != codes.HEALTH_UNHEALTHY
+            and not self._dead[s]
             and int(a.breaker[s]) != codes.BREAKER_OPEN
             and not (bound is not None and float(a.p50[s]) > bound)
         )
@@ -159,14 +158,14 @@ class Explain(Fleet):
                 f"no node serving {what} meets max_latency {bound * 1000:.1f} ms: "
                 f"{latency.size} healthy node(s), fastest p50 {fastest * 1000:.1f} ms"
             )
-        unhealthy = int((reasons == REASON_UNHEALTHY).sum())
+        dead = int(self._dead[not_serving].sum())
         open_ = int((reasons == REASON_BREAKER_OPEN).sum())
-        down = int(not_serving.size)
+        down = int(not_serving.size) - dead
         # Name the privacy level: with every cleared node down, the caller must
         # see that sovereignty is why no other node was used.
         return AllNodesUnhealthyError(
             f"no healthy node serves {what} in a region cleared for {privacy.name}: "
-            f"{unhealthy} unhealthy, {open_} with an open breaker, {down} not alive "
+            f"{dead} missed heartbeats, {open_} with an open breaker, {down} not alive "
             f"(of {candidates.size}); nodes in other regions are never used"
         )
 
@@ -181,14 +180,13 @@ class Explain(Fleet):
                 return f"not serving: at its concurrency limit ({busy} in flight)"
             if not self._alive_flag[s]:
                 return "not serving: node is not alive (disconnected)"
+            if self._dead[s]:
+                return "not serving: node is not alive (heartbeat missed)"
             return "not serving: no such capability/model on this node"
         if reason == REASON_PRIVACY:
             region = self._region_name[s]
             level = PrivacyLevel(int(self._arrays.clearance[self._arrays.region[s]]))
             return f"privacy: region {region} cleared for {level.name} < {request.qos.privacy.name}"
-        if reason == REASON_UNHEALTHY:
-            alive = self._health.is_alive(self._ids[s])
-            return "health: UNHEALTHY" + ("" if alive else " (heartbeat missed)")
         if reason == REASON_BREAKER_OPEN:
             state = self._breaker.state(self._ids[s])
             if state is CircuitState.HALF_OPEN:
