@@ -170,9 +170,9 @@ class Registry:
         for model in worker.models:
             self.catalog.register_sync(model, node, worker.region, msg.capabilities)
         if current is not None and current.worker_id != msg.worker_id:
-            # A new process: the old one's failures must not exile it. Reported
-            # UNHEALTHY has no way back without traffic (an UNHEALTHY node gets
-            # none); the breaker keeps its state and probes it on its own schedule.
+            # A new process: the old one's failure streak and latencies describe
+            # another process, so its health starts afresh; the breaker keeps its
+            # state and probes the node on its own schedule.
             self.health.deregister_node(node)
         self.health.register_node(node, expect_heartbeats=True)
         self.health.heartbeat(node)
