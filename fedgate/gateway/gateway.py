@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -501,8 +502,8 @@ class Gateway:
         for hook in list(self._hooks):
             hook(request_id, old, new, at)
 
-    def workers(self) -> list[dict[str, Any]]:
-        """The connected workers, for dashboards."""
+    def workers(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards (``start``/``stop``: a slice of them)."""
         return [
             {
                 "node": w.node,
@@ -516,7 +517,7 @@ class Gateway:
                 "inflight": len(w.attempts),
                 "models": list(w.models),
             }
-            for w in self._by_node.values()
+            for w in itertools.islice(self._by_node.values(), start, stop)
         ]
 
     async def wait_for_workers(self, count: int, timeout: float = 10.0) -> None:

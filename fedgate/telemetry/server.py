@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -80,6 +81,54 @@ def _parse(command: bytes) -> tuple[int, int] | str | None:
             return f"{_COMMANDS}: offset an int >= 0, limit an int >= 1, got {word[:64]!r}"
         options[key] = int(value)
     return options["offset"], options["limit"]
+
+
+def _header(n: int, small: int, short: int) -> bytes:
+    """A MessagePack array (``small=0x90, short=0xDC``) or map (0x80, 0xDE) header of ``n``."""
+    if n < 16:
+        return bytes([small | n])
+    if n < 1 << 16:
+        return bytes([short]) + n.to_bytes(2, "big")
+    return bytes([short + 1]) + n.to_bytes(4, "big")
+
+
+async def encode_sliced(value: Any, budget: float, rows: int = 256) -> bytes:
+    """``msgspec.msgpack.encode(value)``, the same bytes, yielding to the loop between pieces.
+
+    A whole snapshot of 10 000 nodes is megabytes: encoded in one call it
+    would hold the loop for tens of milliseconds. Maps and long lists are
+    encoded a piece at a time (MessagePack is a concatenation of its parts:
+    a header, then each key and value, each item) and the loop gets a turn
+    whenever ``budget`` seconds have gone by.
+    """
+    parts: list[bytes] = []
+    began = time.perf_counter()
+
+    async def turn() -> None:
+        nonlocal began
+        if time.perf_counter() - began >= budget:
+            await asyncio.sleep(0)
+            began = time.perf_counter()
+
+    async def walk(item: Any) -> None:
+        if isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            parts.append(_header(len(item), 0x80, 0xDE))
+            for key, sub in item.items():
+                parts.append(msgspec.msgpack.encode(key))
+                await walk(sub)
+        elif isinstance(item, list) and len(item) > rows:
+            parts.append(_header(len(item), 0x90, 0xDC))
+            for i in range(0, len(item), rows):
+                chunk = item[i : i + rows]
+                encoded = msgspec.msgpack.encode(chunk)
+                parts.append(encoded[len(_header(len(chunk), 0x90, 0xDC)) :])  # items only
+                await turn()
+        else:
+            parts.append(msgspec.msgpack.encode(item))
+            await turn()
+
+    await walk(value)
+    return b"".join(parts)
 
 
 class TelemetryServer:
@@ -274,12 +323,18 @@ class TelemetryServer:
             return msgspec.msgpack.encode({"error": parsed, "schema": SCHEMA_VERSION})
         try:
             built = await self.cache.get()
-            reply: bytes | None = built.memo.get(parsed)
-            if reply is None:
-                data = built.data if parsed is None else page(built.data, *parsed)
-                reply = msgspec.msgpack.encode(data)
-                if len(built.memo) < _MEMO:
-                    built.memo[parsed] = reply
+            memo = built.memo.get(parsed)
+            if memo is None:
+                if parsed is None:
+                    # One encoding for every client asking meanwhile, in slices too.
+                    memo = asyncio.ensure_future(encode_sliced(built.data, self.cache.budget))
+                else:
+                    memo = msgspec.msgpack.encode(page(built.data, *parsed))
+                if len(built.memo) < _MEMO or parsed is None:
+                    built.memo[parsed] = memo
+            if isinstance(memo, bytes):
+                return memo
+            reply: bytes = await asyncio.shield(memo)
             return reply
         except asyncio.CancelledError:
             raise

@@ -318,12 +318,20 @@ class Telemetry:
         }
 
     def _workers(self, gw: Gateway, chunk: int) -> _Section[list[dict[str, Any]]]:
-        found = gw.workers()
         rows: list[dict[str, Any]] = []
-        for i, worker in enumerate(found, 1):
-            rows.append({key: _plain(value) for key, value in worker.items()})
-            if i % chunk == 0:
-                yield
+        seen: set[str] = set()
+        start = 0
+        while True:
+            found = gw.workers(start, start + chunk)
+            if not found:
+                break
+            start += len(found)
+            for worker in found:
+                row = {key: _plain(value) for key, value in worker.items()}
+                if row["node"] not in seen:  # the workers moved between two slices
+                    seen.add(row["node"])
+                    rows.append(row)
+            yield
         rows.sort(key=_by_node)
         return rows
 
