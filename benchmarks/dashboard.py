@@ -8,11 +8,15 @@ so the gateway's loop is its own:
    :mod:`benchmarks.memory` does; they serve ``embed`` and never answer), and
    one zero-delay synthetic worker process serving ``generate``;
 2. **quiet**: ``concurrency`` callers send ``infer()`` to the real worker,
-   one after the other each, for ``seconds``;
+   one after the other each;
 3. **polled**: the same, while a poller process asks the telemetry endpoint,
    every ``interval`` seconds (``fedgate top``'s rate), for a page as
    ``fedgate top`` does (``fetch_page``) and for the whole snapshot as
    ``fedgate top --once`` does (``fetch``).
+
+Quiet and polled alternate in blocks of about a second (the poller is
+stopped and continued), ``seconds`` of each in all, so that whatever else
+the machine does weighs on both alike.
 
 A ticker task on the gateway's loop records the longest gap between two of
 its iterations in each phase. At the end one snapshot is taken the old way,
@@ -117,89 +121,106 @@ async def _scenario(
         procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=_REPO))
         await gateway.wait_for_workers(1 + nodes, timeout=60.0)
 
-        async def phase(name: str) -> None:
-            latencies: list[float] = []
-            failures = 0
-            gap = 0.0
+        phases: dict[str, dict[str, Any]] = {
+            name: {"latencies": [], "failures": 0, "gap": 0.0, "pauses": []}
+            for name in ("quiet", "polled")
+        }
+
+        async def block(name: str, length: float) -> None:
+            """``concurrency`` callers for ``length`` seconds, recorded under ``name``."""
+            into = phases[name]
             done = asyncio.Event()
 
             async def ticker() -> None:
-                nonlocal gap
                 last = time.perf_counter()
                 while not done.is_set():
                     await asyncio.sleep(0)
                     now = time.perf_counter()
-                    gap = max(gap, now - last)
+                    into["gap"] = max(into["gap"], now - last)
                     last = now
 
             async def caller(c: int) -> None:
-                nonlocal failures
                 n = 0
-                end = time.perf_counter() + seconds
+                end = time.perf_counter() + length
                 while time.perf_counter() < end:
                     request = InferenceRequest(
-                        Capability.GENERATE, b"x", request_id=f"{name}-{c}-{n}"
+                        Capability.GENERATE, b"x", request_id=f"{name}-{c}-{n}-{end}"
                     )
                     n += 1
                     start = time.perf_counter()
                     try:
                         await gateway.infer(request)
                     except Exception:
-                        failures += 1
+                        into["failures"] += 1
                         continue
-                    latencies.append(time.perf_counter() - start)
-
-            pauses: list[float] = []
+                    into["latencies"].append(time.perf_counter() - start)
 
             def collector(event: str, info: dict[str, int]) -> None:
+                pauses = into["pauses"]
                 if info["generation"] == 2:
                     if event == "start":
-                        pauses.append(time.perf_counter())
+                        pauses.append(-time.perf_counter())
                     elif pauses:
-                        pauses[-1] = time.perf_counter() - pauses[-1]
+                        pauses[-1] += time.perf_counter()
 
             gc.callbacks.append(collector)
             tick = asyncio.create_task(ticker())
-            await asyncio.gather(*(caller(c) for c in range(concurrency)))
-            done.set()
-            await tick
-            gc.callbacks.remove(collector)
-            result[name] = {
-                "calls": len(latencies) + failures,
-                "failures": failures,
-                "p50_ms": round(_percentile(latencies, 50) * 1000, 3),
-                "p99_ms": round(_percentile(latencies, 99) * 1000, 3),
-                "max_gap_ms": round(gap * 1000, 1),
-                # Full collections: what pauses the loop besides the snapshots.
-                "gc_full": len(pauses),
-                "gc_full_max_ms": round(max(pauses, default=0.0) * 1000, 1),
-            }
+            try:
+                await asyncio.gather(*(caller(c) for c in range(concurrency)))
+            finally:
+                done.set()
+                await tick
+                gc.callbacks.remove(collector)
 
         # Warm: the first calls pay for connecting.
         for i in range(50):
             await gateway.infer(InferenceRequest(Capability.GENERATE, b"x", request_id=f"w{i}"))
-        await phase("quiet")
 
         poller = subprocess.Popen(
             [sys.executable, "-c", POLLER, server.endpoint, str(interval)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_REPO,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=_REPO,
         )  # fmt: skip
         procs.append(poller)
         assert poller.stdout is not None
         line = await asyncio.to_thread(poller.stdout.readline)
         if line.strip() != b"ready":
             raise RuntimeError(f"poller: expected 'ready', got {line!r}")
-        builds = server.cache.builds
-        # Polling under way (the first snapshot built) before the clock starts.
-        while server.cache.builds == builds:
-            await asyncio.sleep(0.01)
-        builds = server.cache.builds
-        await phase("polled")
-        result["builds"] = server.cache.builds - builds
+        poller.send_signal(signal.SIGSTOP)
+        # Quiet and polled in alternating blocks, so that whatever else the
+        # machine does weighs on both alike.
+        blocks = max(1, round(seconds))
+        builds = 0
+        for _ in range(blocks):
+            await block("quiet", seconds / blocks)
+            before = server.cache.builds
+            poller.send_signal(signal.SIGCONT)
+            # Polling under way (a snapshot being built) before the clock starts.
+            while not server.cache.building and server.cache.builds == before:
+                await asyncio.sleep(0.005)
+            await block("polled", seconds / blocks)
+            poller.send_signal(signal.SIGSTOP)
+            # Nothing of the polling may spill into the next quiet block.
+            while server.cache.building or server.pending:
+                await asyncio.sleep(0.005)
+            builds += server.cache.builds - before
+        result["builds"] = builds
+        poller.send_signal(signal.SIGCONT)
         poller.send_signal(signal.SIGINT)
         out = await asyncio.to_thread(poller.communicate, None, 30.0)
         counts = json.loads(out[0].decode().strip().splitlines()[-1])
         result["polls"], result["poll_failures"] = counts["polls"], counts["failures"]
+        for name, into in phases.items():
+            latencies = into["latencies"]
+            result[name] = {
+                "calls": len(latencies) + into["failures"],
+                "failures": into["failures"],
+                "p50_ms": round(_percentile(latencies, 50) * 1000, 3),
+                "p99_ms": round(_percentile(latencies, 99) * 1000, 3),
+                "max_gap_ms": round(into["gap"] * 1000, 1),
+                # Full collections: what pauses the loop besides the snapshots.
+                "gc_full": len(into["pauses"]),
+                "gc_full_max_ms": round(max(into["pauses"], default=0.0) * 1000, 1),
+            }
         latest = server.cache.latest
         assert latest is not None
         result["build_cost_ms"] = round(latest.cost * 1000, 1)

@@ -59,6 +59,7 @@ _MAX_REQUEST_BYTES = 1024
 _MAX_PENDING = 256
 # Encoded replies (whole, pages) kept per snapshot.
 _MEMO = 32
+_ZERO_COPY = 64 * 1024
 _COMMANDS = "expected a command b'snapshot' [offset=N] [limit=M] or b'ping'"
 
 
@@ -233,6 +234,11 @@ class TelemetryServer:
         return None if self._metrics is None else self._metrics.url
 
     @property
+    def pending(self) -> int:
+        """Snapshot requests received and not yet answered."""
+        return len(self._pending)
+
+    @property
     def running(self) -> bool:
         return self._sock is not None
 
@@ -385,7 +391,10 @@ class TelemetryServer:
         if self._sock is not sock:
             return  # stopped meanwhile
         try:
-            sock.send_multipart([*envelope, reply], flags=zmq.NOBLOCK)
+            # Zero-copy for a whole snapshot (megabytes): copying it for each of the
+            # clients woken by the same build would hold the loop that much longer.
+            copy = len(reply) < _ZERO_COPY
+            sock.send_multipart([*envelope, reply], flags=zmq.NOBLOCK, copy=copy)
         except zmq.ZMQError as exc:  # client gone or its queue full: drop the reply
             log.debug("telemetry reply dropped: %s", exc)
 

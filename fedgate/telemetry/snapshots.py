@@ -218,6 +218,9 @@ class Telemetry:
         # Samples are taken by the server's task and by snapshot() callers,
         # possibly from a scrape thread: one lock keeps the ring ordered.
         self._lock = threading.Lock()
+        # Per table, the last finished snapshot's rows by their values (_reuse).
+        self._rows: dict[str, dict[tuple[Any, ...], Any]] = {"catalog": {}, "workers": {}}
+        self._next_rows: dict[str, dict[tuple[Any, ...], Any]] = {"catalog": {}, "workers": {}}
         self.telemetry_endpoint: str | None = None
         self.metrics_url: str | None = None
         # The listener runs under the breaker's lock, maybe off the loop: a
@@ -298,14 +301,30 @@ class Telemetry:
     # whenever a slice has used its budget, so 10 000 nodes never hold the
     # event loop for longer than one chunk (plus the one call that reads them).
 
+    def _reuse(self, table: str, key: tuple[Any, ...], make: Callable[[], _T]) -> _T:
+        """The row the last snapshot had for ``key`` (same values), else a new one.
+
+        Rows of 10 000 nodes that did not change are the same objects from one
+        snapshot to the next: a snapshot allocates (and the collector then
+        traverses, and the next snapshot frees) only what changed. Snapshots
+        are read-only data; a row must not be modified.
+        """
+        row: _T | None = self._rows[table].get(key)
+        if row is None:
+            row = make()
+        self._next_rows[table][key] = row
+        return row
+
     def _catalog(self, gw: Gateway, chunk: int) -> _Section[dict[str, Any]]:
         models: dict[str, list[dict[str, Any]]] = {}
         deps = gw.catalog.deployments()
         for i, (model, dep) in enumerate(deps, 1):
-            models.setdefault(str(model), []).append(
-                {"node": str(dep.node_id), "region": str(dep.region_id),
-                 "capabilities": [str(c) for c in dep.capabilities]}
-            )  # fmt: skip
+            node, region = str(dep.node_id), str(dep.region_id)
+            caps = tuple(str(c) for c in dep.capabilities)
+            models.setdefault(str(model), []).append(self._reuse(
+                "catalog", (model, node, region, caps),
+                lambda: {"node": node, "region": region, "capabilities": list(caps)},  # noqa: B023
+            ))  # fmt: skip
             if i % chunk == 0:
                 yield
         for deployments in models.values():
@@ -327,7 +346,13 @@ class Telemetry:
                 break
             start += len(found)
             for worker in found:
-                row = {key: _plain(value) for key, value in worker.items()}
+                values = tuple(
+                    tuple(v) if isinstance(v, list) else v for v in worker.values()
+                )
+                row = self._reuse(
+                    "workers", (*worker, *values),
+                    lambda: {key: _plain(value) for key, value in worker.items()},  # noqa: B023
+                )  # fmt: skip
                 if row["node"] not in seen:  # the workers moved between two slices
                     seen.add(row["node"])
                     rows.append(row)
@@ -512,6 +537,7 @@ class Telemetry:
     def _sections(self, routing: bool, chunk: int) -> _Section[dict[str, Any]]:
         """The whole snapshot as one generator of slices (see :meth:`build`)."""
         gw = self.gateway
+        self._next_rows = {table: {} for table in self._rows}
         self.sample()
         wall_now = self._wall()
         workers = yield from self._workers(gw, chunk)
@@ -522,6 +548,7 @@ class Telemetry:
         stats = yield from self._stats(gw, chunk)
         policy = yield from self._policy(gw, workers, chunk)
         history, rates = self._history()
+        self._rows = self._next_rows  # only a finished snapshot's rows are reused
         return {
             "schema": SCHEMA_VERSION,
             "time": wall_now,
@@ -746,6 +773,11 @@ class SnapshotCache:
     def latest(self) -> Built | None:
         """The last snapshot built (None before the first)."""
         return self._latest
+
+    @property
+    def building(self) -> bool:
+        """Whether a build is in progress."""
+        return self._task is not None and not self._task.done()
 
     def max_age(self) -> float:
         """Seconds the current snapshot is served before a newer one is built.
