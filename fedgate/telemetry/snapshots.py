@@ -97,7 +97,7 @@ PROBE_NOTE = (
 )
 """What the routing breakdown is (it is not a record of a past decision)."""
 
-SLICE_BUDGET = 0.002
+SLICE_BUDGET = 0.001
 """Seconds :meth:`Telemetry.build` runs before it lets the event loop serve others."""
 
 PAGE_SIZE = 200
