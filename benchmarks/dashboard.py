@@ -50,7 +50,7 @@ _REPO = Path(__file__).resolve().parent.parent
 
 POLLER = """
 import json, sys, time
-import zmq
+import msgspec, zmq
 from fedgate.telemetry import TelemetryClient, TelemetryError
 endpoint, interval = sys.argv[1], float(sys.argv[2])
 polls = failures = 0
@@ -73,8 +73,11 @@ try:
         raw.send(b"snapshot")
         if raw.poll(5000):
             reply = raw.recv(copy=False)
-            first = reply.buffer[0]  # a MessagePack map: the snapshot, not an error
-            good = len(reply) > 1 << 20 and (0x80 <= first <= 0x8F or first in (0xDE, 0xDF))
+            if len(reply) < 1 << 16:  # small enough to look at: an error, or few nodes
+                good = "error" not in msgspec.msgpack.decode(reply.bytes)
+            else:  # a MessagePack map (an error reply is small)
+                first = reply.buffer[0]
+                good = 0x80 <= first <= 0x8F or first in (0xDE, 0xDF)
             polls += good
             failures += not good
         else:
