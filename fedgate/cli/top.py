@@ -14,7 +14,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from fedgate.telemetry import DEFAULT_ENDPOINT, TelemetryClient, TelemetryError
+from fedgate.telemetry import DEFAULT_ENDPOINT, PAGE_SIZE, TelemetryClient, TelemetryError
 
 __all__ = ["build_parser", "main"]
 
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
         # One page of each per-node table per poll: 10 000 nodes cost what 200 do.
         TopApp(client.fetch_page, interval=args.interval, endpoint=args.gateway,
-               paged=True).run()  # fmt: skip
+               paged=True, page_size=PAGE_SIZE).run()  # fmt: skip
         return 0
     finally:
         client.close()

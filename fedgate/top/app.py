@@ -5,11 +5,11 @@ returns a telemetry snapshot (:mod:`fedgate.telemetry`), directly or as an
 awaitable — every ``interval`` seconds. ``fedgate top`` passes
 ``TelemetryClient(endpoint).fetch_page`` with ``paged=True`` (the source is
 then called with ``offset=`` and ``limit=``: the gateway sends one page of
-each per-node table, whatever the federation's size); tests pass a real
-gateway's ``snapshot`` or a recorded one, which the app cuts to a page
-itself. Either way a table shows at most ``page_size`` rows, the header says
-which of how many, and n/p turn the page. A source that raises marks the
-connection "disconnected — retrying" and the last data stays on screen.
+each per-node table, whatever the federation's size, so a table shows at
+most ``page_size`` rows; the header says which of how many, and n/p turn the
+page); tests and the demo pass a gateway's ``snapshot`` or a recorded one,
+shown whole. A source that raises marks the connection "disconnected —
+retrying" and the last data stays on screen.
 
 Tabs (the case study's): Catalog, Health, Routing, Circuits, Stats, Policies,
 Help. Keys: :data:`KEYS` (the Help tab is rendered from it).
@@ -30,8 +30,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static, TabbedContent, TabPane
-
-from fedgate.telemetry.snapshots import PAGE_SIZE, page
 
 __all__ = ["KEYS", "TABS", "PagedSource", "Snapshot", "Source", "TopApp"]
 
@@ -268,9 +266,9 @@ class TopApp(App[None]):
     paged : bool
         Call the source with ``offset=`` and ``limit=`` (rows of each
         per-node table), as ``TelemetryClient.fetch_page`` takes them; else
-        call it with no arguments and cut what it returns to the page here.
+        call it with no arguments and show what it returns whole.
     page_size : int
-        Rows of each per-node table shown at once.
+        Rows of each per-node table asked for at once (paged sources).
     """
 
     TITLE = "fedgate top"
@@ -315,7 +313,7 @@ class TopApp(App[None]):
         interval: float = 0.25,
         endpoint: str | None = None,
         paged: bool = False,
-        page_size: int = PAGE_SIZE,
+        page_size: int = 200,
     ) -> None:
         super().__init__()
         if not callable(source):
@@ -432,12 +430,8 @@ class TopApp(App[None]):
             self.fetches += 1
             self.connected = True
             self.last_error = None
-            previous = self.data
+            previous, self.data = self.data, result
             try:
-                if "page" not in result:
-                    # A whole snapshot: the screen still shows one page of it.
-                    result = page(result, self._clamp(result), self.page_size)
-                self.data = result
                 self._render_all(result)
             except NoMatches:
                 return False  # the app closed while the source answered
@@ -449,14 +443,12 @@ class TopApp(App[None]):
                 with contextlib.suppress(NoMatches):
                     self._show_header()
                 return False
+            nodes = (result.get("page") or {}).get("nodes", 0)
+            if self.paged and self.offset and self.offset >= nodes:
+                # The nodes this page showed are gone: back to the last page there is.
+                self.offset = max(0, (nodes - 1) // self.page_size * self.page_size)
+                self.call_later(self.action_refresh_now)
             return True
-
-    def _clamp(self, whole: Snapshot) -> int:
-        """The offset, moved back onto the last page when the nodes it showed are gone."""
-        rows = max(len(whole[key]) for key in ("workers", "health", "breakers"))
-        last = max(0, (rows - 1) // self.page_size * self.page_size)
-        self.offset = min(self.offset, last)
-        return self.offset
 
     # ------------------------------------------------------------ rendering
 
