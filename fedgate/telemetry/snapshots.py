@@ -551,6 +551,9 @@ class Telemetry:
     def _sections(self, routing: bool, chunk: int) -> _Section[dict[str, Any]]:
         """The whole snapshot as one generator of slices (see :meth:`build`)."""
         gw = self.gateway
+        # Two builds at once (snapshot() during a build()) share this: a row is
+        # reused only for identical values, so they can cost each other reuse,
+        # never correctness.
         self._next_rows = {table: {} for table in self._rows}
         self.sample()
         wall_now = self._wall()
