@@ -198,12 +198,20 @@ class Explain(Fleet):
                     f"max_latency {bound * 1000:.1f} ms")  # fmt: skip
         return f"reason {reason}"
 
-    def candidates(self, request: InferenceRequest) -> list[Candidate]:
+    def candidates(
+        self, request: InferenceRequest, *, limit: int | None = None
+    ) -> list[Candidate]:
         """Every node serving the request's capability/model, with its standing.
 
         Eligible nodes first, best total first; then the ineligible ones with
-        the reason. Empty when no node serves the capability at all.
+        the reason. Empty when no node serves the capability at all. With
+        ``limit``, the first ``limit`` of that same list, chosen before any
+        :class:`Candidate` is built (a dashboard showing 64 of 10 000 nodes
+        pays for 64).
         """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):  # fmt: skip
+            raise ValueError(f"limit: expected an int >= 0 or None, got {limit!r}")
         if not isinstance(request, InferenceRequest):
             raise TypeError(f"request: expected an InferenceRequest, got {type(request).__name__}")
         with self._lock:
@@ -220,8 +228,14 @@ class Explain(Fleet):
             self._components(*self._columns, base, self._arrays.clearance, self._weights,
                              self._fill_params(request), components, scores, reasons)  # fmt: skip
             names = [(p.name, p.index) for p in self._policy.policies]
+            serving = np.flatnonzero(base[:n])
+            if limit is not None:
+                # The order the sort below gives, as array keys (lexsort: last key first).
+                ok = reasons[serving] == REASON_OK
+                key = np.where(ok, -scores[serving], 0.0)
+                serving = serving[np.lexsort((serving, key, ~ok))][:limit]
             out: list[Candidate] = []
-            for s in np.flatnonzero(base[:n]).tolist():
+            for s in serving.tolist():
                 reason = int(reasons[s])
                 total = float(scores[s])
                 out.append(
