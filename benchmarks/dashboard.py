@@ -134,7 +134,7 @@ async def _scenario(
                 f"fake-{i:05d}", f"region-{i % 8}", f"{i:016x}", ["embedder"], ["embed"],
                 i % 2 == 0, 1.0, 64, True, 3600.0, 1, "bench",
             )  # fmt: skip
-            gateway._dispatch(f"fake-{i}".encode(), ready)
+            gateway._on_message(f"fake-{i}".encode(), wire.encode(ready))
         argv = [
             sys.executable, "-m", "fedgate", "worker", "--gateway", gateway.endpoints[0],
             "--node", "real-0", "--region", "us-west-2", "--model", "m",

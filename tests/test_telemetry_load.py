@@ -84,7 +84,7 @@ async def big_federation(nodes: int = NODES) -> AsyncIterator[Gateway]:
                 f"fake-{i:05d}", f"region-{i % 8}", f"{i:016x}", ["embedder"], ["embed"],
                 i % 2 == 0, 1.0 + i % 5, 64, True, 3600.0, 1, "test",
             )  # fmt: skip
-            gateway._dispatch(f"fake-{i}".encode(), ready)
+            gateway._on_message(f"fake-{i}".encode(), wire.encode(ready))
         yield gateway
     finally:
         await gateway.stop()
