@@ -270,9 +270,9 @@ class Gateway:
         hooks.append(hook)
         return lambda: hooks.remove(hook)
 
-    def workers(self) -> list[dict[str, Any]]:
-        """The connected workers, for dashboards."""
-        return self._registry.describe()
+    def workers(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards (``start``/``stop``: a slice of them)."""
+        return self._registry.describe(start, stop)
 
     async def wait_for_workers(self, count: int, timeout: float = 10.0) -> None:
         """Wait until ``count`` workers are registered and alive (for scripts and tests)."""

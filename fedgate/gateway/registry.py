@@ -13,6 +13,7 @@ connection); :meth:`Registry.expire` is the heartbeat monitor's pass.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Any
 
@@ -93,8 +94,8 @@ class Registry:
     def alive(self) -> int:
         return sum(1 for w in self.by_node.values() if w.alive)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """The connected workers, for dashboards."""
+    def describe(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards (``start``/``stop``: a slice of them)."""
         return [
             {
                 "node": w.node,
@@ -108,7 +109,7 @@ class Registry:
                 "inflight": len(w.attempts),
                 "models": list(w.models),
             }
-            for w in self.by_node.values()
+            for w in itertools.islice(self.by_node.values(), start, stop)
         ]
 
     # ------------------------------------------------------------- messages
@@ -170,9 +171,9 @@ class Registry:
         for model in worker.models:
             self.catalog.register_sync(model, node, worker.region, msg.capabilities)
         if current is not None and current.worker_id != msg.worker_id:
-            # A new process: the old one's failures must not exile it. Reported
-            # UNHEALTHY has no way back without traffic (an UNHEALTHY node gets
-            # none); the breaker keeps its state and probes it on its own schedule.
+            # A new process: the old one's failure streak and latencies describe
+            # another process, so its health starts afresh; the breaker keeps its
+            # state and probes the node on its own schedule.
             self.health.deregister_node(node)
         self.health.register_node(node, expect_heartbeats=True)
         self.health.heartbeat(node)
