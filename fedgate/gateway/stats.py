@@ -85,6 +85,7 @@ class GatewayCounters:
         "cancel_acks",
         "cancelled",
         "cancels_sent",
+        "dropped_connections",
         "failed",
         "failovers",
         "latency",
@@ -111,6 +112,8 @@ class GatewayCounters:
         self.retries = self.failovers = self.resumes = self.local_rejections = 0
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
+        # Worker connections the socket reported dropped (each triggers a liveness check).
+        self.dropped_connections = 0
         self.per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         self.per_tenant: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).
