@@ -190,6 +190,26 @@ async def test_each_retry_goes_to_a_node_not_yet_tried(code: str) -> None:
             b"answer",
             3,
         )
+        # A worker that answered with its own Error has finished: no CANCEL follows.
+        assert fed.gw.stats().cancels_sent == 0
+
+
+# ------------------------------------------------------------ no frame vanishes
+async def test_frames_never_read_by_an_abandoned_stream_are_counted_stale() -> None:
+    # The caller stops after one token while four more frames already wait in the
+    # attempt's inbox: they are an abandoned attempt's frames, dropped and counted.
+    async with scripted_federation("a") as fed:
+        stream = fed.gw.infer_stream(req("drop-1"))
+        first = fed.spawn(stream.__anext__())  # type: ignore[arg-type]
+        worker, r = await fed.next_request()
+        for i in range(5):
+            await worker.partial(r, i, [tok(i)])
+        assert await first == tok(0)
+        att = fed.gw._attempts.by_rid[r.rid]
+        await until(lambda: len(att.inbox) == 4, "the other four frames to reach the attempt")
+        await stream.aclose()  # type: ignore[attr-defined]
+        stats = fed.gw.stats()
+        assert (stats.stale_frames, stats.cancels_sent) == (4, 1)
 
 
 # ------------------------------------------------- in-flight failover on heartbeats

@@ -244,6 +244,12 @@ class Attempts:
             self.router.release(worker.node)
             self._wake_one()
         att.closed = True  # the deadline watch and the pump skip it from now on
+        if att.inbox:
+            # Frames that arrived but were never handed on (the call moved on first:
+            # a deadline, a cancel) are an abandoned attempt's frames too: dropped
+            # and counted, never vanished.
+            self.counters.stale += sum(1 for event in att.inbox if not isinstance(event, Lost))
+            att.inbox.clear()
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None

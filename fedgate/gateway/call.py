@@ -138,6 +138,7 @@ class Failure(NamedTuple):
     node_caused: bool  # counts against the node's health and breaker
     retryable: bool  # another node may still serve the request
     stranded: bool = False  # the node is gone: the request moves, uncharged to the budget
+    answered: bool = False  # the worker's own Error: its side is done, nothing to cancel
 
 
 class Call:
@@ -454,7 +455,9 @@ class Call:
         self, att: Attempt, admission: Admission, finished: bool, failure: Failure | None
     ) -> None:
         env = self.env
-        env.attempts.close(att, cancel=not finished and att.worker.alive)
+        # A worker that answered (Final, or its own Error) has nothing left to stop.
+        answered = finished or (failure is not None and failure.answered)
+        env.attempts.close(att, cancel=not answered and att.worker.alive)
         if failure is None and not finished and admission is Admission.PROBE:
             # The caller stopped: no verdict on the node, free the probe.
             env.breaker.release(att.worker.node)
@@ -547,11 +550,15 @@ class Call:
         text = f"node {self.node} failed request {self.request.request_id!r}: {code}: {msg.message}"
         if code == wire.ERR_BAD_INPUT:
             # The caller's input: never the node's fault, and no other node will like it more.
-            return Failure(WorkerError(text, code=code, node_caused=False), False, False)
+            return Failure(
+                WorkerError(text, code=code, node_caused=False), False, False, answered=True
+            )
         node_caused = msg.node_caused or wire.is_node_caused(code)
         if code == wire.ERR_DEADLINE:
-            return Failure(DeadlineExceededError(text), node_caused, False)
-        return Failure(WorkerError(text, code=code, node_caused=node_caused), node_caused, True)
+            return Failure(DeadlineExceededError(text), node_caused, False, answered=True)
+        return Failure(
+            WorkerError(text, code=code, node_caused=node_caused), node_caused, True, answered=True
+        )
 
     def _local_error(self, event: Lost, node: NodeId) -> Failure:
         """The failure the gateway observed itself (no frame from the node)."""
