@@ -72,7 +72,6 @@ HEARTBEAT_INTERVAL = 0.2
 HEARTBEAT_LIVENESS = 4
 FAILURE_THRESHOLD = 3
 REQUEST_TIMEOUT = 10.0
-RETRY_BUDGET_MIN = 10
 # The request mix: (kind, share).
 MIX = (("transcribe", 0.3), ("generate", 0.5), ("restricted", 0.2))
 TENANTS = {"transcribe": "acme-corp", "generate": "globex", "restricted": "eu-health"}

@@ -66,7 +66,6 @@ from fedgate.cli._demo_federation import (
     ORIGIN,
     REGIONS,
     REQUEST_TIMEOUT,
-    RETRY_BUDGET_MIN,
     TENANTS,
     VICTIM,
     NodeSpec,
@@ -233,9 +232,6 @@ class _Demo:
                     max_retries=3,
                     retry_delay=0.02,
                     request_timeout=REQUEST_TIMEOUT,
-                    # A killed node fails all its requests at once; a budget of at
-                    # least RETRY_BUDGET_MIN lets every one of them fail over.
-                    retry_budget_min=RETRY_BUDGET_MIN,
                     recent_routes=8192,
                 ),
                 regions=REGIONS,
