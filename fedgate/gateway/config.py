@@ -13,6 +13,7 @@ from fedgate.validation import (
     FrameBytes,
     Hwm,
     InputBytes,
+    InvalidParameterError,
     Period,
     Timeout,
     count,
@@ -38,13 +39,21 @@ class GatewayConfig:
         Base backoff before a retry; doubles per retry, with ±50 % jitter.
     request_timeout : float
         Deadline of a request that sets none itself.
+    max_deadline : float
+        The longest deadline a request may set (at least ``request_timeout``).
+        A request asking for more is refused with ``ValueError`` before any
+        worker is contacted, not clamped: a caller that needs a week learns
+        it at once instead of failing after an hour, and a client cannot hold
+        a node's slot for the wire's 31 years.
     retry_budget_ratio, retry_budget_min : float, int
         Requests retrying at once may be at most ``max(min, ratio × active)``,
         so a failing fleet gets no retry storm.
     max_input_bytes : int
         Larger inputs are rejected before any worker is contacted.
     max_frame_bytes : int
-        Larger frames from workers are dropped and counted.
+        Larger frames from workers are dropped and counted; it is also the
+        socket's ``MAXMSGSIZE``, so a peer sending a larger frame is
+        disconnected by libzmq before the frame is buffered.
     send_hwm : int
         Bound of the ROUTER's per-worker send queue (a full queue is a typed
         :class:`BackpressureError`, never a silent drop).
@@ -65,6 +74,7 @@ class GatewayConfig:
     max_retries: Annotated[int, count(0, 100)] = 3
     retry_delay: Backoff = 0.1
     request_timeout: Timeout = 30.0
+    max_deadline: Timeout = 3600.0
     retry_budget_ratio: Fraction = 0.2
     retry_budget_min: Annotated[int, count(0, 100_000)] = 3
     max_input_bytes: InputBytes = 8 * 1024 * 1024
@@ -78,6 +88,14 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.request_timeout > self.max_deadline:
+            raise InvalidParameterError(
+                "GatewayConfig",
+                "request_timeout",
+                self.request_timeout,
+                f"expected at most max_deadline ({self.max_deadline:g}s), "
+                f"got {self.request_timeout!r}",
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:

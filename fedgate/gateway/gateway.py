@@ -150,7 +150,7 @@ class Gateway:
                 zmq.LINGER: 0,
                 zmq.SNDHWM: hwm,
                 zmq.RCVHWM: hwm,
-                zmq.MAXMSGSIZE: -1,
+                zmq.MAXMSGSIZE: wire.socket_max_bytes(self.config.max_frame_bytes),
             },
         )
         self._ctx = ctx
@@ -276,6 +276,13 @@ class Gateway:
             value = getattr(request, name)
             if value is not None and len(value) > 256:
                 raise ValueError(f"{name}: expected at most 256 characters, got {len(value)}")
+        deadline = request.deadline
+        if deadline is not None and deadline > self.config.max_deadline:
+            # Refused, not clamped (GatewayConfig.max_deadline says why).
+            raise ValueError(
+                f"deadline: expected at most {self.config.max_deadline:g} seconds "
+                f"(the gateway's max_deadline), got {deadline!r}"
+            )
         size = len(request.input)
         if size > self.config.max_input_bytes:
             raise ValueError(

@@ -1,0 +1,154 @@
+"""Issue 12's bounds: no request outlives its bound, no frame vanishes, every input
+bounded by what it costs the gateway (RELIABILITY.md, "What we measured" 4 and 5).
+
+Each attack the issue measured is replayed against an in-process gateway with
+scripted workers (``scripted.py``: real sockets, health on a manual clock) or
+in-process workers (``inproc.py``), and what it cost the gateway is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+import zmq.asyncio
+from inproc import federation
+from scripted import WAIT, Federation, req, scripted_federation, until
+
+from fedgate import Capability, InferenceRequest, WorkerError
+from fedgate.gateway import GatewayConfig
+from fedgate.gateway.ingress import Ingress
+from fedgate.transport import protocol as wire
+from fedgate.validation import InvalidParameterError
+
+CONCURRENCY = 16  # a scripted worker's max_concurrency
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Client:
+    """A DEALER client of an ingress (one connection: closing it is a disconnect)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    async def send(self, **request: Any) -> None:
+        await self.sock.send(msgspec.msgpack.encode(request))
+
+    async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
+        reply: dict[str, Any] = msgspec.msgpack.decode(
+            await asyncio.wait_for(self.sock.recv(), timeout)
+        )
+        return reply
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def big(request_id: str, size: int) -> InferenceRequest:
+    return InferenceRequest(Capability.GENERATE, b"y" * size, request_id=request_id)
+
+
+def inflight(fed: Federation, node: str) -> int:
+    return next(w["inflight"] for w in fed.gw.workers() if w["node"] == node)
+
+
+# ------------------------------------------------------------ deadlines
+def test_max_deadline_is_declared_and_bounds_the_default_timeout() -> None:
+    assert GatewayConfig().max_deadline == 3600.0
+    with pytest.raises(InvalidParameterError, match="GatewayConfig.max_deadline"):
+        GatewayConfig(max_deadline=0.0)
+    with pytest.raises(InvalidParameterError, match="request_timeout: expected at most max_dead"):
+        GatewayConfig(request_timeout=60.0, max_deadline=30.0)
+
+
+async def test_a_deadline_beyond_the_gateways_maximum_is_refused_before_any_worker() -> None:
+    config = GatewayConfig(request_timeout=5.0, max_deadline=60.0, retry_delay=0.0,
+                           monitor_interval=0.005)  # fmt: skip
+    async with scripted_federation("a", config=config) as fed:
+        with pytest.raises(ValueError, match=r"deadline: expected at most 60 seconds"):
+            await fed.gw.infer(req("long", deadline=60.001))
+        with pytest.raises(ValueError, match=r"deadline: expected at most 60 seconds"):
+            async for _ in fed.gw.infer_stream(req("long-stream", deadline=1e9)):
+                pass
+        # At the maximum it is sent, carrying the time it has left.
+        call = fed.spawn(fed.gw.infer(req("ok", deadline=60.0)))
+        worker, request = await fed.next_request()
+        assert 59.0 < request.deadline <= 60.0
+        assert [r.request_id for r in worker.requests] == ["ok"]
+        await worker.final(request, 1, b"done")
+        assert (await call).output == b"done"
+
+
+async def test_ingress_clients_cannot_hold_a_node_past_their_own_connection() -> None:
+    # The issue's attack: one ingress client sends requests with huge deadlines
+    # until the node is full, then goes away. Deadlines above the gateway's
+    # maximum are refused at the door; those within it hold slots only while
+    # their client is connected: its disconnect cancels them down to the worker.
+    config = GatewayConfig(request_timeout=5.0, max_deadline=600.0, retry_delay=0.0,
+                           monitor_interval=0.005)  # fmt: skip
+    async with scripted_federation("a", config=config) as fed:
+        ingress = Ingress(fed.gw, "tcp://127.0.0.1:*")
+        await ingress.start()
+        ctx = zmq.asyncio.Context()
+        attacker, other = Client(ctx, ingress.endpoint), Client(ctx, ingress.endpoint)
+        try:
+            cpu0, t0 = cpu(), time.perf_counter()
+            for i in range(64):
+                await attacker.send(id=f"huge-{i}", capability="generate", input=b"x",
+                                    deadline=1e10 if i % 2 else 1e9)  # fmt: skip
+            refused = [await attacker.recv() for _ in range(64)]
+            assert {r["error"] for r in refused} == {"BadRequest"}
+            assert fed["a"].requests == []
+            for i in range(CONCURRENCY):
+                await attacker.send(id=f"hold-{i}", capability="generate", deadline=600.0)
+            held = [await fed.next_request() for _ in range(CONCURRENCY)]
+            assert inflight(fed, "a") == CONCURRENCY
+            attacker.close()
+            await until(lambda: inflight(fed, "a") == 0, "the attacker's slots to come back")
+            await until(lambda: len(fed["a"].cancels) == CONCURRENCY, "a CANCEL per request")
+            assert {c.rid for c in fed["a"].cancels} == {r.rid for _, r in held}
+            assert ingress.disconnect_cancels == CONCURRENCY
+            # Everyone else is served at once.
+            for i in range(CONCURRENCY + 1):
+                await other.send(id=f"other-{i}", capability="generate")
+                worker, request = await fed.next_request()
+                await worker.final(request, 1, b"ok")
+                assert (await other.recv())["done"] is True
+            print(
+                f"\ndeadline attack: 64 refused, {CONCURRENCY} held then cancelled on "
+                f"disconnect; {CONCURRENCY + 1}/{CONCURRENCY + 1} other requests served; "
+                f"gateway CPU {cpu() - cpu0:.3f}s over {time.perf_counter() - t0:.3f}s"
+            )
+        finally:
+            attacker.close()
+            other.close()
+            await ingress.stop()
+            ctx.term()
+
+
+# ------------------------------------------------------- undecodable requests
+async def test_a_request_the_worker_cannot_decode_is_answered_for_its_id() -> None:
+    # The gateway's frame is larger than this worker takes: the worker answers
+    # bad_input for the request's id at once instead of dropping it in silence
+    # (the gateway would have waited out the 30 s deadline, its slot held).
+    config = GatewayConfig(request_timeout=30.0, retry_delay=0.0)
+    async with federation({"node": "small", "max_frame_bytes": 1024}, config=config) as (gw, ws):
+        t0 = time.perf_counter()
+        with pytest.raises(WorkerError, match="cannot decode this request") as caught:
+            await asyncio.wait_for(gw.infer(big("too-big", 4096)), WAIT)
+        assert caught.value.code == wire.ERR_BAD_INPUT
+        assert ws["small"].stats.undecodable_requests == 1
+        assert gw.stats().failed_requests == 1
+        assert all(w["inflight"] == 0 for w in gw.workers())
+        print(f"\nundecodable REQUEST answered in {time.perf_counter() - t0:.3f}s (deadline 30 s)")
