@@ -152,3 +152,135 @@ async def test_a_request_the_worker_cannot_decode_is_answered_for_its_id() -> No
         assert gw.stats().failed_requests == 1
         assert all(w["inflight"] == 0 for w in gw.workers())
         print(f"\nundecodable REQUEST answered in {time.perf_counter() - t0:.3f}s (deadline 30 s)")
+
+
+# ---------------------------------------------------------- cheap bytes, dear CPU
+WID = "0123456789abcdef"
+
+
+def huge_ready(size: int) -> bytes:
+    """A Ready of ``size`` bytes whose model list fails validation (too many items)."""
+    n = (size - 200) // 2
+    fields = [7, "n", "r", WID, ["m"] * n, ["generate"], False, 1.0, 1, False, 1.0, 1, "v"]
+    return b"\x01" + msgspec.msgpack.encode(fields)
+
+
+def test_a_rejected_frame_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    untyped: list[object] = []
+    real = msgspec.msgpack.decode
+    monkeypatch.setattr(
+        msgspec.msgpack, "decode", lambda *a, **k: untyped.append(1) or real(*a, **k)
+    )
+    typed: list[object] = []
+    real_typed = wire._DECODE_FROM_WORKER
+    monkeypatch.setattr(wire, "_DECODE_FROM_WORKER", lambda b: typed.append(1) or real_typed(b))
+    frame = huge_ready(1 << 20)
+    with pytest.raises(wire.ProtocolError, match=r"malformed Ready: field 'models'"):
+        wire.decode_worker_message(frame)
+    assert (len(typed), len(untyped)) == (1, 0)
+
+
+async def test_huge_invalid_readies_cost_the_gateway_little() -> None:
+    # The issue's attack: 48 READYs of 16 MiB that fail validation, each decoded a
+    # second time untyped to word the error (342 ms and 1.2 GB peak in all).
+    async with scripted_federation("a") as fed:
+        ctx = zmq.asyncio.Context()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(fed.gw.endpoints[0])
+        frame = huge_ready(wire.MAX_FRAME_BYTES)
+        try:
+            rss0, cpu0, t0 = (
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                cpu(),
+                time.perf_counter(),
+            )
+            for _ in range(48):
+                await rogue.send(frame, copy=False)
+            await until(lambda: fed.gw.stats().malformed_frames == 48, "48 READYs rejected", 60.0)
+            spent = cpu() - cpu0
+            call = fed.spawn(fed.gw.infer(req("after")))
+            worker, request = await fed.next_request()
+            await worker.final(request, 1, b"ok")
+            assert (await call).output == b"ok"
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+            print(
+                f"\n48 invalid 16 MiB READYs: test process CPU {spent:.2f}s (sending included) "
+                f"over {time.perf_counter() - t0:.2f}s, peak RSS +{grown / 1024:.0f} MiB"
+            )
+        finally:
+            rogue.close(0)
+            ctx.term()
+
+
+async def test_sockets_bound_message_size_and_drop_larger_frames_unread() -> None:
+    limit = 4096
+    config = GatewayConfig(request_timeout=5.0, retry_delay=0.0, monitor_interval=0.005,
+                           max_frame_bytes=limit)  # fmt: skip
+    async with scripted_federation("a", config=config) as fed:
+        assert fed.gw._pump is not None
+        assert fed.gw._pump.sock.getsockopt(zmq.MAXMSGSIZE) == wire.socket_max_bytes(limit)
+        ingress = Ingress(fed.gw, "tcp://127.0.0.1:*")
+        await ingress.start()
+        ctx = zmq.asyncio.Context()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(fed.gw.endpoints[0])
+        try:
+            assert ingress._sock is not None and ingress._sock.getsockopt(zmq.MAXMSGSIZE) > 0
+            await rogue.send(b"\x01" + b"x" * (8 * limit))  # far over: never read
+            beat = wire.encode(wire.Heartbeat("rogue", WID, 1, 0, 0))
+            answered = False
+            while not answered:  # the connection was dropped; the DEALER reconnects
+                await rogue.send(beat)
+                answered = await rogue.poll(100) != 0
+            assert isinstance(wire.decode_gateway_message(await rogue.recv()), wire.Reannounce)
+            assert fed.gw.stats().malformed_frames == 0
+        finally:
+            rogue.close(0)
+            await ingress.stop()
+            ctx.term()
+
+
+async def test_a_flood_of_many_frame_messages_does_not_starve_ingress_clients() -> None:
+    async with scripted_federation("a") as fed:
+        ingress = Ingress(fed.gw, "tcp://127.0.0.1:*")
+        await ingress.start()
+        ctx = zmq.asyncio.Context()
+        flooder, other = Client(ctx, ingress.endpoint), Client(ctx, ingress.endpoint)
+
+        async def serve() -> None:
+            while True:
+                worker, request = await fed.next_request(60.0)
+                await worker.final(request, 1, b"ok")
+
+        fed.spawn(serve())
+        try:
+            cpu0, t0 = cpu(), time.perf_counter()
+            frames = [b"f"] * 999
+            body = msgspec.msgpack.encode({"id": "flood", "capability": "generate"})
+
+            async def flood() -> None:
+                for _ in range(500):
+                    await flooder.sock.send_multipart([*frames, body])
+
+            async def normal(i: int) -> dict[str, Any]:
+                await other.send(id=f"n{i}", capability="generate")
+                return await other.recv(30.0)
+
+            sending = asyncio.create_task(flood())
+            replies = [await normal(i) for i in range(32)]
+            await sending
+            await flooder.send(id="last", capability="generate")
+            assert (await flooder.recv(30.0))["id"] == "last"  # after every flood message
+            assert all(r.get("done") for r in replies), replies
+            assert ingress.rejected == 500
+            print(
+                f"\n500 messages of 1000 frames: 32/32 normal requests served, "
+                f"test process CPU {cpu() - cpu0:.2f}s over {time.perf_counter() - t0:.2f}s"
+            )
+        finally:
+            flooder.close()
+            other.close()
+            await ingress.stop()
+            ctx.term()
