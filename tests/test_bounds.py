@@ -18,10 +18,20 @@ import pytest
 import zmq
 import zmq.asyncio
 from inproc import federation
-from scripted import WAIT, Federation, req, scripted_federation, until
+from scripted import WAIT, Federation, req, scripted_federation, tok, toks, until
 
-from fedgate import Capability, InferenceRequest, WorkerError
+from fedgate import (
+    BackpressureError,
+    Capability,
+    DeadlineExceededError,
+    InferenceRequest,
+    NodeId,
+    StreamInterruptedError,
+    WorkerError,
+)
+from fedgate.federation.breaker import CircuitState
 from fedgate.gateway import GatewayConfig
+from fedgate.gateway.attempt import LAGGING, OVERFLOW, Lost
 from fedgate.gateway.ingress import Ingress
 from fedgate.transport import protocol as wire
 from fedgate.validation import InvalidParameterError
@@ -66,7 +76,7 @@ def inflight(fed: Federation, node: str) -> int:
 # ------------------------------------------------------------ deadlines
 def test_max_deadline_is_declared_and_bounds_the_default_timeout() -> None:
     assert GatewayConfig().max_deadline == 3600.0
-    with pytest.raises(InvalidParameterError, match="GatewayConfig.max_deadline"):
+    with pytest.raises(InvalidParameterError, match=r"GatewayConfig\.max_deadline"):
         GatewayConfig(max_deadline=0.0)
     with pytest.raises(InvalidParameterError, match="request_timeout: expected at most max_dead"):
         GatewayConfig(request_timeout=60.0, max_deadline=30.0)
@@ -284,3 +294,62 @@ async def test_a_flood_of_many_frame_messages_does_not_starve_ingress_clients() 
             other.close()
             await ingress.stop()
             ctx.term()
+
+
+# ------------------------------------------------- a caller's slowness is its own
+def node_failures(fed: Federation, node: str) -> int:
+    return fed.gw._counters.per_node[NodeId(node)].failures
+
+
+async def test_stream_buffers_are_bounded_in_bytes() -> None:
+    # 4 096 tokens of 256 KiB held 1 GB for one unread stream: bounded in bytes
+    # too, the stream ends with BackpressureError, and the node is not blamed.
+    config = GatewayConfig(request_timeout=30.0, retry_delay=0.0, monitor_interval=0.005,
+                           max_frame_bytes=64 * 1024, stream_buffer_bytes=256 * 1024)  # fmt: skip
+    async with scripted_federation("a", config=config) as fed:
+        stream = fed.gw.infer_stream(req("hoard"))
+        first = asyncio.ensure_future(stream.__anext__())
+        worker, request = await fed.next_request()
+        token = b"x" * (32 * 1024)
+        for i in range(16):  # 512 KiB the caller does not read, 16 tokens only
+            await worker.partial(request, i, [token])
+        assert await first == token
+        att = fed.gw._attempts.by_rid[request.rid]
+        await until(lambda: att.inbox and att.inbox[-1] is OVERFLOW, "the overflow")
+        assert att.buffered_bytes <= config.stream_buffer_bytes
+        got = 1
+        with pytest.raises(BackpressureError, match="bytes buffered"):
+            async for _ in stream:
+                got += 1
+        assert 1 < got < 16 and att.buffered_bytes == 0
+        await until(lambda: len(fed["a"].cancels) == 1, "the overflow to cancel the attempt")
+        assert node_failures(fed, "a") == 0
+        assert fed.gw.breaker.state(NodeId("a")) is CircuitState.CLOSED
+
+
+async def test_a_deadline_that_passes_while_the_reader_lags_is_not_the_nodes() -> None:
+    config = GatewayConfig(request_timeout=30.0, retry_delay=0.0, monitor_interval=0.005)
+    async with scripted_federation("a", config=config) as fed:
+        stream = fed.gw.infer_stream(req("slow-reader", deadline=0.5))
+        first = asyncio.ensure_future(stream.__anext__())
+        worker, request = await fed.next_request()
+        for i in range(3):
+            await worker.partial(request, i, [tok(i)])
+        assert await first == tok(0)
+        # The node has sent everything; the caller sits on it past its deadline.
+        att = fed.gw._attempts.by_rid[request.rid]
+        await until(lambda: bool(att.inbox) and isinstance(att.inbox[-1], Lost), "the deadline")
+        assert att.inbox[-1] is LAGGING
+        got = []
+        with pytest.raises(StreamInterruptedError, match="while its reader lagged"):
+            async for t in stream:
+                got.append(t)
+        assert got == toks(1, 3)
+        assert node_failures(fed, "a") == 0
+        assert fed.gw.health.status(NodeId("a")).consecutive_failures == 0
+        # A node that is itself late still is.
+        call = fed.spawn(fed.gw.infer(req("late-node", deadline=0.2)))
+        await fed.next_request()
+        with pytest.raises(DeadlineExceededError, match="exceeded its deadline on node a"):
+            await call
+        assert node_failures(fed, "a") == 1

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from fedgate.gateway.call import Call
     from fedgate.gateway.registry import Registry, Worker
 
-__all__ = ["OVERFLOW", "TIMEOUT", "Attempt", "Attempts", "Lost", "LostCause"]
+__all__ = ["LAGGING", "OVERFLOW", "TIMEOUT", "Attempt", "Attempts", "Lost", "LostCause"]
 
 log = logging.getLogger("fedgate.gateway")
 
@@ -52,6 +52,9 @@ class LostCause(enum.Enum):
     DEADLINE = ("deadline", True, False)
     #: The caller reads the stream too slowly: the reader's doing.
     OVERFLOW = ("overflow", False, False)
+    #: The deadline passed while frames the node sent waited for the caller to
+    #: read them: the reader's slowness, not the node's.
+    LAGGING = ("deadline", False, False)
     #: The send queue to the node is full: not the node's fault, another may take it.
     BACKPRESSURE = ("backpressure", False, True)
     #: The gateway is stopping.
@@ -81,7 +84,13 @@ class Lost:
 
 # Shared events: a deadline or an overflow allocates nothing.
 TIMEOUT = Lost(LostCause.DEADLINE, "deadline")
+LAGGING = Lost(LostCause.LAGGING, "deadline while the reader lagged")
 OVERFLOW = Lost(LostCause.OVERFLOW, "overflow")
+
+
+def _deadline(att: Attempt) -> None:
+    """The attempt's deadline passed: the node's fault unless its frames wait unread."""
+    att.push(LAGGING if att.buffered else TIMEOUT)
 
 
 class Attempt:
@@ -89,6 +98,7 @@ class Attempt:
 
     __slots__ = (
         "buffered",
+        "buffered_bytes",
         "closed",
         "deadline",
         "inbox",
@@ -96,6 +106,7 @@ class Attempt:
         "number",
         "rid",
         "sent",
+        "sizes",
         "started",
         "timer",
         "waiter",
@@ -109,7 +120,9 @@ class Attempt:
         self.inbox: collections.deque[Any] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.buffered = 0
+        self.buffered = 0  # tokens received, not yet read by the caller
+        self.buffered_bytes = 0  # their frames' bytes (sizes: one per Partial, in order)
+        self.sizes: collections.deque[int] = collections.deque()
         self.last_frame = 0.0
         self.started = 0.0
         self.deadline = 0.0
@@ -133,6 +146,7 @@ class Attempt:
         event = inbox.popleft()
         if type(event) is wire.Partial:
             self.buffered -= len(event.tokens)
+            self.buffered_bytes -= self.sizes.popleft()
         return event
 
 
@@ -297,7 +311,7 @@ class Attempts:
         while watched and watched[0].closed:
             watched.popleft()
         if watched and att.deadline < watched[-1].deadline:
-            att.timer = loop.call_at(att.deadline, att.push, TIMEOUT)
+            att.timer = loop.call_at(att.deadline, _deadline, att)
             return
         if len(watched) > 64 and len(watched) > 2 * len(self.by_rid):
             # Closed attempts stuck behind a long-lived one at the head: bounded
@@ -327,7 +341,7 @@ class Attempts:
                 watched.popleft()
             elif att.deadline <= now:
                 watched.popleft()
-                att.push(TIMEOUT)
+                _deadline(att)
             else:
                 self._deadline_at = att.deadline
                 self._deadline_timer = loop.call_at(att.deadline, self._expire_deadlines)

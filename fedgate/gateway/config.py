@@ -60,6 +60,9 @@ class GatewayConfig:
     stream_buffer : int
         Tokens buffered per stream for a slow reader before the stream ends
         with :class:`BackpressureError` (bounded memory).
+    stream_buffer_bytes : int
+        The same bound in bytes (frames as received), at least
+        ``max_frame_bytes``: 4 096 tokens of 256 KiB must not hold 1 GB.
     stall_timeout : float, optional
         An attempt that receives no frame for this long fails as a stall.
     monitor_interval : float
@@ -81,6 +84,7 @@ class GatewayConfig:
     max_frame_bytes: FrameBytes = wire.MAX_FRAME_BYTES
     send_hwm: Hwm = 100_000
     stream_buffer: Annotated[int, count(1, 10_000_000)] = 65_536
+    stream_buffer_bytes: Annotated[int, count(1024, 1 << 40)] = 32 * 1024 * 1024
     stall_timeout: Timeout | None = None
     monitor_interval: Period = 0.05
     recent_routes: Annotated[int, count(0, 100_000)] = 256
@@ -88,6 +92,15 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.stream_buffer_bytes < self.max_frame_bytes:
+            # One frame of the largest size must fit, or a stream could never pass it.
+            raise InvalidParameterError(
+                "GatewayConfig",
+                "stream_buffer_bytes",
+                self.stream_buffer_bytes,
+                f"expected at least max_frame_bytes ({self.max_frame_bytes}), "
+                f"got {self.stream_buffer_bytes!r}",
+            )
         if self.request_timeout > self.max_deadline:
             raise InvalidParameterError(
                 "GatewayConfig",

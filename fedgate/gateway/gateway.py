@@ -103,6 +103,7 @@ class Gateway:
         self._by_rid = attempts.by_rid
         self._max_frame_bytes = config.max_frame_bytes
         self._stream_buffer = config.stream_buffer
+        self._stream_buffer_bytes = config.stream_buffer_bytes
         self.recent_routes: collections.deque[RouteRecord] = collections.deque(
             maxlen=config.recent_routes
         )
@@ -311,10 +312,18 @@ class Gateway:
                     counters.cancel_acks += 1
                 return
             if kind is wire.Partial:
-                att.buffered += len(cast(wire.Partial, frame).tokens)
-                if att.buffered > self._stream_buffer:
-                    att.push(OVERFLOW)
+                count = len(cast(wire.Partial, frame).tokens)
+                # Bytes as received: the frame's size, not a sum over its tokens.
+                size = len(payload)
+                if (
+                    att.buffered + count > self._stream_buffer
+                    or att.buffered_bytes + size > self._stream_buffer_bytes
+                ):
+                    att.push(OVERFLOW)  # this frame and any later one are dropped
                     return
+                att.buffered += count
+                att.buffered_bytes += size
+                att.sizes.append(size)
             att.push(frame)
         elif kind is wire.Heartbeat:
             self._registry.heartbeat(identity, cast(wire.Heartbeat, msg))
