@@ -61,8 +61,8 @@ class GatewayConfig:
         Tokens buffered per stream for a slow reader before the stream ends
         with :class:`BackpressureError` (bounded memory).
     stream_buffer_bytes : int
-        The same bound in bytes (frames as received), at least
-        ``max_frame_bytes``: 4 096 tokens of 256 KiB must not hold 1 GB.
+        The same bound in bytes (frames as received; one frame always fits an
+        empty buffer): 4 096 tokens of 256 KiB must not hold 1 GB.
     stall_timeout : float, optional
         An attempt that receives no frame for this long fails as a stall.
     monitor_interval : float
@@ -92,15 +92,6 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.stream_buffer_bytes < self.max_frame_bytes:
-            # One frame of the largest size must fit, or a stream could never pass it.
-            raise InvalidParameterError(
-                "GatewayConfig",
-                "stream_buffer_bytes",
-                self.stream_buffer_bytes,
-                f"expected at least max_frame_bytes ({self.max_frame_bytes}), "
-                f"got {self.stream_buffer_bytes!r}",
-            )
         if self.request_timeout > self.max_deadline:
             raise InvalidParameterError(
                 "GatewayConfig",

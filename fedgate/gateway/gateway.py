@@ -317,7 +317,10 @@ class Gateway:
                 size = len(payload)
                 if (
                     att.buffered + count > self._stream_buffer
-                    or att.buffered_bytes + size > self._stream_buffer_bytes
+                    # One frame always fits an empty buffer (max_frame_bytes bounds it).
+                    or (
+                        att.buffered_bytes and att.buffered_bytes + size > self._stream_buffer_bytes
+                    )
                 ):
                     att.push(OVERFLOW)  # this frame and any later one are dropped
                     return
