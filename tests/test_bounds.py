@@ -353,3 +353,65 @@ async def test_a_deadline_that_passes_while_the_reader_lags_is_not_the_nodes() -
         with pytest.raises(DeadlineExceededError, match="exceeded its deadline on node a"):
             await call
         assert node_failures(fed, "a") == 1
+
+
+# ------------------------------------------------------------- dead nodes leave
+async def test_a_node_dead_past_the_grace_period_leaves_the_catalog_and_the_router() -> None:
+    config = GatewayConfig(request_timeout=5.0, retry_delay=0.0, monitor_interval=0.005,
+                           dead_grace=30.0)  # fmt: skip
+    async with scripted_federation("a", "b", config=config) as fed:
+        gw = fed.gw
+        fed.clock.advance(3.0)
+        await fed.beat("a")
+        fed.clock.advance(2.0)  # b silent for 5 s: liveness is 4 × 1 s
+        await until(lambda: not fed.alive("b"), "b to be declared dead")
+        assert NodeId("b") in gw.catalog.nodes()  # listed, not alive, within the grace
+        for _ in range(9):  # 36 s more: past the 30 s grace
+            fed.clock.advance(4.0)
+            await fed.beat("a")
+        await until(lambda: NodeId("b") not in gw.catalog.nodes(), "b to leave the catalog")
+        assert [w["node"] for w in gw.workers()] == ["a"]
+        assert gw.stats().retired_nodes == 1
+        call = fed.spawn(gw.infer(req("after")))
+        worker, request = await fed.next_request()
+        assert worker is fed["a"]
+        await worker.final(request, 1, b"ok")
+        await call
+        # A node that comes back registers afresh.
+        await fed["b"].register()
+        await until(lambda: NodeId("b") in gw.catalog.nodes(), "b to come back")
+
+
+async def test_thousands_of_fakes_that_stop_heartbeating_disappear() -> None:
+    # The 10 000 fakes, scaled to the default run: one DEALER announces
+    # 2 000 nodes and never beats for them.
+    fakes = 2000
+    config = GatewayConfig(request_timeout=5.0, retry_delay=0.0, monitor_interval=0.005,
+                           dead_grace=10.0)  # fmt: skip
+    async with scripted_federation("a", config=config) as fed:
+        ctx = zmq.asyncio.Context()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(fed.gw.endpoints[0])
+        try:
+            cpu0 = cpu()
+            for i in range(fakes):
+                await rogue.send(wire.encode(wire.Ready(
+                    f"fake-{i}", "us-west-2", wire.new_worker_id(), ["m"], ["generate"],
+                    False, 1.0, 1, False, 1.0, 0, "fake")))  # fmt: skip
+            await until(lambda: len(fed.gw.catalog.nodes()) == fakes + 1, "the fakes", 60.0)
+            fed.clock.advance(3.0)
+            await fed.beat("a")
+            fed.clock.advance(2.0)
+            await until(lambda: fed.gw.stats().workers == 1, "the fakes declared dead", 60.0)
+            assert len(fed.gw.catalog.nodes()) == fakes + 1  # within the grace
+            for _ in range(3):  # 12 s more: past the 10 s grace
+                fed.clock.advance(4.0)
+                await fed.beat("a")
+            await until(lambda: fed.gw.catalog.nodes() == [NodeId("a")], "the fakes gone", 60.0)
+            assert [w["node"] for w in fed.gw.workers()] == ["a"]
+            assert fed.gw.stats().retired_nodes == fakes
+            print(f"\n{fakes} silent fakes registered and retired: gateway CPU {cpu() - cpu0:.2f}s")
+        finally:
+            rogue.close(0)
+            ctx.term()

@@ -11,6 +11,7 @@ from fedgate.validation import (
     Backoff,
     Fraction,
     FrameBytes,
+    Grace,
     Hwm,
     InputBytes,
     InvalidParameterError,
@@ -69,6 +70,10 @@ class GatewayConfig:
         How often heartbeats and stalls are checked.
     recent_routes : int
         Routing decisions kept for the dashboard.
+    dead_grace : float
+        A worker lost (missed heartbeats, connection gone) for this long is
+        retired: its node leaves the catalog and the router and is no longer
+        listed. Until then it is listed as not alive, and routed around.
     max_queued : int
         Requests that may wait for a free node slot when every eligible node
         is at its concurrency limit; one more is a :class:`BackpressureError`.
@@ -89,6 +94,7 @@ class GatewayConfig:
     monitor_interval: Period = 0.05
     recent_routes: Annotated[int, count(0, 100_000)] = 256
     max_queued: Annotated[int, count(0, 10_000_000)] = 10_000
+    dead_grace: Grace = 60.0
 
     def __post_init__(self) -> None:
         validate(self)

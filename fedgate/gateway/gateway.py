@@ -97,7 +97,9 @@ class Gateway:
         self._monitor: asyncio.Task[None] | None = None
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
-        self._registry = registry = Registry(catalog, health, router, counters, self.gateway_id)
+        self._registry = registry = Registry(
+            catalog, health, router, counters, self.gateway_id, config.dead_grace
+        )
         self._attempts = attempts = Attempts(config, router, registry, counters)
         # Read per frame: one attribute each, not a chain.
         self._by_rid = attempts.by_rid

@@ -74,6 +74,8 @@ class GatewayStats:
     per_tenant: dict[str, NodeStats] = field(default_factory=dict)
     # Worker processes refused for claiming a node id live with another one (R16).
     refused_workers: int = 0
+    # Nodes retired: lost for longer than GatewayConfig.dead_grace.
+    retired_nodes: int = 0
 
 
 class GatewayCounters:
@@ -96,6 +98,7 @@ class GatewayCounters:
         "per_tenant",
         "refused",
         "resumes",
+        "retired",
         "retries",
         "retrying",
         "stale",
@@ -111,6 +114,7 @@ class GatewayCounters:
         self.retries = self.failovers = self.resumes = self.local_rejections = 0
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
+        self.retired = 0
         self.per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         self.per_tenant: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).
@@ -155,4 +159,5 @@ class GatewayCounters:
                 for k, v in self.per_tenant.items()
             },
             refused_workers=self.refused,
+            retired_nodes=self.retired,
         )
