@@ -415,3 +415,65 @@ async def test_thousands_of_fakes_that_stop_heartbeating_disappear() -> None:
         finally:
             rogue.close(0)
             ctx.term()
+
+
+# ------------------------------------------------- heartbeats ahead of tokens
+class _Flood:
+    """A backend streaming 256 KiB tokens for as long as it is read."""
+
+    resumable = False
+
+    async def generate(self, req: Any) -> Any:
+        token = b"x" * (256 * 1024)
+        while True:
+            yield [token]
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.chaos
+async def test_heartbeats_never_queue_behind_tokens() -> None:
+    # 200 streams of 256 KiB tokens to a gateway that stops reading: every
+    # serving task leaves one frame in the worker's backlog (50 MB). A heartbeat
+    # fired meanwhile must leave ahead of them, not after all 200.
+    from fedgate.worker.process import Worker, WorkerConfig
+
+    streams = 200
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVHWM, 4)
+    router.bind("tcp://127.0.0.1:*")
+    cfg = WorkerConfig(
+        [router.getsockopt_string(zmq.LAST_ENDPOINT)], "node", "region", ["m"], ["generate"],
+        heartbeat_interval=0.05, close_linger=0.0, send_hwm=4, max_concurrency=streams,
+    )  # fmt: skip
+    try:
+        async with Worker(cfg, backend=_Flood()) as worker:
+            ident, ready = await asyncio.wait_for(router.recv_multipart(), WAIT)
+            assert isinstance(wire.decode_worker_message(ready), wire.Ready)
+            await router.send_multipart([ident, wire.encode(wire.Welcome("node", "gw"))])
+            await worker.wait_welcomed(WAIT)
+            for i in range(streams):
+                request = wire.Request(f"{i:032x}", 0, f"r{i}", None, "generate", None, b"",
+                                       60.0, 0, True)  # fmt: skip
+                await router.send_multipart([ident, wire.encode(request)])
+            await until(lambda: worker.inflight == streams, "every stream to start")
+            # Not reading: the pipe and the backlog fill, one frame per task.
+            await until(lambda: len(worker._links[0].pump.backlog) >= streams // 2, "the backlog")
+            sent = worker.stats.heartbeats_sent
+            await until(lambda: worker.stats.heartbeats_sent > sent + 1, "a heartbeat fired")
+            partials_first = 0
+            while True:
+                _, frame = await asyncio.wait_for(router.recv_multipart(), WAIT)
+                msg = wire.decode_worker_message(frame)
+                if isinstance(msg, wire.Heartbeat):
+                    break
+                partials_first += 1
+            print(f"\nheartbeat after {partials_first} token frames ({streams} streams backed up)")
+            assert partials_first < streams // 2
+            worker.stop(drain=False)
+    finally:
+        router.close(0)
+        ctx.term()

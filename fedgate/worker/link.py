@@ -107,9 +107,11 @@ class Link:
 
         Only the newest one may wait for the socket: a heartbeat queued behind a
         blocked pipe is replaced by the next, so an unreachable gateway costs
-        one pending frame, not one per interval.
+        one pending frame, not one per interval. It waits ahead of the replies
+        the socket could not take yet (never behind a stream's tokens): these
+        frames say nothing about any request, so order does not bind them.
         """
         pending = self.fire_pending
         if pending is not None:
             pending.frame = None
-        self.fire_pending = self.pump.send(frame)
+        self.fire_pending = self.pump.send_first(frame)
