@@ -253,6 +253,7 @@ BAD = [
     ("[gateway]\nstream_buffer = 0", "gateway.stream_buffer", "0"),
     ("[gateway]\nstream_buffer_bytes = 1000", "gateway.stream_buffer_bytes", "1000"),
     ("[gateway]\nmax_deadline = 0", "gateway.max_deadline", "0"),
+    ("[gateway]\ndead_grace = -1", "gateway.dead_grace", "-1"),
     ("[gateway]\nrecent_routes = -1", "gateway.recent_routes", "-1"),
     ("[gateway]\nmax_queued = -1", "gateway.max_queued", "-1"),
     ("[gateway]\nmax_retries = -1", "gateway.max_retries", "-1"),
