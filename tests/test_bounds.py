@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 import time
 from typing import Any
 
@@ -475,5 +476,42 @@ async def test_heartbeats_never_queue_behind_tokens() -> None:
             assert partials_first < streams // 2
             worker.stop(drain=False)
     finally:
+        router.close(0)
+        ctx.term()
+
+
+async def test_a_fired_frame_leaves_ahead_of_the_backlog() -> None:
+    # The pump-level rule behind the test above, in the default run: frames the
+    # socket cannot take wait in order, and a heartbeat goes to the head.
+    from fedgate.transport.pump import Pump
+
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.IMMEDIATE, 1)  # no peer yet: every send is refused
+    with socket.socket() as probe:  # a free port, nobody listening yet
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    dealer.setsockopt(zmq.RECONNECT_IVL, 10)
+    dealer.connect(endpoint)
+    pump = Pump(asyncio.get_running_loop(), dealer, lambda *_: None, lambda *_: None,
+                routed=False, batch=16)  # fmt: skip
+    pump.start()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    try:
+        assert pump.send(b"token-0") is not None and pump.send(b"token-1") is not None
+        assert pump.send_first(b"heartbeat") is not None
+        assert [o.frame for o in pump.backlog] == [b"heartbeat", b"token-0", b"token-1"]
+        router.bind(endpoint)
+        got = []
+        deadline = time.monotonic() + WAIT
+        while len(got) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            while router.poll(0):
+                got.append(router.recv_multipart()[1])
+        assert got == [b"heartbeat", b"token-0", b"token-1"]
+    finally:
+        pump.close(0)
         router.close(0)
         ctx.term()
