@@ -316,14 +316,23 @@ async def test_stream_buffers_are_bounded_in_bytes() -> None:
             await worker.partial(request, i, [token])
         assert await first == token
         att = fed.gw._attempts.by_rid[request.rid]
-        await until(lambda: att.inbox and att.inbox[-1] is OVERFLOW, "the overflow")
+        # Ended by the gateway while the caller still sleeps: CANCEL, slot back.
+        await until(lambda: len(fed["a"].cancels) == 1, "the overflow to cancel the attempt")
+        assert inflight(fed, "a") == 0 and att.inbox[-1] is OVERFLOW
         assert att.buffered_bytes <= config.stream_buffer_bytes
+        held = len(att.inbox)
+        for i in range(16, 32):  # the worker's late frames are stale, never buffered
+            await worker.partial(request, i, [token])
+        # Each of the 32 frames was read by the caller, buffered, the overflow, or stale.
+        await until(lambda: 1 + len(att.sizes) + 1 + fed.gw.stats().stale_frames == 32,
+                    "the late frames")  # fmt: skip
+        assert len(att.inbox) == held
         got = 1
         with pytest.raises(BackpressureError, match="bytes buffered"):
             async for _ in stream:
                 got += 1
         assert 1 < got < 16 and att.buffered_bytes == 0
-        await until(lambda: len(fed["a"].cancels) == 1, "the overflow to cancel the attempt")
+        assert len(fed["a"].cancels) == 1
         assert node_failures(fed, "a") == 0
         assert fed.gw.breaker.state(NodeId("a")) is CircuitState.CLOSED
 

@@ -244,7 +244,13 @@ class Attempts:
         return att
 
     def close(self, att: Attempt, *, cancel: bool) -> None:
-        """Forget an attempt; later frames for it are stale. Optionally tell the worker to stop."""
+        """Forget an attempt; later frames for it are stale. Optionally tell the worker to stop.
+
+        Idempotent: an attempt the gateway ended early (an overflow) is closed
+        again by its call, and must not be cancelled twice.
+        """
+        if att.closed:
+            return
         if self.by_rid.get(att.rid) is att:
             del self.by_rid[att.rid]
         worker = att.worker

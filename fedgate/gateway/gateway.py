@@ -324,7 +324,11 @@ class Gateway:
                         att.buffered_bytes and att.buffered_bytes + size > self._stream_buffer_bytes
                     )
                 ):
-                    att.push(OVERFLOW)  # this frame and any later one are dropped
+                    att.push(OVERFLOW)
+                    # Ended now, not when the reader comes back: the worker stops
+                    # at once, and later frames are stale (an unread stream must
+                    # not grow its inbox, nor hold the node's slot).
+                    self._attempts.close(att, cancel=True)
                     return
                 att.buffered += count
                 att.buffered_bytes += size
