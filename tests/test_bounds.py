@@ -524,3 +524,17 @@ async def test_a_fired_frame_leaves_ahead_of_the_backlog() -> None:
         pump.close(0)
         router.close(0)
         ctx.term()
+
+
+async def test_an_answered_attempt_gives_its_slot_back_before_the_caller_reads() -> None:
+    async with scripted_federation("a") as fed:
+        stream = fed.gw.infer_stream(req("unread"))
+        first = asyncio.ensure_future(stream.__anext__())
+        worker, request = await fed.next_request()
+        await worker.partial(request, 0, toks(0, 3))
+        await worker.final(request, 3)
+        assert await first == tok(0)
+        # The caller sits on two tokens and the Final: the node is free already.
+        await until(lambda: inflight(fed, "a") == 0, "the answered attempt's slot")
+        assert [t async for t in stream] == toks(1, 3)
+        assert fed["a"].cancels == []

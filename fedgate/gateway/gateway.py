@@ -334,6 +334,11 @@ class Gateway:
                 att.buffered_bytes += size
                 att.sizes.append(size)
             att.push(frame)
+            if kind is not wire.Partial:
+                # The node is done with this attempt: its slot comes back now,
+                # not when the caller gets round to reading the answer (a
+                # stream nobody reads must not hold the node).
+                self._attempts.close(att, cancel=False)
         elif kind is wire.Heartbeat:
             self._registry.heartbeat(identity, cast(wire.Heartbeat, msg))
         elif kind is wire.Ready:
