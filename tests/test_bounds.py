@@ -538,3 +538,50 @@ async def test_an_answered_attempt_gives_its_slot_back_before_the_caller_reads()
         await until(lambda: inflight(fed, "a") == 0, "the answered attempt's slot")
         assert [t async for t in stream] == toks(1, 3)
         assert fed["a"].cancels == []
+
+
+@pytest.mark.chaos
+async def test_a_client_that_never_reads_its_streams_does_not_take_the_node() -> None:
+    # The attack, scaled: one tenant opens many streams and never reads
+    # past the first token. Each stream ends at its buffer bound (the gateway
+    # cancels it on the worker at once), its slot comes back, and the other
+    # tenant's requests are all served; the worker keeps its heartbeats.
+    hogs, others = 500, 40
+    config = GatewayConfig(request_timeout=60.0, retry_delay=0.01, stream_buffer=256)
+    spec = {"node": "w", "options": {"tokens": 65_536}, "max_concurrency": 64}
+    async with federation(spec, config=config) as (gw, workers):
+        cpu0, t0 = cpu(), time.perf_counter()
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        opened: list[Any] = []
+
+        async def hog(i: int) -> None:
+            stream = gw.infer_stream(req(f"hog-{i}", tenant_id="hog"))
+            opened.append(stream)
+            await stream.__anext__()
+            await asyncio.Event().wait()  # never reads again
+
+        async def other(i: int) -> bool:
+            r = await gw.infer(req(f"other-{i}", tenant_id="other"))
+            return r.tokens == 65_536
+
+        hog_tasks = [asyncio.create_task(hog(i)) for i in range(hogs)]
+        try:
+            await asyncio.sleep(0)
+            served = await asyncio.wait_for(
+                asyncio.gather(*(other(i) for i in range(others))), 120.0
+            )
+            assert all(served)
+            assert gw.stats().workers == 1  # never declared dead
+            assert workers["w"].stats.errors.get(wire.ERR_CANCELLED, 0) > 0
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+            print(
+                f"\n{hogs} unread streams: {others}/{others} other requests served in "
+                f"{time.perf_counter() - t0:.1f}s; process CPU {cpu() - cpu0:.1f}s "
+                f"(worker included), peak RSS +{grown / 1024:.0f} MiB"
+            )
+        finally:
+            for task in hog_tasks:
+                task.cancel()
+            await asyncio.gather(*hog_tasks, return_exceptions=True)
+            for stream in opened:
+                await stream.aclose()
