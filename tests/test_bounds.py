@@ -122,7 +122,9 @@ async def test_ingress_clients_cannot_hold_a_node_past_their_own_connection() ->
             assert {r["error"] for r in refused} == {"BadRequest"}
             assert fed["a"].requests == []
             for i in range(CONCURRENCY):
-                await attacker.send(id=f"hold-{i}", capability="generate", deadline=600.0)
+                await attacker.send(
+                    id=f"hold-{i}", capability="generate", deadline=600.0, stream=i % 2 == 0
+                )
             held = [await fed.next_request() for _ in range(CONCURRENCY)]
             assert inflight(fed, "a") == CONCURRENCY
             attacker.close()
