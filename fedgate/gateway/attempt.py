@@ -99,6 +99,7 @@ class Attempt:
     __slots__ = (
         "buffered",
         "buffered_bytes",
+        "cancelled",
         "closed",
         "deadline",
         "inbox",
@@ -127,6 +128,7 @@ class Attempt:
         self.started = 0.0
         self.deadline = 0.0
         self.closed = False
+        self.cancelled = False  # a CANCEL went to the worker
         self.sent = False  # its REQUEST has left (set by the pump)
 
     def push(self, event: Any) -> None:
@@ -246,8 +248,8 @@ class Attempts:
     def close(self, att: Attempt, *, cancel: bool) -> None:
         """Forget an attempt; later frames for it are stale. Optionally tell the worker to stop.
 
-        Idempotent: an attempt the gateway ended early (an overflow) is closed
-        again by its call, and must not be cancelled twice.
+        Idempotent: an attempt the node already answered is closed on its
+        answer, and again by its call.
         """
         if att.closed:
             return
@@ -261,14 +263,22 @@ class Attempts:
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None
+        if cancel:
+            self.cancel(att)
+
+    def cancel(self, att: Attempt) -> None:
+        """Tell the worker to stop ``att`` (once); its slot comes back with its answer or close."""
         # A REQUEST still held is simply never sent: there is nothing to cancel.
         pump = self.pump
-        if cancel and att.sent and worker.alive and pump is not None:
-            # Now, not held: its REQUEST has left, so order holds, and the
-            # worker should stop as soon as possible.
-            with contextlib.suppress(FederationError, zmq.ZMQError):
-                pump.send_now(wire.encode(wire.Cancel(att.rid, att.number)), worker.identity)
-                self.counters.cancels_sent += 1
+        worker = att.worker
+        if att.cancelled or not att.sent or not worker.alive or pump is None:
+            return
+        att.cancelled = True
+        # Now, not held: its REQUEST has left, so order holds, and the
+        # worker should stop as soon as possible.
+        with contextlib.suppress(FederationError, zmq.ZMQError):
+            pump.send_now(wire.encode(wire.Cancel(att.rid, att.number)), worker.identity)
+            self.counters.cancels_sent += 1
 
     def unsent(self, att: Attempt, exc: Exception) -> None:
         """A REQUEST could not be handed to libzmq: fail its attempt (the pump's ``on_unsent``)."""

@@ -314,6 +314,9 @@ class Gateway:
                     counters.cancel_acks += 1
                 return
             if kind is wire.Partial:
+                if att.cancelled:  # overflowed: dropped until the worker answers the CANCEL
+                    self._counters.stale += 1
+                    return
                 count = len(cast(wire.Partial, frame).tokens)
                 # Bytes as received: the frame's size, not a sum over its tokens.
                 size = len(payload)
@@ -325,10 +328,11 @@ class Gateway:
                     )
                 ):
                     att.push(OVERFLOW)
-                    # Ended now, not when the reader comes back: the worker stops
-                    # at once, and later frames are stale (an unread stream must
-                    # not grow its inbox, nor hold the node's slot).
-                    self._attempts.close(att, cancel=True)
+                    # The worker stops now, not when the reader comes back, and
+                    # its later tokens are dropped (an unread stream must not
+                    # grow its inbox); its answer to the CANCEL frees the slot.
+                    self._attempts.cancel(att)
+                    self._counters.stale += 1
                     return
                 att.buffered += count
                 att.buffered_bytes += size
