@@ -26,6 +26,7 @@ cdef enum:
     _PROBE = 2
     _NONE = -1
     _TRIPPED = 1
+    _REOPENED_UNPROBED = 4
     _PROBING = 5
     _RECOVERED = 6
     _REOPENED = 7
@@ -36,10 +37,10 @@ def _check_constants():
     compiled = (FG_BRK_CLOSED, FG_BRK_OPEN, FG_BRK_HALF_OPEN, FG_BRK_FAILURES_MAX,
                 FG_BRK_COUNT_MAX, FG_BRK_LEVEL_MAX, FG_BRK_TICK_MAX,
                 _REJECT, _ADMIT, _PROBE, _NONE, _TRIPPED, _PROBING, _RECOVERED, _REOPENED,
-                _REOPENED_AND_PROBING)
+                _REOPENED_AND_PROBING, _REOPENED_UNPROBED)
     specified = (CLOSED, OPEN, HALF_OPEN, MAX_FAILURES, spec.MAX_COUNT, spec.MAX_LEVEL,
                  spec.TICK_MAX, REJECT, ADMIT, PROBE, NO_TRANSITION, TRIPPED, PROBING,
-                 RECOVERED, REOPENED, REOPENED_AND_PROBING)
+                 RECOVERED, REOPENED, REOPENED_AND_PROBING, REOPENED_UNPROBED)
     if compiled != specified:
         raise ImportError(
             f"fedgate._core._breaker_table: compiled constants {compiled} "
@@ -53,7 +54,7 @@ _check_constants()
 # ---------------------------------------------------------------- the rules
 
 cdef inline uint64_t _fail(uint64_t w, uint64_t at, const BreakerConfig *cfg) noexcept nogil:
-    # A counted failure at tick `at` on a CLOSED or HALF_OPEN word.
+    # A counted failure at tick `at` on a CLOSED, HALF_OPEN or expired OPEN word.
     cdef unsigned failures = fg_brk_failures(w)
     cdef unsigned level
     if failures < FG_BRK_FAILURES_MAX:
@@ -146,8 +147,13 @@ cdef int brk_step_failure(uint64_t word, uint64_t now, const BreakerConfig *cfg,
     cdef uint64_t w = brk_settle(word, now, cfg)
     cdef int state = fg_brk_state(w)
     if state == FG_BRK_OPEN:
-        new_word[0] = w
-        return _REOPENED if w != word else _NONE
+        if now < fg_brk_deadline(w):
+            # A late answer from a call admitted before the trip.
+            new_word[0] = w
+            return _REOPENED if w != word else _NONE
+        # HALF_OPEN in effect, no probe yet: the failure still reopens, one level up.
+        new_word[0] = _fail(w, now, cfg)
+        return _REOPENED if w != word else _REOPENED_UNPROBED
     new_word[0] = _fail(w, now, cfg)
     if state == FG_BRK_HALF_OPEN:
         return _REOPENED

@@ -131,7 +131,6 @@ def numpy_route(x: dict[str, Any]) -> int:
         (x["mask"] != 0)
         & (x["alive"] != 0)
         & (clearance >= privacy)
-        & (health != codes.HEALTH_UNHEALTHY)
         & (x["breaker"] != codes.BREAKER_OPEN)
         & ~(p50 > max_latency)
     )

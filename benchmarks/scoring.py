@@ -142,8 +142,6 @@ class NumpyScorer:
         np.multiply(b0, codes.REASON_LATENCY, out=reasons, casting="unsafe")
         np.equal(a.breaker[:n], codes.BREAKER_OPEN, out=b0)
         np.copyto(reasons, codes.REASON_BREAKER_OPEN, where=b0)
-        np.equal(health, codes.HEALTH_UNHEALTHY, out=b0)
-        np.copyto(reasons, codes.REASON_UNHEALTHY, where=b0)
         np.logical_not(cleared, out=b0)
         np.copyto(reasons, codes.REASON_PRIVACY, where=b0)
         np.logical_and(case.mask[:n], a.alive[:n], out=b0)
@@ -229,8 +227,6 @@ def python_score(case: Case, out_scores: list[float], out_reasons: list[int]) ->
             reason = codes.REASON_NOT_SERVING
         elif level < privacy:
             reason = codes.REASON_PRIVACY
-        elif h == codes.HEALTH_UNHEALTHY:
-            reason = codes.REASON_UNHEALTHY
         elif breaker == codes.BREAKER_OPEN:
             reason = codes.REASON_BREAKER_OPEN
         elif p50 > max_latency:
@@ -241,7 +237,12 @@ def python_score(case: Case, out_scores: list[float], out_reasons: list[int]) ->
         if reason != codes.REASON_OK:
             out_scores[i] = math.nan
             continue
-        s_health = 1.0 if h == codes.HEALTH_HEALTHY else 0.5 if h == codes.HEALTH_DEGRADED else 0.3
+        s_health = (
+            1.0 if h == codes.HEALTH_HEALTHY
+            else 0.5 if h == codes.HEALTH_DEGRADED
+            else 0.0 if h == codes.HEALTH_UNHEALTHY
+            else 0.3
+        )  # fmt: skip
         lat = 0.5 * p50 + 0.5 * p99
         s_latency = 0.5 if lat != lat else lscale / (lscale + max(lat, 0.0))
         s_locality = 0.5 if origin < 0 else (1.0 if r == origin else 0.0)

@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from fedgate import Capability, InferenceRequest, NodeId
 from fedgate.clock import ManualClock
+from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
 from fedgate.federation.health import HealthChecker, HealthConfig
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.transport import protocol as wire
@@ -204,27 +205,31 @@ async def scripted_federation(
     config: GatewayConfig | None = None,
     heartbeat_interval: float = 1.0,
     heartbeat_liveness: int = 4,
+    breaker: BreakerConfig | None = None,
 ) -> AsyncIterator[Federation]:
     """A gateway on a random loopback port with one registered scripted worker per node.
 
     A node is a name or ``(name, ScriptedWorker keyword arguments)``. The
     gateway's monitor looks often (real time), but health lives on the
-    federation's manual clock.
+    federation's manual clock. With ``breaker`` the circuit breaker does too
+    (the default breaker, on real time, otherwise).
     """
     clock = ManualClock()
     health = HealthChecker(
         HealthConfig(heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness),
         clock,
     )
-    gateway = (
+    builder = (
         GatewayBuilder()
         .bind("tcp://127.0.0.1:*")
         .config(
             config or GatewayConfig(request_timeout=30.0, retry_delay=0.0, monitor_interval=0.005)
         )
         .health(health)
-        .build()
     )
+    if breaker is not None:
+        builder = builder.circuit_breaker(CircuitBreaker(breaker, clock))
+    gateway = builder.build()
     ctx = zmq.asyncio.Context()
     try:
         async with gateway:

@@ -320,6 +320,136 @@ def test_concurrent_failures_trip_exactly_once(make) -> None:  # type: ignore[no
     assert [(e.old, e.new) for e in heard] == [(CLOSED, OPEN)]
 
 
+# ---------------------------------------------------------------- R22: the seed's pattern
+
+
+def seed_pattern(cb: CircuitBreaker, clock: ManualClock, *, seconds: float, every: float,
+                 latency: float = 0.0, node_fails: bool = True,
+                 ) -> tuple[list[int], list[CircuitState]]:  # fmt: skip
+    """The seed's loop: ``if not cb.is_open(node)``, call the node, report the outcome.
+
+    One step every ``every`` seconds; each call's outcome is reported
+    ``latency`` seconds after it was made (at the first step at or after
+    that), before that step asks ``is_open``. Returns the milliseconds (from
+    the start) at which the node was called, and the state read at each step.
+    """
+    start = clock()
+    step, answer_in = round(every * 1000), round(latency * 1000)
+    calls: list[int] = []
+    pending: list[int] = []  # when each outstanding call answers
+    seen: list[CircuitState] = []
+
+    def answers_due(ms: int) -> None:
+        while pending and pending[0] <= ms:
+            pending.pop(0)
+            if node_fails:
+                cb.record_failure(N)
+            else:
+                cb.record_success(N)
+
+    for k in range(round(seconds / every)):
+        ms = k * step
+        clock.now = start + ms / 1000
+        answers_due(ms)
+        seen.append(cb.state(N))
+        if not cb.is_open(N):
+            calls.append(ms)
+            pending.append(ms + answer_in)
+            answers_due(ms)  # latency 0: the outcome is reported at once
+    return calls, seen
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+@pytest.mark.parametrize("latency", [0.0, 0.5])
+def test_r22_the_seed_pattern_makes_at_most_max_probes_calls_per_open_period(
+    make,
+    clock: ManualClock,
+    events: list[BreakerTransition],  # type: ignore[no-untyped-def]
+    probes: int,
+    latency: float,
+) -> None:
+    # RELIABILITY R22: an always-failing node, one call per 100 ms for 60 s of
+    # fake time, open_timeout=10. Before is_open admitted, 501 calls got through.
+    cb = make(open_timeout=10, half_open_max_probes=probes)
+    cb.subscribe(events.append)
+    start = clock()
+    called, seen = seed_pattern(cb, clock, seconds=60, every=0.1, latency=latency)
+    opened = [round((e.at - start) * 1000) for e in events if e.new is OPEN]
+    for begin, end in zip(opened, [*opened[1:], math.inf], strict=True):
+        period = [t for t in called if begin < t <= end]  # the probes that end it included
+        assert len(period) <= probes, (begin, period)
+    # Never stuck HALF_OPEN: each probe's failure reopened it, at a longer timeout.
+    assert [cb.status(N).open_timeout, cb.trips, cb.state(N)] == [40.0, 3, OPEN]
+    if latency == 0.0:
+        # 5 calls trip it at t=0.4 s; then open periods of 10, 20, 40 s, each
+        # ended by one failed probe: [0.4, 10.4), [10.4, 30.4), [30.4, 70.4).
+        assert opened == [400, 10_400, 30_400]
+        assert called == [0, 100, 200, 300, 400, 10_400, 30_400]
+        assert seen.count(HALF_OPEN) == 2
+    else:
+        # Calls overlap: 9 go out before the 5th failure comes back at 0.9 s;
+        # each HALF_OPEN period then lets its probe slots out, no more, until
+        # the first probe's failure reopens it 0.5 s later.
+        assert opened == [900, 11_400, 31_900]
+        assert called[:9] == list(range(0, 900, 100))
+        assert called[9:] == [10_900, 11_000, 11_100][:probes] + [31_400, 31_500, 31_600][:probes]
+        assert seen.count(HALF_OPEN) == 10
+
+
+def test_r22_is_open_takes_probe_slots_and_state_does_not(make, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
+    cb = make(open_timeout=10, half_open_max_probes=2)
+    assert not cb.is_open(N) and N not in cb  # an unknown node: not registered by asking
+    for _ in range(5):
+        cb.record_failure(N)
+    assert cb.is_open(N)
+    clock.advance(10)
+    for _ in range(5):
+        assert cb.state(N) is HALF_OPEN  # the query admits nothing
+    assert cb.status(N).probes == 0
+    assert not cb.is_open(N) and not cb.is_open(N)  # two probes admitted ...
+    assert cb.status(N).probes == 2
+    assert cb.is_open(N)  # ... and the third caller is told to stay away
+    assert cb.state(N) is HALF_OPEN
+    cb.record_success(N)
+    assert cb.state(N) is CLOSED and not cb.is_open(N)
+
+
+def test_r22_a_recovered_node_closes_through_the_seed_pattern(make, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
+    cb = make(open_timeout=10)
+    for _ in range(5):
+        cb.record_failure(N)
+    clock.advance(10)
+    calls, _ = seed_pattern(cb, clock, seconds=1, every=0.1, node_fails=False)
+    assert calls == list(range(0, 1000, 100)) and cb.state(N) is CLOSED
+
+
+def test_r22_a_failure_after_the_open_timeout_reopens_at_the_next_level(
+    make,
+    clock: ManualClock,
+    events: list[BreakerTransition],  # type: ignore[no-untyped-def]
+) -> None:
+    cb = make(open_timeout=10, max_open_timeout=300)
+    for _ in range(5):
+        cb.record_failure(N)
+    cb.subscribe(events.append)
+    clock.advance(15)  # HALF_OPEN in effect; nobody asks, nobody probes
+    cb.record_failure(N)  # e.g. a call that was admitted long ago answers now
+    assert cb.state(N) is OPEN
+    status = cb.status(N)
+    assert (status.open_timeout, status.reset_at) == (20.0, pytest.approx(1035.0))
+    assert [(e.old, e.new, e.at) for e in events] == [
+        (OPEN, HALF_OPEN, pytest.approx(1010.0)),
+        (HALF_OPEN, OPEN, pytest.approx(1015.0)),
+    ]
+    # Before the timeout a failure is a late answer and changes nothing.
+    clock.advance(19)
+    cb.record_failure(N)
+    assert cb.status(N).reset_at == pytest.approx(1035.0)
+    clock.advance(1)
+    cb.record_failure(N)
+    assert cb.status(N).open_timeout == 40.0 and cb.trips == 3
+
+
 # ---------------------------------------------------------------- R4: model-based
 
 
@@ -405,7 +535,9 @@ class RefBreaker:
             self.failures += 1
             if self.failures >= self.threshold:
                 self._open(t, 0)
-        elif self.state is HALF_OPEN:
+        elif self.state is HALF_OPEN or t >= self.deadline:
+            # HALF_OPEN stored, or in effect (OPEN past its deadline, nobody
+            # asked yet): the failure reopens one level up (SPEC §2, R22).
             self.failures += 1
             self._open(t, self.level + 1)
 
@@ -480,6 +612,13 @@ class BreakerMachine(RuleBasedStateMachine):
             got = self.cb.admit(N)
             want = self.ref.allow(self.t)
             assert got is want, (got, want)
+
+    @rule()
+    def is_open(self) -> None:
+        # The seed's gate admits exactly as admit() does.
+        got = self.cb.is_open(N)
+        want = self.ref.allow(self.t) is Admission.REJECT
+        assert got is want, (got, want)
 
     @rule()
     def success(self) -> None:

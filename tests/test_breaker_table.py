@@ -34,6 +34,7 @@ from fedgate._core import _breaker_table_py
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 REJECT, ADMIT, PROBE = 0, 1, 2
 NONE, TRIPPED, PROBING, RECOVERED, REOPENED, REOPENED_AND_PROBING = -1, 1, 5, 6, 7, 8
+REOPENED_UNPROBED = 4
 
 T0 = 1000.0
 
@@ -71,6 +72,8 @@ def test_decode_transition(core: types.SimpleNamespace) -> None:
     assert decode(RECOVERED) == (HALF_OPEN, CLOSED)
     assert decode(REOPENED) == (HALF_OPEN, OPEN)
     assert decode(REOPENED_AND_PROBING) == (HALF_OPEN, HALF_OPEN)
+    assert decode(REOPENED_UNPROBED) == (OPEN, OPEN)
+    assert module_of(core).REOPENED_UNPROBED == REOPENED_UNPROBED
     for bad in (NONE, 9, True, 1.0, "1"):
         with pytest.raises(ValueError, match=r"code: expected a transition code in \[0, 8\]"):
             decode(bad)
@@ -326,10 +329,41 @@ def test_late_answers_while_open_are_ignored(core: types.SimpleNamespace) -> Non
     table = core.BreakerTable(nodes=1)
     trip(table, 0, T0)
     word = table.raw(0)
-    for now in (T0, T0 + 10.0, T0 + 30.0, T0 + 500.0):
+    for now in (T0, T0 + 10.0, T0 + 29.999):
         assert table.record_success(0, now) == NONE
         assert table.record_failure(0, now) == NONE
     assert table.raw(0) == word
+
+
+def test_r22_a_failure_after_the_open_timeout_reopens_at_the_next_level(
+    core: types.SimpleNamespace,
+) -> None:
+    # Nobody asked allow() after the open period: HALF_OPEN in effect all the
+    # same, and a failure recorded then is evidence, not a late answer.
+    table = core.BreakerTable(nodes=1, open_timeout=30.0, max_open_timeout=300.0)
+    trip(table, 0, T0)
+    t = T0 + 30.0
+    for level, timeout in ((1, 60.0), (2, 120.0), (3, 240.0), (4, 300.0), (5, 300.0)):
+        assert table.state(0, t) == HALF_OPEN
+        assert table.record_success(0, t) == NONE  # an answer nobody was admitted for
+        assert table.record_failure(0, t) == REOPENED_UNPROBED
+        assert (table.level(0), table.open_timeout_of(0)) == (level, timeout)
+        assert table.state(0, t + timeout - 0.001) == OPEN
+        assert table.reset_at(0) == pytest.approx(t + timeout)
+        t += timeout
+    assert table.allow(0, t) == PROBE  # still probed on the (capped) schedule
+
+
+def test_r22_a_failure_after_a_stuck_probe_and_its_reopen_counts_twice(
+    core: types.SimpleNamespace,
+) -> None:
+    table = core.BreakerTable(nodes=1, open_timeout=30.0, probe_timeout=10.0)
+    trip(table, 0, T0)
+    assert table.allow(0, T0 + 30.0) == PROBE  # never answered
+    # The probe failed at T0 + 40 (level 1, open until T0 + 100); at T0 + 100
+    # the breaker is HALF_OPEN in effect again, and this failure reopens it.
+    assert table.record_failure(0, T0 + 100.0) == REOPENED
+    assert (table.level(0), table.reset_at(0)) == (2, pytest.approx(T0 + 220.0))
 
 
 # ---------------------------------------------------------------- R3
@@ -656,11 +690,15 @@ class Reference:
         return NONE
 
     def failure(self, now: int) -> int:
-        if self._stuck(now):
+        reopened = self._stuck(now)
+        if reopened:
             self._counted_failure(self.deadline)
-            return REOPENED
         if self.state == OPEN:
-            return NONE
+            if now < self.deadline:  # a late answer from before the trip
+                return REOPENED if reopened else NONE
+            # HALF_OPEN in effect, nobody probed yet: it counts (SPEC §2, R22).
+            self._counted_failure(now)
+            return REOPENED if reopened else REOPENED_UNPROBED
         was = self.state
         self._counted_failure(now)
         if was == HALF_OPEN:

@@ -287,39 +287,46 @@ def test_all_statuses_lists_every_node(health: HealthChecker) -> None:
     assert health.counts()[HealthState.HEALTHY] == 1
 
 
-def test_report_driven_unhealthy_ends_after_its_cooldown(
-    make, clock: ManualClock  # type: ignore[no-untyped-def]
+def test_r23_report_driven_unhealthy_has_no_timer_and_is_not_liveness(
+    health: HealthChecker, clock: ManualClock
 ) -> None:
-    health = make(unhealthy_cooldown=5.0)
-    seen: list[HealthTransition] = []
-    health.subscribe(seen.append)
+    # SPEC §2 Health: failures are the breaker's. UNHEALTHY by reports is the
+    # seed's state (scored 0 by the health policy), not an exclusion with a
+    # cooldown of its own: time alone changes nothing, and the node is alive.
+    version = health.version
     for _ in range(3):
         health.report_failure(A)
     assert health.state(A) is HealthState.UNHEALTHY
-    clock.advance(4.999)
+    assert health.is_alive(A) and not health.dead.any()
+    assert health.version > version
+    clock.advance(3600)
+    assert health.expire() == []
     assert health.state(A) is HealthState.UNHEALTHY
-    clock.advance(0.001)
-    # Time alone brings it back, eligible but scored low, without any report.
-    assert health.state(A) is HealthState.DEGRADED
-    assert seen[-1].cause == "cooldown" and seen[-1].at == pytest.approx(1005.0)
-    health.report_failure(A)  # one more failure is enough to take it out again
-    assert health.state(A) is HealthState.UNHEALTHY
-    clock.advance(5.0)
-    assert health.state(A) is HealthState.DEGRADED
     health.report_success(A, 0.01)
     health.report_success(A, 0.01)
     assert health.state(A) is HealthState.HEALTHY
 
 
-def test_cooldown_does_not_revive_a_node_that_missed_heartbeats(
+def test_r23_liveness_is_the_dead_column_and_moves_the_version(
     make, clock: ManualClock  # type: ignore[no-untyped-def]
 ) -> None:
-    health = make(unhealthy_cooldown=1.0, heartbeat_interval=1.0, heartbeat_liveness=2)
+    health = make(heartbeat_interval=1.0, heartbeat_liveness=2)
     health.register_node(A, expect_heartbeats=True)
+    health.register_node(B, expect_heartbeats=True)
     for _ in range(3):
-        health.report_failure(A)
+        health.report_failure(A)  # UNHEALTHY by reports, still alive
+    assert health.dead.tolist() == [False, False]
     clock.advance(2.5)
-    assert health.expire() == [A]
-    assert health.state(A) is HealthState.UNHEALTHY  # dead: the cooldown changes nothing
+    version = health.version
+    assert health.expire() == [A, B]
+    # A was UNHEALTHY already: no state change, but its liveness did change,
+    # and a router keyed on the version must see it.
+    assert health.dead.tolist() == [True, True] and health.version > version
+    assert health.state(A) is HealthState.UNHEALTHY
+    version = health.version
     health.heartbeat(A)
-    assert health.state(A) is HealthState.DEGRADED
+    assert health.dead.tolist() == [False, True] and health.version > version
+    assert health.state(A) is HealthState.UNHEALTHY  # its reports say so; alive again
+    version = health.version
+    health.deregister_node(B)
+    assert health.dead.tolist() == [False, False] and health.version > version

@@ -128,6 +128,17 @@ def trip(fleet: Fleet, node: str) -> None:
         fleet.breaker.record_failure(NodeId(node))
 
 
+def kill(fleet: Fleet, *nodes: str) -> None:
+    """Take ``nodes`` out by liveness: heartbeat tracking, then silence past its limit.
+
+    Advances the shared clock by the liveness timeout and a bit; other nodes
+    are untracked and stay alive.
+    """
+    for node in nodes:
+        fleet.health.register_node(NodeId(node), expect_heartbeats=True)
+    fleet.clock.advance(fleet.health.config.liveness_timeout + 0.5)
+
+
 SEED_REGIONS = [
     Region(RegionId("us-west-2"), PrivacyLevel.INTERNAL),
     Region(RegionId("eu-west-1"), PrivacyLevel.RESTRICTED),
@@ -211,6 +222,9 @@ def test_privacy_is_never_widened_by_failures_or_exclusion() -> None:
         fleet.router.route(req(privacy=P.RESTRICTED), exclude={NodeId("eu")})
     for _ in range(3):
         fleet.health.report_failure(NodeId("eu"))
+    # UNHEALTHY by reports: still the only cleared node, and still eligible.
+    assert fleet.router.route(req(privacy=P.RESTRICTED)).node_id == "eu"
+    kill(fleet, "eu")
     with pytest.raises(AllNodesUnhealthyError):
         fleet.router.route(req(privacy=P.RESTRICTED))
 
@@ -256,13 +270,52 @@ def test_latency_bound_gives_qos_violation() -> None:
     assert fleet.router.route(req(max_latency=0.4)).node_id == "a"
 
 
-def test_unhealthy_and_open_nodes_give_all_nodes_unhealthy() -> None:
-    fleet = build([("a", "r1"), ("b", "r1")])
-    for _ in range(3):
-        fleet.health.report_failure(NodeId("a"))
+def test_dead_and_open_nodes_give_all_nodes_unhealthy() -> None:
+    fleet = build([("a", "r1"), ("b", "r1"), ("c", "r1")])
     trip(fleet, "b")
-    with pytest.raises(AllNodesUnhealthyError, match="1 unhealthy, 1 with an open breaker"):
+    fleet.router.set_alive(NodeId("c"), False)
+    kill(fleet, "a")
+    with pytest.raises(
+        AllNodesUnhealthyError,
+        match="1 missed heartbeats, 1 with an open breaker, 1 not alive",
+    ):
         fleet.router.route(req())
+    reasons = {c.node_id: c.reason for c in fleet.router.candidates(req())}
+    assert reasons == {
+        "a": "not serving: node is not alive (heartbeat missed)",
+        "b": "breaker: OPEN",
+        "c": "not serving: node is not alive (disconnected)",
+    }
+
+
+def test_r23_unhealthy_by_failures_is_scored_zero_not_excluded() -> None:
+    # SPEC §2 Health, "Who excludes a node": failures are the breaker's.
+    fleet = build([("sick", "r1"), ("well", "r1")])
+    healthy(fleet, "well", 0.05)
+    for _ in range(3):
+        fleet.health.report_failure(NodeId("sick"))
+    standing = {c.node_id: c for c in fleet.router.candidates(req())}
+    assert fleet.router.node_health(NodeId("sick")) is HealthState.UNHEALTHY
+    assert standing["sick"].eligible and standing["sick"].breakdown["health"] == 0.0
+    assert standing["sick"].total < standing["well"].total
+    assert fleet.router.route(req()).node_id == "well"
+    assert fleet.router.route(req(), exclude={NodeId("well")}).node_id == "sick"
+    trip(fleet, "sick")  # the breaker takes it out
+    with pytest.raises(AllNodesUnhealthyError, match="1 with an open breaker"):
+        fleet.router.route(req(), exclude={NodeId("well")})
+
+
+def test_r23_liveness_loss_excludes_at_once_and_comes_back_with_a_heartbeat() -> None:
+    fleet = build([("a", "r1"), ("b", "r1")])
+    healthy(fleet, "a", 0.001)
+    for _ in range(3):
+        fleet.health.report_failure(NodeId("b"))  # UNHEALTHY by reports: not dead
+    fleet.health.register_node(NodeId("a"), expect_heartbeats=True)
+    assert fleet.router.route(req()).node_id == "a"
+    fleet.clock.advance(3.001)  # one millisecond past 1 s x 3 of silence
+    assert fleet.router.route(req()).node_id == "b"
+    fleet.health.heartbeat(NodeId("a"))
+    assert fleet.router.route(req()).node_id == "a"
 
 
 def test_max_concurrency_gives_backpressure_then_recovers() -> None:
@@ -280,13 +333,11 @@ def test_backpressure_only_when_a_full_node_would_otherwise_serve() -> None:
     fleet = build([("full", "r1"), ("sick", "r1")])
     fleet.router.update_node(NodeId("full"), max_concurrency=1)
     fleet.router.acquire(NodeId("full"))
-    for _ in range(3):
-        fleet.health.report_failure(NodeId("sick"))
+    trip(fleet, "sick")
     with pytest.raises(BackpressureError, match="1 at its concurrency limit, 1 unavailable"):
         fleet.router.route(req())
-    for _ in range(3):
-        fleet.health.report_failure(NodeId("full"))
-    # Full *and* unhealthy: waiting for a free slot would not help.
+    trip(fleet, "full")
+    # Full *and* its breaker open: waiting for a free slot would not help.
     with pytest.raises(AllNodesUnhealthyError):
         fleet.router.route(req())
 
@@ -699,7 +750,7 @@ REGION_NAMES = ["r0", "r1", "r2", "r3"]
 
 node_spec = st.tuples(
     st.sampled_from(REGION_NAMES),
-    st.sampled_from(["unknown", "healthy", "degraded", "unhealthy"]),
+    st.sampled_from(["unknown", "healthy", "degraded", "unhealthy", "dead"]),
     st.floats(0.001, 2.0),  # latency of its successes
     st.booleans(),  # breaker open
     st.booleans(),  # alive
@@ -753,9 +804,11 @@ def test_property_chosen_node_is_always_eligible(
             p50 = latency
         if state == "degraded":
             fleet.health.report_failure(node)
-        if state == "unhealthy":
+        if state in ("unhealthy", "dead"):
             for _ in range(3):
                 fleet.health.report_failure(node)
+        if state == "dead":
+            fleet.health.register_node(node, expect_heartbeats=True)
         if open_:
             trip(fleet, node)
         fleet.router.set_alive(node, alive)
@@ -763,13 +816,15 @@ def test_property_chosen_node_is_always_eligible(
             excluded.add(node)
         cleared = clearance.get(RegionId(region), P.INTERNAL) >= privacy
         fits = p50 is None or max_latency is None or p50 <= max_latency
-        ok_health = state != "unhealthy" and not open_
+        # Failures exclude through the breaker, liveness through health (R23).
+        ok_health = state != "dead" and not open_
         facts.append((serves, cleared, skip, alive, ok_health, fits))
         if serves:
             serving.append(i)
         if serves and cleared and not skip and alive and ok_health and fits:
             eligible.add(node)
 
+    fleet.clock.advance(fleet.health.config.liveness_timeout + 0.5)  # the "dead" die
     request = req(privacy=privacy, max_latency=max_latency, tenant_id=tenant)
     try:
         decision = fleet.router.route(request, exclude=excluded)

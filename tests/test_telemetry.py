@@ -249,7 +249,8 @@ def test_telemetry_rejects_bad_settings() -> None:
 async def test_server_and_client_round_trip() -> None:
     async with federation({"node": "a"}) as gw:
         await gw.infer(req("one"))
-        async with TelemetryServer(gw, "tcp://127.0.0.1:0") as server:
+        # min_interval=0, share=1: every request builds anew (the default caches).
+        async with TelemetryServer(gw, "tcp://127.0.0.1:0", min_interval=0, share=1) as server:
             assert server.endpoint.startswith("tcp://127.0.0.1:")
             assert not server.endpoint.endswith((":0", ":*"))
             async with TelemetryClient(server.endpoint, timeout=2.0) as client:
@@ -281,7 +282,10 @@ async def test_server_and_client_round_trip() -> None:
 
 
 async def test_bad_requests_get_an_error_and_the_server_keeps_serving() -> None:
-    async with federation({"node": "a"}) as gw, TelemetryServer(gw, "tcp://127.0.0.1:0") as server:
+    async with (
+        federation({"node": "a"}) as gw,
+        TelemetryServer(gw, "tcp://127.0.0.1:0", min_interval=0, share=1) as server,
+    ):
         ctx = zmq.asyncio.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -296,7 +300,9 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_serving() -> None:
                 return decoded
 
             bogus = await ask(b"id-1", b"bogus")
-            assert bogus["error"] == "expected a command b'snapshot' or b'ping', got b'bogus'"
+            assert bogus["error"] == (
+                "expected a command b'snapshot' [offset=N] [limit=M] or b'ping', got b'bogus'"
+            )
             assert (await ask(b"id-2", b"\x00\xff" * 40))["error"].endswith("(80 bytes)")
             huge = await ask(b"id-3", b"x" * 5000)
             assert huge["error"] == "expected a command of at most 1024 bytes, got 5000 bytes"
@@ -304,18 +310,26 @@ async def test_bad_requests_get_an_error_and_the_server_keeps_serving() -> None:
             assert (await ask(b"snapshot"))["gateway"]["id"] == gw.gateway_id
 
             # A snapshot that fails becomes an error reply, once; the server lives on.
-            def broken(**_: Any) -> dict[str, Any]:
+            async def broken(**_: Any) -> Any:
                 raise RuntimeError("boom")
 
-            original = server.telemetry.snapshot
-            server.telemetry.snapshot = broken  # type: ignore[method-assign]
+            original = server.telemetry.build
+            server.telemetry.build = broken  # type: ignore[method-assign]
             try:
                 failed = await ask(b"id-5", b"snapshot")
             finally:
-                server.telemetry.snapshot = original  # type: ignore[method-assign]
+                server.telemetry.build = original  # type: ignore[method-assign]
             assert failed["error"] == "snapshot failed: RuntimeError: boom"
             assert (await ask(b"id-6", b"snapshot"))["gateway"]["id"] == gw.gateway_id
-            assert server.errors == 4 and server.requests == 6
+            # A page: options that are not offset/limit ints are refused, naming the word.
+            for bad in (b"snapshot offset=-1", b"snapshot limit=0", b"snapshot rows=5",
+                        b"snapshot offset"):  # fmt: skip
+                refused = await ask(b"id-7", bad)
+                assert refused["error"].startswith("expected a command b'snapshot' [offset=N]")
+                assert repr(bad.split()[1]) in refused["error"]
+            paged = await ask(b"id-8", b"snapshot offset=0 limit=1")
+            assert paged["page"]["total"]["workers"] == 1 and len(paged["workers"]) == 1
+            assert server.errors == 8 and server.requests == 11
         finally:
             sock.close(0)
             ctx.term()
@@ -377,7 +391,10 @@ async def test_prometheus_endpoint_serves_gateway_metrics() -> None:
             await gw.infer(req(f"p{i}", tenant_id="acme"))
         for _ in range(5):
             gw.breaker.record_failure("b")
-        async with TelemetryServer(gw, "tcp://127.0.0.1:0", prometheus_port=0) as server:
+        # min_interval=0, share=1: no snapshot is reused, so a scrape sees the request before it.
+        async with TelemetryServer(
+            gw, "tcp://127.0.0.1:0", prometheus_port=0, min_interval=0, share=1
+        ) as server:
             url = server.metrics_url
             assert url is not None and url.startswith("http://127.0.0.1:")
 

@@ -42,6 +42,7 @@ from fedgate._core.breaker_spec import (
     REJECT,
     REOPENED,
     REOPENED_AND_PROBING,
+    REOPENED_UNPROBED,
     TRIPPED,
 )
 from fedgate._core.breaker_spec import OP_FAILURE as OP_FAILURE  # re-exported
@@ -128,7 +129,7 @@ class _Config:
 
 
 def _fail(w: int, at: int, cfg: _Config) -> int:
-    # A counted failure at tick `at` on a CLOSED or HALF_OPEN word.
+    # A counted failure at tick `at` on a CLOSED, HALF_OPEN or expired OPEN word.
     failures = min(_failures(w) + 1, MAX_FAILURES)
     if _state(w) == CLOSED:
         if failures < cfg.threshold:
@@ -196,7 +197,11 @@ def _step_failure(word: int, now: int, cfg: _Config) -> tuple[int, int]:
     w = _settle(word, now, cfg)
     state = _state(w)
     if state == OPEN:
-        return w, REOPENED if w != word else NO_TRANSITION
+        if now < _deadline(w):
+            # A late answer from a call admitted before the trip.
+            return w, REOPENED if w != word else NO_TRANSITION
+        # HALF_OPEN in effect, no probe yet: the failure still reopens, one level up.
+        return _fail(w, now, cfg), REOPENED if w != word else REOPENED_UNPROBED
     new = _fail(w, now, cfg)
     if state == HALF_OPEN:
         return new, REOPENED

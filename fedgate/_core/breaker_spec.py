@@ -14,10 +14,13 @@ States: ``CLOSED`` 0, ``OPEN`` 1, ``HALF_OPEN`` 2 (the routing codes
 ``BREAKER_*`` of :mod:`fedgate._core.codes`). Admission decisions: ``REJECT``
 0, ``ADMIT`` 1 (closed), ``PROBE`` 2 (a half-open probe). Transition codes:
 ``NO_TRANSITION`` (-1) when the stored state did not change, else
-``old * 3 + new`` (see :func:`decode_transition`). The one code with
-``old == new``, ``REOPENED_AND_PROBING`` (8, HALF_OPEN -> HALF_OPEN), says the
-state left and came back in one step: a stuck probe's reopen whose open
-timeout had also passed, so a new probe was admitted.
+``old * 3 + new`` of the *stored* states (see :func:`decode_transition`). The
+two codes with ``old == new`` say the state left and came back in one step:
+``REOPENED_AND_PROBING`` (8, HALF_OPEN -> HALF_OPEN), a stuck probe's reopen
+whose open timeout had also passed, so a new probe was admitted; and
+``REOPENED_UNPROBED`` (4, OPEN -> OPEN), a failure recorded after the open
+timeout had passed (HALF_OPEN in effect) with no probe admitted yet, which
+reopens the breaker one level higher.
 
 Time-driven changes are virtual until the next write commits them:
 
@@ -27,6 +30,12 @@ Time-driven changes are virtual until the next write commits them:
   ``deadline + open timeout``, then HALF_OPEN. Anchoring the reopen at the
   probe deadline, rather than at the next write, keeps a node that nobody
   writes to (the router skips OPEN nodes) from reading OPEN forever.
+
+A failure recorded while the word is HALF_OPEN in effect counts, whether or
+not a probe was admitted: an OPEN word past its deadline reopens one level
+higher from ``now`` (SPEC §2 Circuit breaker: never ignored). Only a failure
+recorded *before* the deadline, while OPEN in effect, is a late answer from a
+call admitted before the trip, and is ignored.
 
 Two twins implement this spec and differ only in how they apply the rules:
 
@@ -69,6 +78,7 @@ __all__ = [
     "REJECT",
     "REOPENED",
     "REOPENED_AND_PROBING",
+    "REOPENED_UNPROBED",
     "TRIPPED",
     "decode_transition",
 ]
@@ -83,6 +93,7 @@ PROBE = 2
 
 NO_TRANSITION = -1
 TRIPPED = 1  # CLOSED -> OPEN
+REOPENED_UNPROBED = 4  # OPEN -> OPEN: a failure after the open timeout, before any probe
 PROBING = 5  # OPEN -> HALF_OPEN (first probe admitted)
 RECOVERED = 6  # HALF_OPEN -> CLOSED
 REOPENED = 7  # HALF_OPEN -> OPEN
@@ -332,8 +343,10 @@ DOCS: dict[str, str] = {
     """,
     "record_failure": """Record a failure the node caused; return the transition code.
 
-    CLOSED: opens at ``failure_threshold`` consecutive failures. HALF_OPEN:
-    reopens one level higher. OPEN: ignored (a late answer).
+    CLOSED: opens at ``failure_threshold`` consecutive failures. HALF_OPEN,
+    stored or in effect (an OPEN word whose deadline has passed): reopens one
+    level higher from ``now``. OPEN before its deadline: ignored (a late
+    answer from a call admitted before the trip).
     """,
     "release": """Give back a half-open probe slot without a verdict; return the transition code.
 

@@ -57,6 +57,8 @@ BREAKER_HALF_OPEN = 2
 REASON_OK = 0
 REASON_NOT_SERVING = 1
 REASON_PRIVACY = 2
+# Not returned by the kernels since health stopped excluding (SPEC §2 Health,
+# "Who excludes a node"); its number stays so the codes after it keep theirs.
 REASON_UNHEALTHY = 3
 REASON_BREAKER_OPEN = 4
 REASON_LATENCY = 5

@@ -5,12 +5,33 @@
     CLOSED ──failure_threshold consecutive failures──► OPEN
     OPEN ──open timeout passes (by the clock alone)──► HALF_OPEN
     HALF_OPEN ──success_threshold probe successes──► CLOSED
-    HALF_OPEN ──a probe fails, or outlives probe_timeout──► OPEN (timeout ×2, capped)
+    HALF_OPEN ──a failure (a probe's, or any recorded once the open timeout
+                has passed), or a probe outliving probe_timeout──► OPEN (timeout ×2, capped)
 
 The state lives in :class:`fedgate._core.BreakerTable` — one atomic 64-bit
 word per node, readable from any thread — and every time-driven change is
 *effective* there: ``state()`` reads HALF_OPEN the moment the open timeout has
 passed, without anyone calling anything (RELIABILITY rules 6, 7).
+
+Two ways in, one set of rules (RELIABILITY R22):
+
+* :meth:`CircuitBreaker.is_open` is the seed's admission gate, and callers use
+  it as the seed does — check it, call the node if it says False, report the
+  outcome with :meth:`~CircuitBreaker.record_success` /
+  :meth:`~CircuitBreaker.record_failure`. So it *admits*: in HALF_OPEN a False
+  answer takes one of the ``half_open_max_probes`` probe slots, and once they
+  are taken it answers True. A caller following the seed's pattern against a
+  node that always fails makes at most ``half_open_max_probes`` calls per open
+  period. :meth:`~CircuitBreaker.admit` / :meth:`~CircuitBreaker.allow` are the
+  same decision with the probe made explicit (the gateway's way in), and
+  :meth:`~CircuitBreaker.release` gives a probe back without a verdict.
+* :meth:`CircuitBreaker.state` is the query: no admission, no probe slot taken.
+
+A failure recorded while the breaker is HALF_OPEN in effect — its open timeout
+has passed, whether or not anyone has asked since — reopens it at the next,
+longer timeout; it is never ignored. Only a failure recorded while OPEN in
+effect (before the timeout) is a late answer to a call admitted before the
+trip, and changes nothing.
 
 This module adds node ids, an injected clock and observability: every
 transition, including the clock-driven ones, reaches the listeners as a
@@ -21,7 +42,8 @@ happened (the deadline), not the time they were noticed.
 
 Only failures the node caused belong in :meth:`CircuitBreaker.record_failure`
 (RELIABILITY rule 4): bad input, an unknown capability, an oversized request
-or a client's cancel never reach it.
+or a client's cancel never reach it. Failures are the breaker's to act on
+(SPEC §2 Health, "Who excludes a node"): health only scores them.
 
 Node registration, slot growth and the listeners are the shared
 :class:`fedgate.federation._slots.NodeSlots`, as for health.
@@ -414,7 +436,11 @@ class CircuitBreaker(NodeSlots[BreakerConfig, BreakerTransition]):
     # ------------------------------------------------------------ reads
 
     def state(self, node: NodeId) -> CircuitState:
-        """The breaker's state now, driven by the clock (CLOSED for an unknown node)."""
+        """The breaker's state now, driven by the clock (CLOSED for an unknown node).
+
+        A pure query: it admits nothing and takes no probe slot (transitions
+        time made are announced to the listeners, as by every read).
+        """
         s = self._slots.get(node)
         if s is None:
             return CircuitState.CLOSED
@@ -422,8 +448,19 @@ class CircuitBreaker(NodeSlots[BreakerConfig, BreakerTransition]):
             return _STATES[self._observe(s, self._clock())]
 
     def is_open(self, node: NodeId) -> bool:
-        """True while ``node``'s breaker is OPEN (calls are rejected locally)."""
-        return self.state(node) is CircuitState.OPEN
+        """The seed's admission gate: True means do not call ``node`` now.
+
+        False admits the call, as :meth:`allow` does: CLOSED answers False; OPEN
+        answers True; HALF_OPEN answers False while a probe slot is free and
+        *takes it* — report the call's outcome with :meth:`record_success` or
+        :meth:`record_failure` (an unanswered probe fails by ``probe_timeout``)
+        — and True once every slot is taken. For the state without admitting
+        anything, use :meth:`state`. An unknown node answers False and is not
+        registered.
+        """
+        if node not in self._slots:
+            return False
+        return self.admit(node) is Admission.REJECT
 
     def poll(self, now: float | None = None) -> list[BreakerTransition]:
         """Observe every breaker at ``now`` and emit the time-driven transitions due.
@@ -500,12 +537,16 @@ class CircuitBreaker(NodeSlots[BreakerConfig, BreakerTransition]):
             trips=self._trips_of[s],
         )
 
-    def all_statuses(self) -> list[BreakerStatus]:
-        """Every breaker in detail, in registration order."""
+    def all_statuses(self, start: int = 0, stop: int | None = None) -> list[BreakerStatus]:
+        """Every breaker in detail, in registration order.
+
+        ``start``/``stop`` select registration positions ``[start, stop)``, so
+        a reader of 10 000 nodes can take them a slice at a time.
+        """
         with self._lock:
             now = self._clock()
             self.poll(now)
-            return [self._status(s, now) for s in range(len(self._ids))]
+            return [self._status(s, now) for s in range(len(self._ids))[start:stop]]
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(nodes={len(self._ids)}, config={self._config!r})"

@@ -15,6 +15,17 @@ once it has sent one, or was registered with ``expect_heartbeats=True`` — is
 UNHEALTHY as soon as its last heartbeat is older than ``heartbeat_interval ×
 heartbeat_liveness``, whatever its reports say, until the next heartbeat.
 
+Who excludes a node (SPEC §2 Health, RELIABILITY R23): **liveness** is
+health's — a node that missed its heartbeats is dead (:attr:`HealthChecker.dead`,
+:meth:`~HealthChecker.is_alive`) and a router must not send it anything until
+it heartbeats again. **Failures** are the circuit breaker's: a failure streak
+still makes the node UNHEALTHY here (the seed's ``status(node).state``) and
+the health policy scores it 0, but it stays eligible until its breaker opens;
+the breaker then rejects it locally and probes it on its own growing
+schedule. So a report-driven UNHEALTHY has no timer of its own: the node
+leaves it by succeeding (``recovery_threshold`` fast successes), when its
+breaker lets traffic through.
+
 Latencies go into the compiled ring-buffer table (:mod:`fedgate._core`),
 which gives exact p50/p95/p99 over the most recent ``window`` samples.
 
@@ -44,7 +55,7 @@ from fedgate._core.latency_spec import MAX_WINDOW as _MAX_WINDOW
 from fedgate.clock import Clock, to_seconds
 from fedgate.federation._slots import NodeSlots, checked_clock, checked_config, optional
 from fedgate.types import NodeId
-from fedgate.validation import HeartbeatInterval, Latency, Timeout, count, validate
+from fedgate.validation import HeartbeatInterval, Latency, count, validate
 
 __all__ = [
     "HealthChecker",
@@ -80,7 +91,8 @@ class HealthConfig:
     Parameters
     ----------
     failure_threshold : int
-        Consecutive failures that make a node UNHEALTHY (>= 1).
+        Consecutive failures that make a node UNHEALTHY (>= 1): scored 0 by
+        the health policy, excluded only once its circuit breaker opens.
     recovery_threshold : int
         Consecutive fast successes that make a degraded node HEALTHY (>= 1).
     degraded_latency : float or timedelta
@@ -91,13 +103,6 @@ class HealthConfig:
         How often workers heartbeat.
     heartbeat_liveness : int
         Heartbeat intervals that may pass before a node is declared dead.
-    unhealthy_cooldown : float or timedelta
-        How long a node made UNHEALTHY by failure reports stays out of
-        routing. After it the node is DEGRADED again (eligible, scored low)
-        and one more failure makes it UNHEALTHY at once. Without it a node
-        that is up but was unlucky would never get the traffic it needs to
-        recover — and its circuit breaker, which counts more failures than
-        health does, would never get to open and probe it.
     """
 
     failure_threshold: Annotated[int, count(1, 1023)] = 3
@@ -106,7 +111,6 @@ class HealthConfig:
     window: Annotated[int, count(1, _MAX_WINDOW)] = 1024
     heartbeat_interval: HeartbeatInterval = 1.0
     heartbeat_liveness: Annotated[int, count(1, 100)] = 3
-    unhealthy_cooldown: Timeout = 5.0
 
     def __post_init__(self) -> None:
         validate(self)
@@ -196,9 +200,6 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
         self._successes: list[int] = []
         self._fast_streak: list[int] = []
         self._last_check: list[float] = []
-        # When a report-driven UNHEALTHY ends (inf: not in cooldown).
-        self._cooldown_until: list[float] = []
-        self._next_cooldown = math.inf
         # Bulk-read state in arrays (the router gathers them; expire() scans them).
         self._codes = self._array("_codes", np.int8, HEALTH_UNKNOWN)
         self._latency_seq = self._array("_latency_seq", np.uint64, 0)
@@ -216,7 +217,6 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
         self._successes.append(0)
         self._fast_streak.append(0)
         self._last_check.append(math.nan)
-        self._cooldown_until.append(math.inf)
 
     # ------------------------------------------------------------ plumbing
 
@@ -229,6 +229,15 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
     def codes(self) -> npt.NDArray[np.int8]:
         """Effective state code per slot (``HEALTH_*``), as of the last change or expiry."""
         return self._codes[: len(self._ids)]
+
+    @property
+    def dead(self) -> npt.NDArray[np.bool_]:
+        """True per slot while a heartbeat-tracked node is overdue (liveness lost).
+
+        As of the last :meth:`expire`; :attr:`version` moves whenever it changes.
+        A router excludes these nodes; a report-driven UNHEALTHY is not here.
+        """
+        return self._dead[: len(self._ids)]
 
     @property
     def latency_seq(self) -> npt.NDArray[np.uint64]:
@@ -301,16 +310,17 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
             self._latency_version += 1
             self._failures[s] = self._successes[s] = self._fast_streak[s] = 0
             self._last_check[s] = math.nan
-            self._cooldown_until[s] = math.inf
             self._tracked[s] = False
             self._last_hb[s] = math.nan
             was_dead = bool(self._dead[s])
             self._dead[s] = False
             self._reported[s] = HEALTH_UNKNOWN
             old = int(self._codes[s])
-            if old != HEALTH_UNKNOWN or was_dead:
+            if old != HEALTH_UNKNOWN:
                 self._codes[s] = HEALTH_UNKNOWN
                 self._emit(s, old, HEALTH_UNKNOWN, now, "reset")
+            elif was_dead:
+                self._version += 1  # liveness changed (routers read dead)
             return True
 
     # ------------------------------------------------------------ reports
@@ -346,7 +356,6 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
             self._failures[s] = 0
             self._successes[s] += 1
             self._last_check[s] = now
-            self._cooldown_until[s] = math.inf
             reported = self._reported[s]
             if seconds > self._config.degraded_latency:
                 self._fast_streak[s] = 0
@@ -380,11 +389,9 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
             self._fast_streak[s] = 0
             self._last_check[s] = now
             down = failures >= self._config.failure_threshold
+            # UNHEALTHY here scores the node 0 but does not exclude it: its
+            # breaker does, when failures reach its own threshold.
             new = HEALTH_UNHEALTHY if down else HEALTH_DEGRADED
-            if new == HEALTH_UNHEALTHY:
-                until = now + self._config.unhealthy_cooldown
-                self._cooldown_until[s] = until
-                self._next_cooldown = min(self._next_cooldown, until)
             if new != self._reported[s] or self._codes[s] != new:
                 self._set_reported(s, new, now)
 
@@ -411,6 +418,8 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
                 if new != HEALTH_UNHEALTHY:
                     self._codes[s] = new
                     self._emit(s, HEALTH_UNHEALTHY, new, now, "heartbeat")
+                else:
+                    self._version += 1  # alive again, though still reported UNHEALTHY
 
     def expire(self, now: float | None = None) -> list[NodeId]:
         """Declare dead every tracked node whose heartbeat is overdue at ``now``.
@@ -430,8 +439,6 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
         """
         if now is None:
             now = self._clock()
-        if now >= self._next_cooldown:
-            self._end_cooldowns(now)
         if not now > self._next_expiry:
             return []
         with self._lock:
@@ -446,31 +453,11 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
                     self._codes[s] = HEALTH_UNHEALTHY
                     # The node died when its deadline passed, not when we looked.
                     self._emit(s, old, HEALTH_UNHEALTHY, float(deadline[s]), "heartbeat_missed")
+                else:
+                    self._version += 1  # already UNHEALTHY by reports; now dead too
             live[overdue] = False
             self._next_expiry = float(deadline[live].min()) if live.any() else math.inf
             return [self._ids[s] for s in overdue.tolist()]
-
-    def _end_cooldowns(self, now: float) -> None:
-        """Report-driven UNHEALTHY nodes whose cooldown is over become DEGRADED."""
-        with self._lock:
-            threshold = self._config.failure_threshold
-            following = math.inf
-            for s, until in enumerate(self._cooldown_until):
-                if until == math.inf:
-                    continue
-                if now < until:
-                    following = min(following, until)
-                    continue
-                self._cooldown_until[s] = math.inf
-                if self._reported[s] == HEALTH_UNHEALTHY:
-                    # One more failure is enough to take it out again.
-                    self._failures[s] = threshold - 1
-                    old = int(self._codes[s])
-                    self._reported[s] = HEALTH_DEGRADED
-                    if not self._dead[s] and old != HEALTH_DEGRADED:
-                        self._codes[s] = HEALTH_DEGRADED
-                        self._emit(s, old, HEALTH_DEGRADED, until, "cooldown")
-            self._next_cooldown = following
 
     def is_alive(self, node: NodeId) -> bool:
         """False while a heartbeat-tracked node is overdue; True for untracked nodes."""
@@ -523,11 +510,15 @@ class HealthChecker(NodeSlots[HealthConfig, HealthTransition]):
         with self._lock:
             return self._status(s)
 
-    def all_statuses(self) -> list[HealthStatus]:
-        """Every node's status, in registration order."""
+    def all_statuses(self, start: int = 0, stop: int | None = None) -> list[HealthStatus]:
+        """Every node's status, in registration order.
+
+        ``start``/``stop`` select registration positions ``[start, stop)``, so
+        a reader of 10 000 nodes can take them a slice at a time.
+        """
         self.expire()
         with self._lock:
-            return [self._status(s) for s in range(len(self._ids))]
+            return [self._status(s) for s in range(len(self._ids))[start:stop]]
 
     def counts(self) -> dict[HealthState, int]:
         """Nodes per effective state."""

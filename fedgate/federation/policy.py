@@ -9,7 +9,7 @@ node arrays: a composite only produces the kernel's weight vector
 ======================  =====================================================
 policy                  component score in [0, 1]
 ======================  =====================================================
-:class:`HealthPolicy`   HEALTHY 1.0, DEGRADED 0.5, UNKNOWN 0.3
+:class:`HealthPolicy`   HEALTHY 1.0, DEGRADED 0.5, UNKNOWN 0.3, UNHEALTHY 0.0
 :class:`LatencyPolicy`  ``1 / (1 + mean(p50, p99) / latency_scale)``
 :class:`PrivacyPolicy`  1.0 (every eligible node is cleared)
 :class:`LocalityPolicy` 1.0 in the origin region, 0.0 elsewhere, 0.5 without one
@@ -17,9 +17,10 @@ policy                  component score in [0, 1]
 :class:`GpuPolicy`      with ``qos.prefer_gpu``: GPU 1.0, CPU 0.0; else 0.5
 ======================  =====================================================
 
-Hard constraints do not depend on the composite: an UNHEALTHY node, an open
-breaker, a node over ``qos.max_latency`` and — above all — a region not
-cleared for ``qos.privacy`` are ineligible whatever the weights, even with no
+Hard constraints do not depend on the composite: a dead node (missed
+heartbeats, lost connection), an open breaker, a node over
+``qos.max_latency`` and — above all — a region not cleared for
+``qos.privacy`` are ineligible whatever the weights, even with no
 :class:`PrivacyPolicy` or one of weight 0 (sovereignty fails closed). A
 policy's weight only shapes the score among eligible nodes.
 
@@ -103,9 +104,11 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class HealthPolicy(Policy):
-    """Prefer healthy nodes: HEALTHY 1.0, DEGRADED 0.5, UNKNOWN 0.3.
+    """Prefer healthy nodes: HEALTHY 1.0, DEGRADED 0.5, UNKNOWN 0.3, UNHEALTHY 0.0.
 
-    UNHEALTHY nodes and nodes whose breaker is open are never eligible.
+    Health scores, it does not exclude (SPEC §2 Health): a node UNHEALTHY by
+    failures stays eligible until its circuit breaker opens, and a node that
+    missed its heartbeats is excluded as not alive.
     """
 
     name: ClassVar[str] = "health"

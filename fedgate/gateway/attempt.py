@@ -45,31 +45,37 @@ class LostCause(enum.Enum):
     """Why the gateway failed an attempt itself, without a frame from the node.
 
     Each cause says whether it counts against the node (its health and
-    breaker) and whether another node may still serve the request.
+    breaker), whether another node may still serve the request, and whether
+    the request was *stranded*: its node is gone (dead, disconnected,
+    replaced, or it refused the send), so it never got an answer, good or
+    bad. A stranded request moves to another node without being charged to
+    the retry budget (see :mod:`fedgate.gateway.call`); the crash still
+    counts against the node, as SPEC §2 says crashes do.
     """
 
     #: The request's deadline passed on the node: it took longer than allowed.
-    DEADLINE = ("deadline", True, False)
+    DEADLINE = ("deadline", True, False, False)
     #: The caller reads the stream too slowly: the reader's doing.
-    OVERFLOW = ("overflow", False, False)
+    OVERFLOW = ("overflow", False, False, False)
     #: The deadline passed while frames the node sent waited for the caller to
     #: read them: the reader's slowness, not the node's.
-    LAGGING = ("deadline", False, False)
+    LAGGING = ("deadline", False, False, False)
     #: The send queue to the node is full: not the node's fault, another may take it.
-    BACKPRESSURE = ("backpressure", False, True)
+    BACKPRESSURE = ("backpressure", False, True, False)
     #: The gateway is stopping.
-    SHUTDOWN = ("shutdown", False, False)
+    SHUTDOWN = ("shutdown", False, False, False)
     #: The node's process is gone (missed heartbeats, its connection lost, replaced).
-    CRASH = (wire.ERR_CRASH, True, True)
+    CRASH = (wire.ERR_CRASH, True, True, True)
     #: The node produced no frame for ``stall_timeout``.
-    STALL = (wire.ERR_STALL, True, True)
+    STALL = (wire.ERR_STALL, True, True, False)
     #: The socket refused the REQUEST for another reason (an unexpected ZMQError).
-    SEND_FAILED = ("send_failed", True, True)
+    SEND_FAILED = ("send_failed", True, True, False)
 
-    def __init__(self, code: str, node_caused: bool, retryable: bool) -> None:
+    def __init__(self, code: str, node_caused: bool, retryable: bool, stranded: bool) -> None:
         self.code = code
         self.node_caused = node_caused
         self.retryable = retryable
+        self.stranded = stranded
 
 
 class Lost:

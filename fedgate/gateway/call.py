@@ -5,11 +5,47 @@ collaborators, gathered once per gateway in a :class:`CallEnv`: the router
 (with the health checker and breaker it routes by), the worker registry, the
 attempt book (which sends through the socket pump) and the counters. See
 :mod:`fedgate.gateway.gateway` for the whole request path.
+
+Failover is not a retry storm (SPEC §2 Gateway, R10 and R20)
+-------------------------------------------------------------
+A failed attempt is one of two kinds, and they are treated differently:
+
+* **Stranded** — the node never answered because it is gone: its process
+  died, its connection was lost, it was replaced, or the socket refused the
+  REQUEST because the node is no longer connected
+  (:attr:`LostCause.CRASH <fedgate.gateway.attempt.LostCause>`). The request
+  did nothing wrong and nothing about it says the fleet is failing; it
+  *moves*: to the next node at once (no backoff: the dead node will not get
+  better by waiting), still bounded by ``max_retries`` and its deadline, but
+  **not charged to the retry budget**. The crash still counts against the
+  node (its health and breaker: SPEC §2 counts crashes), and the registry
+  has already taken it out of routing (:meth:`Registry.lose
+  <fedgate.gateway.registry.Registry.lose>`). A moved request that finds
+  every survivor full queues for a slot inside its deadline
+  (:meth:`Attempts.wait_for_capacity
+  <fedgate.gateway.attempt.Attempts.wait_for_capacity>`), as any request does.
+  This cannot become a storm: a death strands at most what was in flight on
+  that node, each stranded request is re-sent once per death, and only to a
+  node it has not tried.
+* **Answered badly** — the node answered with an error, stalled, overran
+  the deadline, or the send failed for an unexpected reason. These are what
+  a fleet failing as a whole produces, so a retry is **charged**: a request
+  holds one budget slot from its first charged retry until it ends, and at
+  most ``max(retry_budget_min, retry_budget_ratio × active)`` requests hold
+  one at once. A request that finds the budget spent **waits for room**
+  (a slot freed by a request that ends, or the budget grown with the load)
+  inside its deadline, instead of failing at once; the deadline, not the
+  budget, decides when it gives up (:class:`DeadlineExceededError` naming
+  the last failure). The budget still bounds how many retries run at once,
+  so a failing fleet sees no more than that many extra attempts in flight,
+  and the breakers and health take the failing nodes out of routing in the
+  meantime (a waiting request then fails as soon as no node is left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -42,12 +78,18 @@ __all__ = ["Call", "CallEnv", "Failure"]
 _S = RequestState
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class CallEnv:
     """What every call of one gateway talks to (``loop`` is set while it runs)."""
 
     __slots__ = (
         "attempts",
         "breaker",
+        "budget_waiters",
         "config",
         "counters",
         "health",
@@ -81,6 +123,8 @@ class CallEnv:
         self.hooks: list[TransitionHook] = []
         self.rng = random.Random()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Requests whose charged retry waits for room in the retry budget.
+        self.budget_waiters: deque[asyncio.Future[None]] = deque()
 
     def fire(self, request_id: str, old: RequestState, new: RequestState, at: float) -> None:
         for hook in list(self.hooks):
@@ -93,6 +137,7 @@ class Failure(NamedTuple):
     error: Exception
     node_caused: bool  # counts against the node's health and breaker
     retryable: bool  # another node may still serve the request
+    stranded: bool = False  # the node is gone: the request moves, uncharged to the budget
 
 
 class Call:
@@ -273,6 +318,12 @@ class Call:
         counters.active -= 1
         if self.retrying:
             counters.retrying -= 1
+            waiters = self.env.budget_waiters
+            while waiters:  # a budget slot is free: the longest waiter takes it
+                fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+                    break
         if outcome == "ok":
             counters.ok += 1
             if tenant is not None:
@@ -428,18 +479,25 @@ class Call:
             counters.per_node[node].failures += 1
         elif admission is Admission.PROBE:
             env.breaker.release(node)
-        if not (failure.retryable and self._may_retry(self.retrying)):
+        if not (failure.retryable and self._may_retry()):
             lc.to(_S.FAILED)
             raise self._final_error(error)
         lc.to(_S.RETRYING)
-        if not self.retrying:
+        if not failure.stranded and not self.retrying:
+            # A charged retry: it needs a slot of the budget, and waits for one.
+            if not self._budget_room():
+                await self._wait_for_budget(error)
             self.retrying = True
             counters.retrying += 1
         counters.retries += 1
-        if failure.node_caused:
+        if failure.node_caused or failure.stranded:
             counters.failovers += 1
         if self.next_index:
             counters.resumes += 1
+        if failure.stranded:
+            # The node is gone: waiting would not make it better, move now.
+            lc.to(_S.ROUTING)
+            return
         delay = env.config.retry_delay * (2 ** (self.attempts - 1)) * (0.5 + env.rng.random())
         if loop.time() + delay >= self.deadline:
             lc.to(_S.FAILED)
@@ -517,21 +575,54 @@ class Call:
             error = NodeUnreachableError(f"request {rid!r}: {event.message}")
         else:  # crash, stall, a failed send: the node's connection or process
             error = NodeUnreachableError(f"request {rid!r} on node {node}: {event.message}")
-        return Failure(error, cause.node_caused, cause.retryable)
+        return Failure(error, cause.node_caused, cause.retryable, cause.stranded)
 
-    def _may_retry(self, already_retrying: bool) -> bool:
-        """Attempts left, time left, and room in the gateway's retry budget."""
+    def _may_retry(self) -> bool:
+        """Attempts left and time left (the budget is waited for, see :meth:`_wait_for_budget`)."""
         env = self.env
-        config = env.config
-        if env.attempts.pump is None or self.attempts > config.max_retries:
+        if env.attempts.pump is None or self.attempts > env.config.max_retries:
             return False
         assert env.loop is not None
-        if env.loop.time() >= self.deadline:
-            return False
-        counters = env.counters
+        return env.loop.time() < self.deadline
+
+    def _budget_room(self) -> bool:
+        """Whether the retry budget has a slot for one more retrying request."""
+        config = self.env.config
+        counters = self.env.counters
         budget = max(config.retry_budget_min, int(config.retry_budget_ratio * counters.active))
-        others = counters.retrying - (1 if already_retrying else 0)
-        return others < budget
+        return counters.retrying < budget
+
+    async def _wait_for_budget(self, error: Exception) -> None:
+        """Wait until the retry budget has room, inside the deadline.
+
+        Woken when a retrying request ends; re-checked on a short timer too,
+        since the budget also grows with the active load. Raises
+        :class:`DeadlineExceededError` (naming ``error``, the last failure)
+        when the deadline passes first.
+        """
+        env = self.env
+        loop = env.loop
+        assert loop is not None
+        waiters = env.budget_waiters
+        while not self._budget_room():
+            now = loop.time()
+            if now >= self.deadline:
+                self.lifecycle.to(_S.FAILED)
+                raise DeadlineExceededError(
+                    f"request {self.request.request_id!r}: deadline passed while waiting for "
+                    f"the retry budget after {self.attempts} attempt(s): {error}"
+                ) from error
+            fut: asyncio.Future[None] = loop.create_future()
+            waiters.append(fut)
+            timer = loop.call_at(min(self.deadline, now + 0.05), _resolve, fut)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
 
     def _final_error(self, error: Exception) -> Exception:
         """The error a caller sees: past the commit point, an explicit stream interruption."""

@@ -62,6 +62,8 @@ log = logging.getLogger("fedgate.gateway")
 
 # Messages read per pass: a flood of frames must not starve the callers' tasks.
 _READ_BATCH = 4096
+# How long after a dropped connection the monitor keeps checking the busy workers.
+_DROP_WATCH = 0.5
 
 
 class Gateway:
@@ -95,6 +97,11 @@ class Gateway:
         self._pump: Pump | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: asyncio.Task[None] | None = None
+        # The ROUTER's socket monitor (dropped connections) and until when to re-check.
+        self._drops: zmq.Socket[Any] | None = None
+        self._drops_fd = -1
+        self._suspect_until = 0.0
+        self._drop_check: asyncio.TimerHandle | None = None
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
         self._registry = registry = Registry(
@@ -171,6 +178,13 @@ class Gateway:
         self._env.loop = self._attempts.loop = loop
         self._attempts.pump = self._registry.pump = pump
         pump.start()
+        # A worker's dropped TCP connection is its death seen at once (its heartbeats
+        # take interval × liveness): the socket monitor reports it.
+        drops = self._drops = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        drops.setsockopt(zmq.LINGER, 0)
+        self._drops_fd = cast(int, drops.getsockopt(zmq.FD))
+        loop.add_reader(self._drops_fd, self._on_drops)
+        self._on_drops()  # the descriptor is edge-triggered: take what is already there
         self._monitor = asyncio.create_task(self._monitor_loop(), name="fedgate-monitor")
         pump.on_readable()
         log.info("gateway %s listening on %s", self.gateway_id, ", ".join(self._endpoints))
@@ -187,6 +201,17 @@ class Gateway:
                 await self._monitor
         await asyncio.sleep(0)  # let callers observe their failed attempts
         self._attempts.clear()
+        drops = self._drops
+        if drops is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._drops_fd)
+            with contextlib.suppress(zmq.ZMQError):
+                pump.sock.disable_monitor()
+            drops.close(0)
+            self._drops = None
+        if self._drop_check is not None:
+            self._drop_check.cancel()
+            self._drop_check = None
         pump.close(0)
         self._pump = self._attempts.pump = self._registry.pump = None
         if self._ctx is not None:
@@ -248,9 +273,9 @@ class Gateway:
         hooks.append(hook)
         return lambda: hooks.remove(hook)
 
-    def workers(self) -> list[dict[str, Any]]:
-        """The connected workers, for dashboards."""
-        return self._registry.describe()
+    def workers(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards (``start``/``stop``: a slice of them)."""
+        return self._registry.describe(start, stop)
 
     async def wait_for_workers(self, count: int, timeout: float = 10.0) -> None:
         """Wait until ``count`` workers are registered and alive (for scripts and tests)."""
@@ -361,6 +386,62 @@ class Gateway:
                 why,
             )
 
+    def _on_drops(self) -> None:
+        """The socket monitor reports dropped connections: check the busy workers now.
+
+        The socket may still route to a dropped peer for a moment (libzmq
+        retires the pipe after the event), so the monitor loop checks again
+        for a short while after each drop.
+        """
+        drops = self._drops
+        if drops is None:
+            return
+        dropped = 0
+        try:
+            # The descriptor is edge-triggered: read until nothing is left.
+            while cast(int, drops.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                with contextlib.suppress(zmq.Again):
+                    drops.recv_multipart(zmq.NOBLOCK)
+                    dropped += 1
+        except zmq.ZMQError as exc:  # closed under us (stopping): nothing to watch
+            log.debug("socket monitor: %s", exc)
+            return
+        if dropped:
+            self._counters.dropped_connections += dropped
+            loop = self._loop
+            assert loop is not None
+            self._suspect_until = loop.time() + _DROP_WATCH
+            self._check_drops()
+
+    def _check_drops(self) -> None:
+        """Check the busy workers' connections once every frame already received is read.
+
+        A worker that sent its last frames and exited (a drained SIGTERM, a
+        stream's Final) must have them delivered before its attempts are
+        failed: a frame still unread when the check ran would turn a finished
+        request into a failover. While frames are waiting, look again shortly
+        (the pump reads them first), until the watch window ends.
+        """
+        pump, loop = self._pump, self._loop
+        if pump is None or loop is None or loop.time() >= self._suspect_until:
+            return
+        try:
+            pending = cast(int, pump.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        except zmq.ZMQError:
+            return
+        if pending:
+            if self._drop_check is None:
+                self._drop_check = loop.call_later(0.002, self._retry_drop_check)
+        else:
+            self._registry.check_connections()
+        # Asking the socket (and the probes sent) may have consumed its
+        # descriptor's notification: the pump looks again.
+        pump.look()
+
+    def _retry_drop_check(self) -> None:
+        self._drop_check = None
+        self._check_drops()
+
     async def _monitor_loop(self) -> None:
         interval = self.config.monitor_interval
         stall = self.config.stall_timeout
@@ -369,6 +450,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
+                self._check_drops()
                 self._registry.expire()
                 self.breaker.poll()
                 if stall is not None:

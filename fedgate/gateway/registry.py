@@ -13,6 +13,7 @@ connection); :meth:`Registry.expire` is the heartbeat monitor's pass.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Any
 
@@ -97,8 +98,8 @@ class Registry:
     def alive(self) -> int:
         return sum(1 for w in self.by_node.values() if w.alive)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """The connected workers, for dashboards."""
+    def describe(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """The connected workers, for dashboards (``start``/``stop``: a slice of them)."""
         return [
             {
                 "node": w.node,
@@ -112,7 +113,7 @@ class Registry:
                 "inflight": len(w.attempts),
                 "models": list(w.models),
             }
-            for w in self.by_node.values()
+            for w in itertools.islice(self.by_node.values(), start, stop)
         ]
 
     # ------------------------------------------------------------- messages
@@ -174,9 +175,9 @@ class Registry:
         for model in worker.models:
             self.catalog.register_sync(model, node, worker.region, msg.capabilities)
         if current is not None and current.worker_id != msg.worker_id:
-            # A new process: the old one's failures must not exile it. Reported
-            # UNHEALTHY has no way back without traffic (an UNHEALTHY node gets
-            # none); the breaker keeps its state and probes it on its own schedule.
+            # A new process: the old one's failure streak and latencies describe
+            # another process, so its health starts afresh; the breaker keeps its
+            # state and probes the node on its own schedule.
             self.health.deregister_node(node)
         self.health.register_node(node, expect_heartbeats=True)
         self.health.heartbeat(node)
@@ -198,23 +199,48 @@ class Registry:
         )
 
     # --------------------------------------------------------------- losing
-    def connected(self, worker: Worker) -> bool:
+    def connected(self, worker: Worker, *, probe: bool = False) -> bool:
         """Whether the worker's connection still exists (ROUTER_MANDATORY tells at once).
 
         A process restarted right after a SIGKILL announces itself before its
         predecessor's heartbeats have expired; the old connection, though, is
         already gone, and refusing the new process would keep the node down.
+        The message sent is a Reannounce, or with ``probe`` a Welcome (for a
+        registered worker, which must not announce itself again).
         """
         pump = self.pump
         if pump is None:
             return False
+        if probe:
+            frame = wire.encode(wire.Welcome(worker.node, self.gateway_id))
+        else:
+            frame = wire.encode(wire.Reannounce())
         try:
-            pump.send_now(wire.encode(wire.Reannounce()), worker.identity)
+            pump.send_now(frame, worker.identity)
         except NodeUnreachableError:
             return False
         except (FederationError, zmq.ZMQError):
             return True
         return True
+
+    def check_connections(self) -> int:
+        """Lose every live worker with work in flight whose connection is gone; how many.
+
+        Called when the socket reports a dropped connection: a SIGKILLed
+        worker's TCP connection closes at once, long before its heartbeats are
+        missed, and its stranded requests should not wait for the heartbeats
+        (R20). Each such worker is sent a Welcome (a no-op to a registered
+        worker) with ``ROUTER_MANDATORY``, which fails for a peer whose
+        connection is gone. Idle workers are left to the heartbeats: nothing
+        of theirs is waiting, and a request routed to a dead one is refused
+        by the socket at once and moves on.
+        """
+        lost = 0
+        for worker in list(self.by_node.values()):
+            if worker.alive and worker.attempts and not self.connected(worker, probe=True):
+                self.lose(worker, "connection lost")
+                lost += 1
+        return lost
 
     def lose(self, worker: Worker, why: str) -> None:
         """A worker is gone: no new dispatch, and its in-flight attempts fail over."""

@@ -87,6 +87,7 @@ class GatewayCounters:
         "cancel_acks",
         "cancelled",
         "cancels_sent",
+        "dropped_connections",
         "failed",
         "failovers",
         "latency",
@@ -115,6 +116,8 @@ class GatewayCounters:
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
         self.retired = 0
+        # Worker connections the socket reported dropped (each triggers a liveness check).
+        self.dropped_connections = 0
         self.per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         self.per_tenant: dict[str, NodeStats] = collections.defaultdict(NodeStats)
         # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).

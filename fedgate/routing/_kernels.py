@@ -38,7 +38,6 @@ from fedgate._core.codes import (
     REASON_NOT_SERVING,
     REASON_OK,
     REASON_PRIVACY,
-    REASON_UNHEALTHY,
 )
 from fedgate.routing._jit import jit
 from fedgate.routing.arrays import NodeArrays, make_params, make_weights
@@ -175,12 +174,16 @@ def _reason(
     mask: int,
     alive: int,
     cleared: bool,
-    health: int,
     breaker: int,
     p50: float,
     max_latency: float,
 ) -> int:
     """Why a node cannot take the request (``REASON_OK`` if it can).
+
+    Health does not exclude (SPEC §2 Health, "Who excludes a node"): liveness
+    arrives as ``alive`` 0 (missed heartbeats, a lost connection), failures
+    as the breaker's OPEN; an UNHEALTHY node otherwise only scores 0 on health.
+    ``REASON_UNHEALTHY`` is therefore never returned.
 
     Parameters
     ----------
@@ -188,8 +191,8 @@ def _reason(
         The node's membership and liveness flags.
     cleared : bool
         Whether its region's clearance covers the request's privacy level.
-    health, breaker : int
-        Its ``HEALTH_*`` and ``BREAKER_*`` codes.
+    breaker : int
+        Its ``BREAKER_*`` code.
     p50 : float
         Its median latency, NaN without samples.
     max_latency : float
@@ -205,7 +208,6 @@ def _reason(
     # eligible; an infinite max_latency rules nothing out.
     reason = REASON_LATENCY if p50 > max_latency else REASON_OK
     reason = REASON_BREAKER_OPEN if breaker == BREAKER_OPEN else reason
-    reason = REASON_UNHEALTHY if health == HEALTH_UNHEALTHY else reason
     reason = reason if cleared else REASON_PRIVACY
     return REASON_NOT_SERVING if (mask == 0) | (alive == 0) else reason
 
@@ -222,8 +224,8 @@ def _health_score(h: int) -> float:
     Returns
     -------
     float
-        The component in [0, 1] (UNHEALTHY's 0.0 only shows in a breakdown:
-        such a node is never eligible).
+        The component in [0, 1]. UNHEALTHY scores 0.0 and stays eligible:
+        the breaker, not health, takes a failing node out.
     """
     s = _UNKNOWN_SCORE
     s = _HEALTHY_SCORE if h == HEALTH_HEALTHY else s
@@ -325,7 +327,7 @@ latency_scale, cost_scale, w
     total : float
         Their weighted mean, in [0, 1] (meaningful only when eligible).
     """
-    reason = _reason(mask, alive, cleared, health, breaker, p50, max_latency)
+    reason = _reason(mask, alive, cleared, breaker, p50, max_latency)
     s_latency = _latency_score(p50, p99, latency_scale)
     s = (
         _health_score(health),
@@ -441,7 +443,8 @@ def _score_kernel(
     breaker : ndarray of int8
         ``BREAKER_*`` state per node.
     alive : ndarray of uint8
-        1 while the node's heartbeat is fresh.
+        1 while the node may take requests: connected, heartbeating (health's
+        liveness), serving and below its concurrency limit.
     mask : ndarray of uint8
         1 for nodes that serve the requested capability/model.
     clearance : ndarray of int8
@@ -533,7 +536,7 @@ def _components_kernel(
 
     For ``router.candidates()``, not the hot path. Components are written for
     every node, eligible or not (an ineligible node's privacy component is 0.0
-    when its region is not cleared, its health component 0.0 when unhealthy);
+    when its region is not cleared; an UNHEALTHY node's health component is 0.0);
     scores, reasons and the choice are exactly those of :func:`_score_kernel`.
 
     Parameters

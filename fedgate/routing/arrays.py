@@ -12,10 +12,14 @@ imports neither Numba nor the kernels: a gateway with the ahead-of-time
 kernels never loads Numba.
 
 Eligibility, checked in this order (the first failing check is the reason):
-``REASON_NOT_SERVING`` (mask 0 or not alive), ``REASON_PRIVACY`` (the region's
-clearance is below the request's privacy level — sovereignty before anything
-else), ``REASON_UNHEALTHY``, ``REASON_BREAKER_OPEN``, ``REASON_LATENCY`` (p50
-above ``max_latency``; a node without samples is not ruled out).
+``REASON_NOT_SERVING`` (mask 0 or not alive — liveness lost by missed
+heartbeats or a lost connection, or at its concurrency limit),
+``REASON_PRIVACY`` (the region's clearance is below the request's privacy
+level — sovereignty before anything else), ``REASON_BREAKER_OPEN``,
+``REASON_LATENCY`` (p50 above ``max_latency``; a node without samples is not
+ruled out). The health code only scores (SPEC §2 Health, "Who excludes a
+node"): an UNHEALTHY node scores 0 on health and stays eligible until its
+breaker opens, so the kernel never returns ``REASON_UNHEALTHY``.
 
 Inputs the SPEC does not cover are handled so that nothing can widen the
 eligible set or push a score out of [0, 1]: a region id outside ``clearance``
@@ -212,7 +216,7 @@ class NodeArrays:
 
     @property
     def alive(self) -> npt.NDArray[np.uint8]:
-        """1 while the node's heartbeat is fresh."""
+        """1 while the node may take requests: connected, heartbeating, serving, not full."""
         return self._alive
 
     @property

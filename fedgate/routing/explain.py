@@ -31,7 +31,6 @@ from fedgate._core.codes import (
     REASON_NOT_SERVING,
     REASON_OK,
     REASON_PRIVACY,
-    REASON_UNHEALTHY,
 )
 from fedgate.errors import (
     AllNodesUnhealthyError,
@@ -98,7 +97,7 @@ class Explain(Fleet):
         return (
             s in self._saturated
             and self._alive_flag[s]
-            and int(a.health[s]) != codes.HEALTH_UNHEALTHY
+            and not self._dead[s]
             and int(a.breaker[s]) != codes.BREAKER_OPEN
             and not (bound is not None and float(a.p50[s]) > bound)
         )
@@ -159,14 +158,14 @@ class Explain(Fleet):
                 f"no node serving {what} meets max_latency {bound * 1000:.1f} ms: "
                 f"{latency.size} healthy node(s), fastest p50 {fastest * 1000:.1f} ms"
             )
-        unhealthy = int((reasons == REASON_UNHEALTHY).sum())
+        dead = int(self._dead[not_serving].sum())
         open_ = int((reasons == REASON_BREAKER_OPEN).sum())
-        down = int(not_serving.size)
+        down = int(not_serving.size) - dead
         # Name the privacy level: with every cleared node down, the caller must
         # see that sovereignty is why no other node was used.
         return AllNodesUnhealthyError(
             f"no healthy node serves {what} in a region cleared for {privacy.name}: "
-            f"{unhealthy} unhealthy, {open_} with an open breaker, {down} not alive "
+            f"{dead} missed heartbeats, {open_} with an open breaker, {down} not alive "
             f"(of {candidates.size}); nodes in other regions are never used"
         )
 
@@ -181,14 +180,13 @@ class Explain(Fleet):
                 return f"not serving: at its concurrency limit ({busy} in flight)"
             if not self._alive_flag[s]:
                 return "not serving: node is not alive (disconnected)"
+            if self._dead[s]:
+                return "not serving: node is not alive (heartbeat missed)"
             return "not serving: no such capability/model on this node"
         if reason == REASON_PRIVACY:
             region = self._region_name[s]
             level = PrivacyLevel(int(self._arrays.clearance[self._arrays.region[s]]))
             return f"privacy: region {region} cleared for {level.name} < {request.qos.privacy.name}"
-        if reason == REASON_UNHEALTHY:
-            alive = self._health.is_alive(self._ids[s])
-            return "health: UNHEALTHY" + ("" if alive else " (heartbeat missed)")
         if reason == REASON_BREAKER_OPEN:
             state = self._breaker.state(self._ids[s])
             if state is CircuitState.HALF_OPEN:
@@ -200,12 +198,20 @@ class Explain(Fleet):
                     f"max_latency {bound * 1000:.1f} ms")  # fmt: skip
         return f"reason {reason}"
 
-    def candidates(self, request: InferenceRequest) -> list[Candidate]:
+    def candidates(
+        self, request: InferenceRequest, *, limit: int | None = None
+    ) -> list[Candidate]:
         """Every node serving the request's capability/model, with its standing.
 
         Eligible nodes first, best total first; then the ineligible ones with
-        the reason. Empty when no node serves the capability at all.
+        the reason. Empty when no node serves the capability at all. With
+        ``limit``, the first ``limit`` of that same list, chosen before any
+        :class:`Candidate` is built (a dashboard showing 64 of 10 000 nodes
+        pays for 64).
         """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):  # fmt: skip
+            raise ValueError(f"limit: expected an int >= 0 or None, got {limit!r}")
         if not isinstance(request, InferenceRequest):
             raise TypeError(f"request: expected an InferenceRequest, got {type(request).__name__}")
         with self._lock:
@@ -222,8 +228,14 @@ class Explain(Fleet):
             self._components(*self._columns, base, self._arrays.clearance, self._weights,
                              self._fill_params(request), components, scores, reasons)  # fmt: skip
             names = [(p.name, p.index) for p in self._policy.policies]
+            serving = np.flatnonzero(base[:n])
+            if limit is not None:
+                # The order the sort below gives, as array keys (lexsort: last key first).
+                ok = reasons[serving] == REASON_OK
+                key = np.where(ok, -scores[serving], 0.0)
+                serving = serving[np.lexsort((serving, key, ~ok))][:limit]
             out: list[Candidate] = []
-            for s in np.flatnonzero(base[:n]).tolist():
+            for s in serving.tolist():
                 reason = int(reasons[s])
                 total = float(scores[s])
                 out.append(

@@ -16,6 +16,11 @@ are updated incrementally:
   per-capability (and per-model) ``uint8`` masks;
 * health states and breaker states are gathered in bulk, and only when the
   health checker's / breaker's version counter moved;
+* liveness is health's (SPEC §2 Health, "Who excludes a node"): a node the
+  health checker declared dead (missed heartbeats) has ``alive`` 0, like a
+  node the gateway lost, and is never routed to. A node UNHEALTHY by failure
+  reports is *not* excluded here: the kernel scores its health 0, and its
+  circuit breaker (the ``breaker`` column) rejects it once failures trip it;
 * latency percentiles are refreshed for the nodes with new samples only, at
   most every ``refresh_interval`` seconds;
 * the gateway reports node facts (:meth:`Fleet.update_node`), liveness
@@ -120,6 +125,8 @@ class Fleet:
         self._hmap = np.zeros(cap, dtype=np.intp)
         self._bmap = np.zeros(cap, dtype=np.intp)
         self._seen_seq = np.zeros(cap, dtype=np.uint64)
+        # Health's liveness verdict per slot, as last gathered (folded into alive).
+        self._dead = np.zeros(cap, dtype=np.bool_)
         # One decision's outputs (the router's), sized with the arrays.
         self._scores = np.empty(cap, dtype=np.float64)
         self._reasons = np.empty(cap, dtype=np.int8)
@@ -208,6 +215,7 @@ class Fleet:
         arrays.p50[s] = p50
         arrays.p99[s] = p99
         self._seen_seq[s] = self._health.latency_seq[hs]
+        self._dead[s] = self._health.dead[hs]
         return s
 
     def _grow(self, cap: int) -> None:
@@ -219,6 +227,7 @@ class Fleet:
         self._hmap = grown(self._hmap)
         self._bmap = grown(self._bmap)
         self._seen_seq = grown(self._seen_seq)
+        self._dead = grown(self._dead)
         self._scores = np.empty(cap, dtype=np.float64)
         self._reasons = np.empty(cap, dtype=np.int8)
         self._scratch_mask = np.zeros(cap, dtype=np.uint8)
@@ -227,7 +236,7 @@ class Fleet:
 
     def _apply_alive(self, s: int) -> None:
         serving = bool(self._models_of[s])
-        ok = serving and self._alive_flag[s] and s not in self._saturated
+        ok = serving and self._alive_flag[s] and not self._dead[s] and s not in self._saturated
         self._arrays.alive[s] = 1 if ok else 0
 
     def _apply_cost(self, s: int) -> None:
@@ -429,7 +438,12 @@ class Fleet:
         health.expire()
         if health.version != self._health_version:
             self._health_version = health.version
-            np.take(health.codes, self._hmap[:n], out=self._arrays.health[:n])
+            hmap = self._hmap[:n]
+            np.take(health.codes, hmap, out=self._arrays.health[:n])
+            dead = health.dead[hmap]
+            for s in np.flatnonzero(dead != self._dead[:n]).tolist():
+                self._dead[s] = dead[s]
+                self._apply_alive(s)
         breaker = self._breaker
         if breaker.clock() >= breaker.next_deadline:
             breaker.poll()

@@ -19,10 +19,12 @@ described in :mod:`fedgate.routing.strategies`; :meth:`Router.candidates`
 (:mod:`fedgate.routing.explain`) shows every node's standing for a request.
 
 Eligibility comes before any strategy and is never widened: a node must
-serve the capability (and model, when pinned), be alive, sit in a region
-cleared for ``qos.privacy`` (unconfigured regions are INTERNAL), be
-not UNHEALTHY, have a breaker that is not OPEN (nor HALF_OPEN with every
-probe slot taken), and meet ``qos.max_latency``. When none is left the error
+serve the capability (and model, when pinned), be alive (connected, and not
+declared dead by health for missed heartbeats), sit in a region cleared for
+``qos.privacy`` (unconfigured regions are INTERNAL), have a breaker that is
+not OPEN (nor HALF_OPEN with every probe slot taken), and meet
+``qos.max_latency``. A node UNHEALTHY by failure reports is eligible, scored
+0 on health: failures exclude it through its breaker (SPEC §2 Health). When none is left the error
 says why, in this order: no node serves it → :class:`NoCapacityError`; none
 of those is in a cleared region → :class:`PrivacyViolationError`; all of the
 cleared ones excluded (already tried) → :class:`NoCapacityError`; one that

@@ -2,7 +2,7 @@
 
 ::
 
-    Gateway ──read──► Telemetry.snapshot() ──► plain dict          snapshots.py
+    Gateway ──read──► Telemetry.snapshot() / build() (in slices) ──► plain dict   snapshots.py
                          │                        │
                          │                        ├─► TelemetryServer: ZeroMQ ROUTER   server.py
                          │                        │     └─► TelemetryClient.fetch()    client.py
@@ -28,22 +28,32 @@ if TYPE_CHECKING:
     from fedgate.telemetry.client import TelemetryClient, TelemetryError, TelemetryTimeout
     from fedgate.telemetry.server import TelemetryServer
     from fedgate.telemetry.snapshots import (
+        PAGE_SIZE,
         PROBE_NOTE,
         SCHEMA_VERSION,
+        SLICE_BUDGET,
+        Built,
+        SnapshotCache,
         Telemetry,
+        page,
         snapshot,
         telemetry_for,
     )
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "PAGE_SIZE",
     "PROBE_NOTE",
     "SCHEMA_VERSION",
+    "SLICE_BUDGET",
+    "Built",
+    "SnapshotCache",
     "Telemetry",
     "TelemetryClient",
     "TelemetryError",
     "TelemetryServer",
     "TelemetryTimeout",
+    "page",
     "snapshot",
     "telemetry_for",
 ]
@@ -53,8 +63,13 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
 # Public name -> the module defining it, loaded on first access.
 _LAZY = {
+    "PAGE_SIZE": "snapshots",
     "PROBE_NOTE": "snapshots",
     "SCHEMA_VERSION": "snapshots",
+    "SLICE_BUDGET": "snapshots",
+    "Built": "snapshots",
+    "SnapshotCache": "snapshots",
+    "page": "snapshots",
     "Telemetry": "snapshots",
     "snapshot": "snapshots",
     "telemetry_for": "snapshots",

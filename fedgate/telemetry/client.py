@@ -4,6 +4,7 @@
 
     TelemetryClient ──DEALER: [request id, b"snapshot" | b"ping"]──► TelemetryServer (ROUTER)
         fetch() / fetch_sync()  ◄──[request id, MessagePack reply]──┘
+        fetch_page(offset, limit): b"snapshot offset=N limit=M", per-node tables cut to a page
           no answer in time: TelemetryTimeout, and a fresh socket (lazy pirate)
 
 Also :class:`TelemetryError` and :class:`TelemetryTimeout`, the errors of the
@@ -22,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from fedgate.telemetry import DEFAULT_ENDPOINT
+from fedgate.telemetry.snapshots import PAGE_SIZE
 
 __all__ = ["TelemetryClient", "TelemetryError", "TelemetryTimeout"]
 
@@ -133,6 +135,17 @@ class TelemetryClient:
     async def fetch(self) -> dict[str, Any]:
         """The gateway's current snapshot (see :mod:`fedgate.telemetry.snapshots`)."""
         return await self.request(b"snapshot")
+
+    async def fetch_page(self, offset: int = 0, limit: int = PAGE_SIZE) -> dict[str, Any]:
+        """One page of the snapshot: every per-node table cut to rows ``[offset, offset + limit)``.
+
+        What ``fedgate top`` polls: its size does not grow with the federation.
+        The ``page`` key gives the totals (see :func:`fedgate.telemetry.snapshots.page`).
+        """
+        for name, value, least in (("offset", offset, 0), ("limit", limit, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: expected an int >= {least}, got {value!r}")
+        return await self.request(f"snapshot offset={offset} limit={limit}".encode())
 
     def request_sync(self, command: bytes) -> dict[str, Any]:
         """:meth:`request` for code without an event loop."""

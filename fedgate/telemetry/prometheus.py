@@ -5,9 +5,9 @@
     scraper ──HTTP GET /metrics──► PrometheusExporter (prometheus_client's server thread,
                                      │                 a registry of its own)
                                      └─► _GatewayCollector.collect()
-                                           └─ read(): a snapshot without the routing
-                                              section, taken on the gateway's event loop
-                                              (TelemetryServer._read_on_loop)
+                                           └─ read(): the server's shared snapshot
+                                              (SnapshotCache: built in slices on the
+                                              gateway's event loop; TelemetryServer._read_on_loop)
 
 Started by :class:`~fedgate.telemetry.server.TelemetryServer` when given a
 ``prometheus_port``. ``prometheus_client`` is imported only then.

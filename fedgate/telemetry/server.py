@@ -2,11 +2,19 @@
 
 ::
 
-    TelemetryClient ──[envelope…, b"snapshot" | b"ping"]──► ROUTER ── _serve() task
-      (`fedgate top`) ◄──[envelope…, MessagePack reply]───┘         └─► reply_for()
-                                                                          └─► Telemetry.snapshot()
+    TelemetryClient ──[envelope…, command]──► ROUTER ── _serve() task
+      (`fedgate top`) ◄──[envelope…, MessagePack reply]──┘   └─► one task per snapshot request
+                                                                  └─► reply_for()
+                               SnapshotCache.get() ◄────────────────┘
+                                 └─ one Telemetry.build() at a time, in slices of the loop,
+                                    shared by every client; encodings kept per snapshot
     _sampler() task ── every sample_interval ──► Telemetry.sample()   (the counter ring)
-    prometheus_port ──► PrometheusExporter ── scrape thread ──► _read_on_loop() ──► snapshot
+    prometheus_port ──► PrometheusExporter ── scrape thread ──► _read_on_loop() ──► the cache
+
+Commands: ``b"ping"``; ``b"snapshot"`` (the whole snapshot);
+``b"snapshot offset=N limit=M"`` (a page: every per-node table cut to rows
+``[N, N + M)``, see :func:`~fedgate.telemetry.snapshots.page`; either key may
+be left out, ``limit`` defaults to :data:`~fedgate.telemetry.snapshots.PAGE_SIZE`).
 
 Wraps a :class:`~fedgate.gateway.gateway.Gateway` from the outside, through
 its one :class:`~fedgate.telemetry.snapshots.Telemetry`.
@@ -19,6 +27,7 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,7 +37,13 @@ import zmq.asyncio
 from fedgate.telemetry import DEFAULT_ENDPOINT
 from fedgate.telemetry.client import TelemetryTimeout
 from fedgate.telemetry.prometheus import PrometheusExporter
-from fedgate.telemetry.snapshots import SCHEMA_VERSION, telemetry_for
+from fedgate.telemetry.snapshots import (
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    SnapshotCache,
+    page,
+    telemetry_for,
+)
 from fedgate.transport.bind import bind_router
 
 if TYPE_CHECKING:
@@ -41,6 +56,81 @@ __all__ = ["TelemetryServer"]
 log = logging.getLogger("fedgate.telemetry")
 
 _MAX_REQUEST_BYTES = 1024
+# Snapshot requests waiting for a build at once; more are told the server is busy.
+_MAX_PENDING = 256
+# Encoded replies (whole, pages) kept per snapshot.
+_MEMO = 32
+_ZERO_COPY = 64 * 1024
+_COMMANDS = "expected a command b'snapshot' [offset=N] [limit=M] or b'ping'"
+
+
+def _parse(command: bytes) -> tuple[int, int] | str | None:
+    """``b"snapshot …"`` → None (whole) or (offset, limit); anything else → an error text."""
+    words = command.split()
+    if not words or words[0] != b"snapshot":
+        shown = command[:64]
+        message = f"{_COMMANDS}, got {shown!r}"
+        if len(command) > 64:
+            message += f" ({len(command)} bytes)"
+        return message
+    if len(words) == 1:
+        return None
+    options = {"offset": 0, "limit": PAGE_SIZE}
+    for word in words[1:]:
+        key, sep, value = word.decode(errors="replace").partition("=")
+        least = 0 if key == "offset" else 1
+        if not sep or key not in options or not value.isdigit() or int(value) < least:
+            return f"{_COMMANDS}: offset an int >= 0, limit an int >= 1, got {word[:64]!r}"
+        options[key] = int(value)
+    return options["offset"], options["limit"]
+
+
+def _header(n: int, small: int, short: int) -> bytes:
+    """A MessagePack array (``small=0x90, short=0xDC``) or map (0x80, 0xDE) header of ``n``."""
+    if n < 16:
+        return bytes([small | n])
+    if n < 1 << 16:
+        return bytes([short]) + n.to_bytes(2, "big")
+    return bytes([short + 1]) + n.to_bytes(4, "big")
+
+
+async def encode_sliced(value: Any, budget: float, rows: int = 256) -> bytes:
+    """``msgspec.msgpack.encode(value)``, the same bytes, yielding to the loop between pieces.
+
+    A whole snapshot of 10 000 nodes is megabytes: encoded in one call it
+    would hold the loop for tens of milliseconds. Maps and long lists are
+    encoded a piece at a time (MessagePack is a concatenation of its parts:
+    a header, then each key and value, each item) and the loop gets a turn
+    whenever ``budget`` seconds have gone by.
+    """
+    parts: list[bytes] = []
+    began = time.perf_counter()
+
+    async def turn() -> None:
+        nonlocal began
+        if time.perf_counter() - began >= budget:
+            await asyncio.sleep(0)
+            began = time.perf_counter()
+
+    async def walk(item: Any) -> None:
+        if isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            parts.append(_header(len(item), 0x80, 0xDE))
+            for key, sub in item.items():
+                parts.append(msgspec.msgpack.encode(key))
+                await walk(sub)
+        elif isinstance(item, list) and len(item) > rows:
+            parts.append(_header(len(item), 0x90, 0xDC))
+            for i in range(0, len(item), rows):
+                chunk = item[i : i + rows]
+                encoded = msgspec.msgpack.encode(chunk)
+                parts.append(encoded[len(_header(len(chunk), 0x90, 0xDC)) :])  # items only
+                await turn()
+        else:
+            parts.append(msgspec.msgpack.encode(item))
+            await turn()
+
+    await walk(value)
+    return b"".join(parts)
 
 
 class TelemetryServer:
@@ -68,6 +158,11 @@ class TelemetryServer:
         How often the counter ring is sampled while nobody asks.
     scrape_timeout : float
         How long a Prometheus scrape waits for the event loop.
+    min_interval, share : float
+        Snapshot freshness (:class:`~fedgate.telemetry.snapshots.SnapshotCache`):
+        one snapshot serves every client for at least ``min_interval``
+        seconds, and building snapshots takes at most about ``share`` of the
+        event loop, however many clients poll.
 
     Examples
     --------
@@ -83,6 +178,8 @@ class TelemetryServer:
         *,
         sample_interval: float = 0.25,
         scrape_timeout: float = 2.0,
+        min_interval: float = 0.25,
+        share: float = 0.1,
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(
@@ -115,6 +212,8 @@ class TelemetryServer:
         self._sample_interval = float(sample_interval)
         self._scrape_timeout = float(scrape_timeout)
         self.telemetry = telemetry_for(gateway)
+        self.cache = SnapshotCache(self.telemetry, min_interval=min_interval, share=share)
+        self._pending: set[asyncio.Task[None]] = set()
         self._endpoint: str | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -134,6 +233,11 @@ class TelemetryServer:
     def metrics_url(self) -> str | None:
         """``http://127.0.0.1:PORT/metrics`` while Prometheus is served, else None."""
         return None if self._metrics is None else self._metrics.url
+
+    @property
+    def pending(self) -> int:
+        """Snapshot requests received and not yet answered."""
+        return len(self._pending)
 
     @property
     def running(self) -> bool:
@@ -180,12 +284,15 @@ class TelemetryServer:
 
     async def stop(self) -> None:
         """Stop serving; close the socket and the Prometheus server. Idempotent."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._pending]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._pending.clear()
+        await self.cache.close()
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
@@ -200,22 +307,40 @@ class TelemetryServer:
 
     # ------------------------------------------------------------ serving
 
-    def reply_for(self, command: bytes) -> bytes:
-        """The encoded reply to one command (never raises)."""
+    async def reply_for(self, command: bytes) -> bytes:
+        """The encoded reply to one command (never raises).
+
+        A snapshot comes from :attr:`cache`: built in slices, shared with
+        every client asking meanwhile, encoded once per snapshot and page.
+        """
+        if command == b"ping":
+            return msgspec.msgpack.encode({"pong": True, "gateway": self._gateway.gateway_id})
+        parsed = _parse(command)
+        if isinstance(parsed, str):
+            self.errors += 1
+            return msgspec.msgpack.encode({"error": parsed, "schema": SCHEMA_VERSION})
         try:
-            if command == b"snapshot":
-                return msgspec.msgpack.encode(self.telemetry.snapshot())
-            if command == b"ping":
-                return msgspec.msgpack.encode({"pong": True, "gateway": self._gateway.gateway_id})
-            shown = command[:64]
-            message = f"expected a command b'snapshot' or b'ping', got {shown!r}"
-            if len(command) > 64:
-                message += f" ({len(command)} bytes)"
+            built = await self.cache.get()
+            memo = built.memo.get(parsed)
+            if memo is None:
+                if parsed is None:
+                    # One encoding for every client asking meanwhile, in slices too.
+                    memo = asyncio.ensure_future(encode_sliced(built.data, self.cache.budget))
+                else:
+                    memo = msgspec.msgpack.encode(page(built.data, *parsed))
+                if len(built.memo) < _MEMO or parsed is None:
+                    built.memo[parsed] = memo
+            if isinstance(memo, bytes):
+                return memo
+            reply: bytes = await asyncio.shield(memo)
+            return reply
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # a bug in a snapshot must not take the server down
             log.exception("telemetry snapshot failed")
+            self.errors += 1
             message = f"snapshot failed: {type(exc).__name__}: {exc}"
-        self.errors += 1
-        return msgspec.msgpack.encode({"error": message, "schema": SCHEMA_VERSION})
+            return msgspec.msgpack.encode({"error": message, "schema": SCHEMA_VERSION})
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -228,20 +353,42 @@ class TelemetryServer:
             if len(frames) < 2:  # no identity: cannot be answered
                 self.errors += 1
                 continue
-            envelope, command = frames[:-1], frames[-1]
+            envelope, command = frames[:-1], bytes(frames[-1])
             if len(command) > _MAX_REQUEST_BYTES:
                 self.errors += 1
-                reply = msgspec.msgpack.encode({
+                self._send(sock, envelope, msgspec.msgpack.encode({
                     "error": f"expected a command of at most {_MAX_REQUEST_BYTES} bytes, "
                              f"got {len(command)} bytes",
                     "schema": SCHEMA_VERSION,
-                })  # fmt: skip
+                }))  # fmt: skip
+            elif len(self._pending) >= _MAX_PENDING:
+                self.errors += 1
+                self._send(sock, envelope, msgspec.msgpack.encode({
+                    "error": f"busy: {len(self._pending)} snapshot requests waiting; retry",
+                    "schema": SCHEMA_VERSION,
+                }))  # fmt: skip
             else:
-                reply = self.reply_for(bytes(command))
-            try:
-                await sock.send_multipart([*envelope, reply], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # client gone or its queue full: drop the reply
-                log.debug("telemetry reply dropped: %s", exc)
+                # Off the receive loop: a build in progress must not hold up pings,
+                # nor one slow build be repeated for each request queued behind it.
+                task = asyncio.create_task(self._answer(sock, envelope, command))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _answer(
+        self, sock: zmq.asyncio.Socket, envelope: list[bytes], command: bytes
+    ) -> None:
+        self._send(sock, envelope, await self.reply_for(command))
+
+    def _send(self, sock: zmq.asyncio.Socket, envelope: list[bytes], reply: bytes) -> None:
+        if self._sock is not sock:
+            return  # stopped meanwhile
+        try:
+            # Zero-copy for a whole snapshot (megabytes): copying it for each of the
+            # clients woken by the same build would hold the loop that much longer.
+            copy = len(reply) < _ZERO_COPY
+            sock.send_multipart([*envelope, reply], flags=zmq.NOBLOCK, copy=copy)
+        except zmq.ZMQError as exc:  # client gone or its queue full: drop the reply
+            log.debug("telemetry reply dropped: %s", exc)
 
     async def _sampler(self) -> None:
         while True:
@@ -256,20 +403,15 @@ class TelemetryServer:
     # ------------------------------------------------------------ Prometheus
 
     def _read_on_loop(self) -> dict[str, Any]:
-        """A snapshot taken on the gateway's loop, from the scrape thread."""
+        """The shared snapshot (built in slices on the gateway's loop), from the scrape thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
             raise RuntimeError("telemetry server is not running")
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
 
-        def run() -> None:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(self.telemetry.snapshot(routing=False))
-                except BaseException as exc:
-                    future.set_exception(exc)
+        async def read() -> dict[str, Any]:
+            return (await self.cache.get()).data
 
-        loop.call_soon_threadsafe(run)
+        future = asyncio.run_coroutine_threadsafe(read(), loop)
         try:
             return future.result(self._scrape_timeout)
         except concurrent.futures.TimeoutError:

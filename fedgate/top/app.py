@@ -3,9 +3,13 @@
 The app knows nothing of ZeroMQ: it polls a *source* — any callable that
 returns a telemetry snapshot (:mod:`fedgate.telemetry`), directly or as an
 awaitable — every ``interval`` seconds. ``fedgate top`` passes
-``TelemetryClient(endpoint).fetch``; tests pass a real gateway's
-``snapshot`` or a recorded one. A source that raises marks the connection
-"disconnected — retrying" and the last data stays on screen.
+``TelemetryClient(endpoint).fetch_page`` with ``paged=True`` (the source is
+then called with ``offset=`` and ``limit=``: the gateway sends one page of
+each per-node table, whatever the federation's size, so a table shows at
+most ``page_size`` rows; the header says which of how many, and n/p turn the
+page); tests and the demo pass a gateway's ``snapshot`` or a recorded one,
+shown whole. A source that raises marks the connection "disconnected —
+retrying" and the last data stays on screen.
 
 Tabs (the case study's): Catalog, Health, Routing, Circuits, Stats, Policies,
 Help. Keys: :data:`KEYS` (the Help tab is rendered from it).
@@ -27,10 +31,11 @@ from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static, TabbedContent, TabPane
 
-__all__ = ["KEYS", "TABS", "Snapshot", "Source", "TopApp"]
+__all__ = ["KEYS", "TABS", "PagedSource", "Snapshot", "Source", "TopApp"]
 
 Snapshot = dict[str, Any]
 Source = Callable[[], "Snapshot | Awaitable[Snapshot]"]
+PagedSource = Callable[..., "Snapshot | Awaitable[Snapshot]"]
 
 TABS: tuple[tuple[str, str, str], ...] = (
     # (pane id, title, key)
@@ -59,6 +64,8 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("shift+tab", "Shift+Tab", "previous tab"),
     ("j", "j", "move the cursor down in the table"),
     ("k", "k", "move the cursor up in the table"),
+    ("n", "n", "next page of nodes (large federations: the header says which)"),
+    ("p", "p", "previous page of nodes"),
     ("r", "r", "refresh now"),
     ("q", "q", "quit"),
 )
@@ -76,6 +83,8 @@ _ACTIONS = {
     "shift+tab": "previous_tab",
     "j": "cursor_down",
     "k": "cursor_up",
+    "n": "next_page",
+    "p": "previous_page",
     "r": "refresh_now",
     "q": "quit",
 }
@@ -140,6 +149,14 @@ def _rate(x: float) -> str:
 def _bar(share: float, width: int = 12) -> Text:
     filled = round(max(0.0, min(1.0, share)) * width)
     return Text.assemble(("█" * filled, "green"), ("░" * (width - filled), "dim"), f" {share:4.0%}")
+
+
+def _nodes(region: dict[str, Any], shown: int = 8) -> str:
+    """A region's nodes: a few names, then how many more (a region may hold thousands)."""
+    nodes = region["nodes"]
+    count = region.get("node_count", len(nodes))
+    text = ", ".join(nodes[:shown]) or "—"
+    return text if count <= shown else f"{text} … ({count} nodes)"
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -246,6 +263,12 @@ class TopApp(App[None]):
         Seconds between refreshes.
     endpoint : str, optional
         Shown when the source fails (where the dashboard is looking).
+    paged : bool
+        Call the source with ``offset=`` and ``limit=`` (rows of each
+        per-node table), as ``TelemetryClient.fetch_page`` takes them; else
+        call it with no arguments and show what it returns whole.
+    page_size : int
+        Rows of each per-node table asked for at once (paged sources).
     """
 
     TITLE = "fedgate top"
@@ -284,7 +307,13 @@ class TopApp(App[None]):
     ]
 
     def __init__(
-        self, source: Source, *, interval: float = 0.25, endpoint: str | None = None
+        self,
+        source: Source | PagedSource,
+        *,
+        interval: float = 0.25,
+        endpoint: str | None = None,
+        paged: bool = False,
+        page_size: int = 200,
     ) -> None:
         super().__init__()
         if not callable(source):
@@ -293,7 +322,12 @@ class TopApp(App[None]):
             0 < interval < float("inf")
         ):
             raise ValueError(f"interval: expected finite seconds > 0, got {interval!r}")
-        self.source = source
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size: expected an int >= 1, got {page_size!r}")
+        self.source: PagedSource = source
+        self.paged = bool(paged)
+        self.page_size = page_size
+        self.offset = 0
         self.interval = float(interval)
         self.endpoint = endpoint
         self.data: Snapshot | None = None
@@ -376,7 +410,10 @@ class TopApp(App[None]):
         """
         async with self._lock:
             try:
-                result = self.source()
+                if self.paged:
+                    result = self.source(offset=self.offset, limit=self.page_size)
+                else:
+                    result = self.source()
                 if inspect.isawaitable(result):
                     result = await result
                 if not isinstance(result, dict):
@@ -406,6 +443,11 @@ class TopApp(App[None]):
                 with contextlib.suppress(NoMatches):
                     self._show_header()
                 return False
+            nodes = (result.get("page") or {}).get("nodes", 0)
+            if self.paged and self.offset and self.offset >= nodes:
+                # The nodes this page showed are gone: back to the last page there is.
+                self.offset = max(0, (nodes - 1) // self.page_size * self.page_size)
+                self.call_later(self.action_refresh_now)
             return True
 
     # ------------------------------------------------------------ rendering
@@ -413,12 +455,19 @@ class TopApp(App[None]):
     def _show_header(self) -> None:
         data = self.data or {}
         gw = data.get("gateway") or {}
-        workers = [w for w in data.get("workers", []) if w.get("alive")]
+        cut = data.get("page") or {}
+        live = cut.get("live_workers")
+        if live is None:
+            live = sum(1 for w in data.get("workers", []) if w.get("alive"))
         parts = ["fedgate top"]
         if gw:
             parts.append(f"gateway {gw.get('id', '?')}")
             parts.append(f"up {_duration(gw.get('uptime'))}")
-            parts.append(f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}")
+            parts.append(f"{live} live worker{'s' if live != 1 else ''}")
+        nodes, offset = cut.get("nodes", 0), cut.get("offset", 0)
+        if offset or nodes > cut.get("limit", nodes):
+            last = min(nodes, offset + cut["limit"])
+            parts.append(f"nodes {offset + 1}–{last} of {nodes} (n/p: page)")
         if self.connected is None:
             status = "connecting…"
         elif self.connected:
@@ -604,7 +653,7 @@ class TopApp(App[None]):
         ]  # fmt: skip
         _fill(self.query_one("#policies-table", DataTable), rows)
         regions: list[tuple[str, Sequence[Any]]] = [
-            (r["region"], (r["region"], r["clearance"], ", ".join(r["nodes"]) or "—"))
+            (r["region"], (r["region"], r["clearance"], _nodes(r)))
             for r in policy["regions"]
         ]
         _fill(self.query_one("#regions-table", DataTable), regions)
@@ -661,6 +710,19 @@ class TopApp(App[None]):
         table = self.active_table()
         if table is not None:
             table.action_cursor_up()
+
+    def action_next_page(self) -> None:
+        """Show the next ``page_size`` nodes (no-op on the last page)."""
+        cut = (self.data or {}).get("page") or {}
+        if self.offset + self.page_size < cut.get("nodes", 0):
+            self.offset += self.page_size
+            self.action_refresh_now()
+
+    def action_previous_page(self) -> None:
+        """Show the previous ``page_size`` nodes (no-op on the first page)."""
+        if self.offset > 0:
+            self.offset = max(0, self.offset - self.page_size)
+            self.action_refresh_now()
 
     def action_refresh_now(self) -> None:
         self.run_worker(self.refresh_data(), group="refresh")

@@ -52,11 +52,15 @@ def connect(
     # Queue only to live connections: a reply for a gateway that is gone
     # waits (bounded by the deadline) instead of filling a dead pipe.
     sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    ivl = max(1, int(heartbeat_interval * 1000))
+    # A gateway restarted on its port has this worker back within two
+    # heartbeat intervals (R26): the reconnect backoff never grows past half
+    # an interval, and the heartbeat waiting for the connection leaves as
+    # soon as it is up (the gateway answers it with Reannounce).
+    sock.setsockopt(zmq.RECONNECT_IVL, min(100, max(10, ivl // 4)))
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, min(1000, max(10, ivl // 2)))
     # Transport heartbeats only notice a dead TCP peer so the DEALER
     # reconnects; liveness towards the gateway is the application heartbeat.
-    ivl = max(1, int(heartbeat_interval * 1000))
     sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
     sock.connect(endpoint)
