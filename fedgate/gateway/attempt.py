@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from fedgate.gateway.call import Call
     from fedgate.gateway.registry import Registry, Worker
 
-__all__ = ["OVERFLOW", "TIMEOUT", "Attempt", "Attempts", "Lost", "LostCause"]
+__all__ = ["LAGGING", "OVERFLOW", "TIMEOUT", "Attempt", "Attempts", "Lost", "LostCause"]
 
 log = logging.getLogger("fedgate.gateway")
 
@@ -57,6 +57,9 @@ class LostCause(enum.Enum):
     DEADLINE = ("deadline", True, False, False)
     #: The caller reads the stream too slowly: the reader's doing.
     OVERFLOW = ("overflow", False, False, False)
+    #: The deadline passed while frames the node sent waited for the caller to
+    #: read them: the reader's slowness, not the node's.
+    LAGGING = ("deadline", False, False, False)
     #: The send queue to the node is full: not the node's fault, another may take it.
     BACKPRESSURE = ("backpressure", False, True, False)
     #: The gateway is stopping.
@@ -87,7 +90,13 @@ class Lost:
 
 # Shared events: a deadline or an overflow allocates nothing.
 TIMEOUT = Lost(LostCause.DEADLINE, "deadline")
+LAGGING = Lost(LostCause.LAGGING, "deadline while the reader lagged")
 OVERFLOW = Lost(LostCause.OVERFLOW, "overflow")
+
+
+def _deadline(att: Attempt) -> None:
+    """The attempt's deadline passed: the node's fault unless its frames wait unread."""
+    att.push(LAGGING if att.buffered else TIMEOUT)
 
 
 class Attempt:
@@ -95,6 +104,8 @@ class Attempt:
 
     __slots__ = (
         "buffered",
+        "buffered_bytes",
+        "cancelled",
         "closed",
         "deadline",
         "inbox",
@@ -102,6 +113,7 @@ class Attempt:
         "number",
         "rid",
         "sent",
+        "sizes",
         "started",
         "timer",
         "waiter",
@@ -115,11 +127,14 @@ class Attempt:
         self.inbox: collections.deque[Any] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.buffered = 0
+        self.buffered = 0  # tokens received, not yet read by the caller
+        self.buffered_bytes = 0  # their frames' bytes (sizes: one per Partial, in order)
+        self.sizes: collections.deque[int] = collections.deque()
         self.last_frame = 0.0
         self.started = 0.0
         self.deadline = 0.0
         self.closed = False
+        self.cancelled = False  # a CANCEL went to the worker
         self.sent = False  # its REQUEST has left (set by the pump)
 
     def push(self, event: Any) -> None:
@@ -139,6 +154,7 @@ class Attempt:
         event = inbox.popleft()
         if type(event) is wire.Partial:
             self.buffered -= len(event.tokens)
+            self.buffered_bytes -= self.sizes.popleft()
         return event
 
 
@@ -236,7 +252,13 @@ class Attempts:
         return att
 
     def close(self, att: Attempt, *, cancel: bool) -> None:
-        """Forget an attempt; later frames for it are stale. Optionally tell the worker to stop."""
+        """Forget an attempt; later frames for it are stale. Optionally tell the worker to stop.
+
+        Idempotent: an attempt the node already answered is closed on its
+        answer, and again by its call.
+        """
+        if att.closed:
+            return
         if self.by_rid.get(att.rid) is att:
             del self.by_rid[att.rid]
         worker = att.worker
@@ -253,14 +275,22 @@ class Attempts:
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None
+        if cancel:
+            self.cancel(att)
+
+    def cancel(self, att: Attempt) -> None:
+        """Tell the worker to stop ``att`` (once); its slot comes back with its answer or close."""
         # A REQUEST still held is simply never sent: there is nothing to cancel.
         pump = self.pump
-        if cancel and att.sent and worker.alive and pump is not None:
-            # Now, not held: its REQUEST has left, so order holds, and the
-            # worker should stop as soon as possible.
-            with contextlib.suppress(FederationError, zmq.ZMQError):
-                pump.send_now(wire.encode(wire.Cancel(att.rid, att.number)), worker.identity)
-                self.counters.cancels_sent += 1
+        worker = att.worker
+        if att.cancelled or not att.sent or not worker.alive or pump is None:
+            return
+        att.cancelled = True
+        # Now, not held: its REQUEST has left, so order holds, and the
+        # worker should stop as soon as possible.
+        with contextlib.suppress(FederationError, zmq.ZMQError):
+            pump.send_now(wire.encode(wire.Cancel(att.rid, att.number)), worker.identity)
+            self.counters.cancels_sent += 1
 
     def unsent(self, att: Attempt, exc: Exception) -> None:
         """A REQUEST could not be handed to libzmq: fail its attempt (the pump's ``on_unsent``)."""
@@ -309,7 +339,7 @@ class Attempts:
         while watched and watched[0].closed:
             watched.popleft()
         if watched and att.deadline < watched[-1].deadline:
-            att.timer = loop.call_at(att.deadline, att.push, TIMEOUT)
+            att.timer = loop.call_at(att.deadline, _deadline, att)
             return
         if len(watched) > 64 and len(watched) > 2 * len(self.by_rid):
             # Closed attempts stuck behind a long-lived one at the head: bounded
@@ -339,7 +369,7 @@ class Attempts:
                 watched.popleft()
             elif att.deadline <= now:
                 watched.popleft()
-                att.push(TIMEOUT)
+                _deadline(att)
             else:
                 self._deadline_at = att.deadline
                 self._deadline_timer = loop.call_at(att.deadline, self._expire_deadlines)

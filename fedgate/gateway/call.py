@@ -565,12 +565,17 @@ class Call:
         rid = self.request.request_id
         cause = event.cause
         if cause is LostCause.OVERFLOW:
+            config = self.env.config
             error: Exception = BackpressureError(
-                f"request {rid!r}: reader too slow, more than {self.env.config.stream_buffer} "
-                "tokens buffered"
+                f"request {rid!r}: reader too slow, more than {config.stream_buffer} "
+                f"tokens or {config.stream_buffer_bytes} bytes buffered"
             )
         elif cause is LostCause.DEADLINE:
             error = DeadlineExceededError(f"request {rid!r} exceeded its deadline on node {node}")
+        elif cause is LostCause.LAGGING:
+            error = DeadlineExceededError(
+                f"request {rid!r} exceeded its deadline while its reader lagged behind node {node}"
+            )
         elif cause is LostCause.BACKPRESSURE:
             error = BackpressureError(f"request {rid!r}: {event.message}")
         elif cause is LostCause.SHUTDOWN:

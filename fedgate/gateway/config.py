@@ -11,8 +11,10 @@ from fedgate.validation import (
     Backoff,
     Fraction,
     FrameBytes,
+    Grace,
     Hwm,
     InputBytes,
+    InvalidParameterError,
     Period,
     Timeout,
     count,
@@ -38,25 +40,40 @@ class GatewayConfig:
         Base backoff before a retry; doubles per retry, with ±50 % jitter.
     request_timeout : float
         Deadline of a request that sets none itself.
+    max_deadline : float
+        The longest deadline a request may set (at least ``request_timeout``).
+        A request asking for more is refused with ``ValueError`` before any
+        worker is contacted, not clamped: a caller that needs a week learns
+        it at once instead of failing after an hour, and a client cannot hold
+        a node's slot for the wire's 31 years.
     retry_budget_ratio, retry_budget_min : float, int
         Requests retrying at once may be at most ``max(min, ratio × active)``,
         so a failing fleet gets no retry storm.
     max_input_bytes : int
         Larger inputs are rejected before any worker is contacted.
     max_frame_bytes : int
-        Larger frames from workers are dropped and counted.
+        Larger frames from workers are dropped and counted; it is also the
+        socket's ``MAXMSGSIZE``, so a peer sending a larger frame is
+        disconnected by libzmq before the frame is buffered.
     send_hwm : int
         Bound of the ROUTER's per-worker send queue (a full queue is a typed
         :class:`BackpressureError`, never a silent drop).
     stream_buffer : int
         Tokens buffered per stream for a slow reader before the stream ends
         with :class:`BackpressureError` (bounded memory).
+    stream_buffer_bytes : int
+        The same bound in bytes (frames as received; one frame always fits an
+        empty buffer): 4 096 tokens of 256 KiB must not hold 1 GB.
     stall_timeout : float, optional
         An attempt that receives no frame for this long fails as a stall.
     monitor_interval : float
         How often heartbeats and stalls are checked.
     recent_routes : int
         Routing decisions kept for the dashboard.
+    dead_grace : float
+        A worker lost (missed heartbeats, connection gone) for this long is
+        retired: its node leaves the catalog and the router and is no longer
+        listed. Until then it is listed as not alive, and routed around.
     max_queued : int
         Requests that may wait for a free node slot when every eligible node
         is at its concurrency limit; one more is a :class:`BackpressureError`.
@@ -65,19 +82,30 @@ class GatewayConfig:
     max_retries: Annotated[int, count(0, 100)] = 3
     retry_delay: Backoff = 0.1
     request_timeout: Timeout = 30.0
+    max_deadline: Timeout = 3600.0
     retry_budget_ratio: Fraction = 0.2
     retry_budget_min: Annotated[int, count(0, 100_000)] = 3
     max_input_bytes: InputBytes = 8 * 1024 * 1024
     max_frame_bytes: FrameBytes = wire.MAX_FRAME_BYTES
     send_hwm: Hwm = 100_000
     stream_buffer: Annotated[int, count(1, 10_000_000)] = 65_536
+    stream_buffer_bytes: Annotated[int, count(1024, 1 << 40)] = 32 * 1024 * 1024
     stall_timeout: Timeout | None = None
     monitor_interval: Period = 0.05
     recent_routes: Annotated[int, count(0, 100_000)] = 256
     max_queued: Annotated[int, count(0, 10_000_000)] = 10_000
+    dead_grace: Grace = 60.0
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.request_timeout > self.max_deadline:
+            raise InvalidParameterError(
+                "GatewayConfig",
+                "request_timeout",
+                self.request_timeout,
+                f"expected at most max_deadline ({self.max_deadline:g}s), "
+                f"got {self.request_timeout!r}",
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:

@@ -104,12 +104,15 @@ class Gateway:
         self._drop_check: asyncio.TimerHandle | None = None
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
-        self._registry = registry = Registry(catalog, health, router, counters, self.gateway_id)
+        self._registry = registry = Registry(
+            catalog, health, router, counters, self.gateway_id, config.dead_grace
+        )
         self._attempts = attempts = Attempts(config, router, registry, counters)
         # Read per frame: one attribute each, not a chain.
         self._by_rid = attempts.by_rid
         self._max_frame_bytes = config.max_frame_bytes
         self._stream_buffer = config.stream_buffer
+        self._stream_buffer_bytes = config.stream_buffer_bytes
         self.recent_routes: collections.deque[RouteRecord] = collections.deque(
             maxlen=config.recent_routes
         )
@@ -157,7 +160,7 @@ class Gateway:
                 zmq.LINGER: 0,
                 zmq.SNDHWM: hwm,
                 zmq.RCVHWM: hwm,
-                zmq.MAXMSGSIZE: -1,
+                zmq.MAXMSGSIZE: wire.socket_max_bytes(self.config.max_frame_bytes),
             },
         )
         self._ctx = ctx
@@ -301,6 +304,13 @@ class Gateway:
             value = getattr(request, name)
             if value is not None and len(value) > 256:
                 raise ValueError(f"{name}: expected at most 256 characters, got {len(value)}")
+        deadline = request.deadline
+        if deadline is not None and deadline > self.config.max_deadline:
+            # Refused, not clamped (GatewayConfig.max_deadline says why).
+            raise ValueError(
+                f"deadline: expected at most {self.config.max_deadline:g} seconds "
+                f"(the gateway's max_deadline), got {deadline!r}"
+            )
         size = len(request.input)
         if size > self.config.max_input_bytes:
             raise ValueError(
@@ -329,11 +339,35 @@ class Gateway:
                     counters.cancel_acks += 1
                 return
             if kind is wire.Partial:
-                att.buffered += len(cast(wire.Partial, frame).tokens)
-                if att.buffered > self._stream_buffer:
-                    att.push(OVERFLOW)
+                if att.cancelled:  # overflowed: dropped until the worker answers the CANCEL
+                    self._counters.stale += 1
                     return
+                count = len(cast(wire.Partial, frame).tokens)
+                # Bytes as received: the frame's size, not a sum over its tokens.
+                size = len(payload)
+                if (
+                    att.buffered + count > self._stream_buffer
+                    # One frame always fits an empty buffer (max_frame_bytes bounds it).
+                    or (
+                        att.buffered_bytes and att.buffered_bytes + size > self._stream_buffer_bytes
+                    )
+                ):
+                    att.push(OVERFLOW)
+                    # The worker stops now, not when the reader comes back, and
+                    # its later tokens are dropped (an unread stream must not
+                    # grow its inbox); its answer to the CANCEL frees the slot.
+                    self._attempts.cancel(att)
+                    self._counters.stale += 1
+                    return
+                att.buffered += count
+                att.buffered_bytes += size
+                att.sizes.append(size)
             att.push(frame)
+            if kind is not wire.Partial:
+                # The node is done with this attempt: its slot comes back now,
+                # not when the caller gets round to reading the answer (a
+                # stream nobody reads must not hold the node).
+                self._attempts.close(att, cancel=False)
         elif kind is wire.Heartbeat:
             self._registry.heartbeat(identity, cast(wire.Heartbeat, msg))
         elif kind is wire.Ready:

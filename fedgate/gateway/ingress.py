@@ -21,7 +21,12 @@ reply, error           ``{"id", "error": "<type>", "message"}``: the gateway's
                        ``StreamInterruptedError`` …) or ``BadRequest``
 =====================  ======================================================
 
-A client that disconnects cancels its requests (the worker is told to stop).
+A client that disconnects cancels its requests (the worker is told to stop):
+the ingress watches its socket's connections (a socket monitor) and, when
+one closes, cancels every request that arrived on it. A message of more than
+:data:`INGRESS_MAX_FRAMES` frames is dropped unread (``rejected``), and the
+reader yields to the requests it serves every :data:`_YIELD_FRAMES` frames, so
+a flood of frames cannot starve them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from fedgate.transport.bind import bind_router
 from fedgate.types import Capability, InferenceRequest, PrivacyLevel, QoSRequirements, RegionId
@@ -42,10 +48,18 @@ from fedgate.types import Capability, InferenceRequest, PrivacyLevel, QoSRequire
 if TYPE_CHECKING:
     from fedgate.gateway.gateway import Gateway
 
-__all__ = ["INGRESS_MAX_ACTIVE", "Ingress"]
+__all__ = ["INGRESS_MAX_ACTIVE", "INGRESS_MAX_FRAMES", "Ingress"]
 
 INGRESS_MAX_ACTIVE = 10_000
 """Requests an ingress runs at once; more are answered ``Overloaded``."""
+
+INGRESS_MAX_FRAMES = 4
+"""Frames per client message at most: identity, a REQ's empty delimiter, the payload (one spare)."""
+
+# Frames read before the reader yields to the loop: an awaited receive that
+# finds data ready completes without yielding, so a flood would otherwise
+# hold the loop for as long as it lasts.
+_YIELD_FRAMES = 256
 
 log = logging.getLogger("fedgate.gateway.ingress")
 
@@ -85,11 +99,18 @@ class Ingress:
         self._sock: zmq.asyncio.Socket | None = None
         self._endpoint: str | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
         self._active: dict[asyncio.Task[None], bytes] = {}
+        # Each client's running requests, and the connection (descriptor) it came on.
+        self._by_client: dict[bytes, set[asyncio.Task[None]]] = {}
+        self._fd_of: dict[bytes, int] = {}
+        self._on_fd: dict[int, set[bytes]] = {}
         self._decoder = msgspec.msgpack.Decoder(_Request)
         self._encoder = msgspec.msgpack.Encoder()
         self.served = 0
         self.rejected = 0
+        self.disconnect_cancels = 0  # requests cancelled because their client went away
 
     @property
     def endpoint(self) -> str:
@@ -118,17 +139,24 @@ class Ingress:
             },
         )
         self._ctx, self._sock = ctx, sock
+        monitor = self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._reader = asyncio.create_task(self._read(sock), name="fedgate-ingress")
+        self._watcher = asyncio.create_task(self._watch(monitor), name="fedgate-ingress-watch")
 
     async def stop(self) -> None:
         """Cancel what runs, close the socket. Idempotent."""
-        tasks = [t for t in (self._reader, *self._active) if t is not None]
+        tasks = [t for t in (self._reader, self._watcher, *self._active) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._reader = None
+        self._reader = self._watcher = None
+        if self._monitor is not None and self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
@@ -137,13 +165,19 @@ class Ingress:
             self._ctx = None
 
     async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        frames_read = 0
         while True:
-            frames = await sock.recv_multipart()
-            if len(frames) < 2:
+            parts = await sock.recv_multipart(copy=False)
+            frames_read += len(parts)
+            if frames_read >= _YIELD_FRAMES:
+                frames_read = 0
+                await asyncio.sleep(0)
+            if len(parts) < 2 or len(parts) > INGRESS_MAX_FRAMES:
+                self.rejected += 1  # dropped unread: no envelope we could answer safely
                 continue
-            envelope, payload = frames[:-1], frames[-1]
+            envelope = [p.bytes for p in parts[:-1]]
             try:
-                req = self._decoder.decode(payload)
+                req = self._decoder.decode(parts[-1].buffer)
             except msgspec.DecodeError as exc:
                 self.rejected += 1
                 await self._send(envelope, {"id": None, "error": "BadRequest", "message": str(exc)})
@@ -154,8 +188,58 @@ class Ingress:
                 await self._send(envelope, {"id": req.id, "error": "Overloaded", "message": busy})
                 continue
             task = asyncio.create_task(self._serve(envelope, req))
-            self._active[task] = envelope[0]
-            task.add_done_callback(self._active.pop)
+            client = envelope[0]
+            self._active[task] = client
+            self._track(client, parts[-1].get(zmq.SRCFD), task)
+            task.add_done_callback(self._done)
+
+    def _track(self, client: bytes, fd: int, task: asyncio.Task[None]) -> None:
+        self._by_client.setdefault(client, set()).add(task)
+        if self._fd_of.get(client) != fd:
+            old = self._fd_of.get(client)
+            if old is not None:
+                self._on_fd.get(old, set()).discard(client)
+            self._fd_of[client] = fd
+            self._on_fd.setdefault(fd, set()).add(client)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        client = self._active.pop(task, None)
+        if client is None:
+            return
+        tasks = self._by_client.get(client)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:  # the client's last request: forget it (bounded maps)
+                del self._by_client[client]
+                fd = self._fd_of.pop(client, None)
+                if fd is not None:
+                    on_fd = self._on_fd.get(fd)
+                    if on_fd is not None:
+                        on_fd.discard(client)
+                        if not on_fd:
+                            del self._on_fd[fd]
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        """Cancel the requests of every client whose connection closed.
+
+        libzmq reports the closed connection's descriptor; each request's
+        message carried the descriptor it arrived on (``SRCFD``). The
+        DISCONNECTED event is emitted before the descriptor is closed, so a new
+        connection reusing it comes later; only a request the reader maps to
+        the reused descriptor before this task has read the event could be
+        cancelled with the old client's (a window of one loop pass).
+        """
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            fd = int(event["value"])
+            for client in self._on_fd.pop(fd, set()):
+                self._fd_of.pop(client, None)
+                for task in list(self._by_client.get(client, ())):
+                    if not task.done():
+                        task.cancel()  # down to the worker: the attempt sends CANCEL
+                        self.disconnect_cancels += 1
 
     async def _send(self, envelope: list[bytes], reply: dict[str, Any]) -> bool:
         sock = self._sock

@@ -43,6 +43,7 @@ class Worker:
         "cost",
         "gpu",
         "identity",
+        "lost_at",
         "max_concurrency",
         "models",
         "node",
@@ -64,6 +65,7 @@ class Worker:
         self.resumable = msg.resumable
         self.pid = msg.pid
         self.alive = True
+        self.lost_at = 0.0  # health clock reading when it was lost
         self.attempts: dict[str, Attempt] = {}
 
 
@@ -81,8 +83,10 @@ class Registry:
         router: Router,
         counters: GatewayCounters,
         gateway_id: str,
+        dead_grace: float = 60.0,
     ) -> None:
         self.catalog = catalog
+        self.dead_grace = dead_grace
         self.health = health
         self.router = router
         self.counters = counters
@@ -242,6 +246,7 @@ class Registry:
         """A worker is gone: no new dispatch, and its in-flight attempts fail over."""
         if worker.alive:
             worker.alive = False
+            worker.lost_at = self.health.clock()
             self.router.set_alive(worker.node, False)
             log.warning("node %s lost: %s", worker.node, why)
         for att in list(worker.attempts.values()):
@@ -253,9 +258,30 @@ class Registry:
         # Ask every live worker rather than use expire()'s list: whoever calls
         # expire() first gets that list (the router does, on each route), and a
         # dead node missed here would keep its in-flight attempts until deadline.
+        retire_before = self.health.clock() - self.dead_grace
         for worker in list(self.by_node.values()):
-            if worker.alive and not self.health.is_alive(worker.node):
-                self.lose(worker, "missed heartbeats")
+            if worker.alive:
+                if not self.health.is_alive(worker.node):
+                    self.lose(worker, "missed heartbeats")
+            elif worker.lost_at <= retire_before and not worker.attempts:
+                self.retire(worker)
+
+    def retire(self, worker: Worker) -> None:
+        """Forget a node lost for longer than ``dead_grace``: catalog, health, the registry.
+
+        Its models leave the catalog (and so the router's masks: it is no
+        longer a candidate for anything), and it is no longer listed. A worker
+        that comes back registers afresh.
+        """
+        node = worker.node
+        if self.by_node.get(node) is worker:
+            del self.by_node[node]
+        if self.by_identity.get(worker.identity) is worker:
+            del self.by_identity[worker.identity]
+        self.catalog.deregister_node_sync(node)
+        self.health.deregister_node(node)
+        self.counters.retired += 1
+        log.info("node %s retired: lost for more than %gs", node, self.dead_grace)
 
     def _try_send(self, identity: bytes, msg: wire.Message) -> None:
         pump = self.pump

@@ -74,6 +74,8 @@ class GatewayStats:
     per_tenant: dict[str, NodeStats] = field(default_factory=dict)
     # Worker processes refused for claiming a node id live with another one (R16).
     refused_workers: int = 0
+    # Nodes retired: lost for longer than GatewayConfig.dead_grace.
+    retired_nodes: int = 0
 
 
 class GatewayCounters:
@@ -97,6 +99,7 @@ class GatewayCounters:
         "per_tenant",
         "refused",
         "resumes",
+        "retired",
         "retries",
         "retrying",
         "stale",
@@ -112,6 +115,7 @@ class GatewayCounters:
         self.retries = self.failovers = self.resumes = self.local_rejections = 0
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
+        self.retired = 0
         # Worker connections the socket reported dropped (each triggers a liveness check).
         self.dropped_connections = 0
         self.per_node: dict[str, NodeStats] = collections.defaultdict(NodeStats)
@@ -158,4 +162,5 @@ class GatewayCounters:
                 for k, v in self.per_tenant.items()
             },
             refused_workers=self.refused,
+            retired_nodes=self.retired,
         )

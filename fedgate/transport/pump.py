@@ -327,6 +327,22 @@ class Pump:
             self._loop.call_soon(self._look)
         return out
 
+    def send_first(self, frame: bytes) -> Out | None:
+        """Send a frame that depends on no other (a heartbeat): ahead of the backlog.
+
+        :meth:`send` keeps order, so a heartbeat would wait behind every reply
+        the socket cannot take yet — one per serving task, megabytes under
+        heavy streaming — and arrive late enough for the node to be declared
+        dead. Each message is one frame, so placing this one at the head of
+        the backlog never splits another.
+        """
+        if not self.backlog or self.closed or self._corked is not None:
+            return self.send(frame)
+        out = Out(frame)
+        self.backlog.appendleft(out)
+        self._arm_retry()
+        return out
+
     async def sent(self, out: Out) -> None:
         """Wait until a queued frame has left; cancelled, it is withdrawn unsent."""
         if out.frame is None or self.closed:  # already sent, withdrawn, or never will be

@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 
+from fedgate.transport.protocol import MAX_FRAME_BYTES, socket_max_bytes
 from fedgate.transport.pump import Out, Pump
 
 __all__ = ["RECV_BATCH", "Link", "connect"]
@@ -36,6 +37,7 @@ def connect(
     send_hwm: int,
     recv_hwm: int,
     heartbeat_interval: float,
+    max_frame_bytes: int,
 ) -> zmq.Socket[Any]:
     """A DEALER connected to a gateway's ROUTER."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
@@ -43,6 +45,10 @@ def connect(
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, send_hwm)
     sock.setsockopt(zmq.RCVHWM, recv_hwm)
+    # Bounded, but never below the default frame bound's: the peer is our own
+    # gateway, and a REQUEST over this worker's own bound must be read to be
+    # answered (bad_input, for its id) rather than cut the connection.
+    sock.setsockopt(zmq.MAXMSGSIZE, socket_max_bytes(max(max_frame_bytes, MAX_FRAME_BYTES)))
     # Queue only to live connections: a reply for a gateway that is gone
     # waits (bounded by the deadline) instead of filling a dead pipe.
     sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -105,9 +111,11 @@ class Link:
 
         Only the newest one may wait for the socket: a heartbeat queued behind a
         blocked pipe is replaced by the next, so an unreachable gateway costs
-        one pending frame, not one per interval.
+        one pending frame, not one per interval. It waits ahead of the replies
+        the socket could not take yet (never behind a stream's tokens): these
+        frames say nothing about any request, so order does not bind them.
         """
         pending = self.fire_pending
         if pending is not None:
             pending.frame = None
-        self.fire_pending = self.pump.send(frame)
+        self.fire_pending = self.pump.send_first(frame)

@@ -54,6 +54,7 @@ from fedgate._version import __version__
 from fedgate.errors import WorkerError
 from fedgate.transport.protocol import (
     ERR_BACKEND,
+    ERR_BAD_INPUT,
     ERR_CANCELLED,
     ERR_DEADLINE,
     ERR_INTERNAL,
@@ -77,6 +78,7 @@ from fedgate.transport.protocol import (
     encode,
     error,
     new_worker_id,
+    peek_ids,
 )
 from fedgate.validation import (
     CapabilityNames,
@@ -107,6 +109,7 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 3
 
 _MESSAGE_CHARS = 1024
+_REQUEST_TAG = Request.__struct_config__.tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,7 @@ class WorkerStats:
     completed: int = 0  # answered by Final
     errors: dict[str, int] = field(default_factory=dict)  # answered by Error, per code
     malformed_frames: int = 0  # dropped: not a valid gateway message
+    undecodable_requests: int = 0  # of those, REQUESTs answered with Error bad_input
     unexpected_messages: int = 0  # valid but out of place (a Welcome for another node …)
     duplicate_requests: int = 0  # a (rid, attempt) already running on that gateway link
     unknown_cancels: int = 0  # Cancel for nothing running (it finished already)
@@ -358,6 +362,7 @@ class Worker:
                     routing_id=self.routing_id,
                     send_hwm=cfg.send_hwm,
                     recv_hwm=cfg.recv_hwm,
+                    max_frame_bytes=cfg.max_frame_bytes,
                     heartbeat_interval=cfg.heartbeat_interval,
                 )
                 self._links.append(
@@ -501,12 +506,14 @@ class Worker:
         on_cancel = self._on_cancel
         on_control = self._on_control
         malformed = self._malformed
+        undecodable = self._undecodable
 
         def on_message(_identity: bytes, payload: bytes) -> None:
             try:
                 msg = decode_gateway_message(payload, max_bytes)
             except ProtocolError as exc:
                 malformed(link, str(exc))
+                undecodable(link, payload, exc)
                 return
             try:
                 kind = type(msg)
@@ -540,6 +547,28 @@ class Worker:
                 why,
                 self.stats.malformed_frames,
             )
+
+    def _undecodable(self, link: Link, payload: bytes, exc: ProtocolError) -> None:
+        """Answer a REQUEST this worker cannot decode for its id, when the id is readable.
+
+        Dropped in silence, it would hold the gateway's attempt (and a slot of
+        this node) until its deadline. ``bad_input``: not the node's fault, and
+        not retried elsewhere (the next node would most likely refuse it too).
+        """
+        ids = peek_ids(payload)
+        if ids is None or ids[0] != _REQUEST_TAG:
+            return
+        _, rid, attempt = ids
+        self.stats.undecodable_requests += 1
+        self._reply_later(
+            link,
+            error(
+                rid,
+                attempt,
+                ERR_BAD_INPUT,
+                f"node {self.config.node} cannot decode this request: {exc}",
+            ),
+        )
 
     def _on_control(self, link: Link, msg: object) -> None:
         node = self.config.node
