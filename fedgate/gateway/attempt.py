@@ -266,17 +266,24 @@ class Attempts:
             self.router.release(worker.node)
             self._wake_one()
         att.closed = True  # the deadline watch and the pump skip it from now on
-        if att.inbox:
-            # Frames that arrived but were never handed on (the call moved on first:
-            # a deadline, a cancel) are an abandoned attempt's frames too: dropped
-            # and counted, never vanished.
-            self.counters.stale += sum(1 for event in att.inbox if not isinstance(event, Lost))
-            att.inbox.clear()
         if att.timer is not None:
             att.timer.cancel()
             att.timer = None
         if cancel:
             self.cancel(att)
+
+    def abandon(self, att: Attempt, *, cancel: bool) -> None:
+        """The call is done with ``att``: close it, and count what it never read.
+
+        Frames that arrived but were never handed on (the call moved on first: a
+        deadline, a cancel, a failure) are an abandoned attempt's frames too:
+        dropped and counted as stale, never vanished.
+        """
+        inbox = att.inbox
+        if inbox:
+            self.counters.stale += sum(1 for event in inbox if not isinstance(event, Lost))
+            inbox.clear()
+        self.close(att, cancel=cancel)
 
     def cancel(self, att: Attempt) -> None:
         """Tell the worker to stop ``att`` (once); its slot comes back with its answer or close."""

@@ -457,7 +457,7 @@ class Call:
         env = self.env
         # A worker that answered (Final, or its own Error) has nothing left to stop.
         answered = finished or (failure is not None and failure.answered)
-        env.attempts.close(att, cancel=not answered and att.worker.alive)
+        env.attempts.abandon(att, cancel=not answered and att.worker.alive)
         if failure is None and not finished and admission is Admission.PROBE:
             # The caller stopped: no verdict on the node, free the probe.
             env.breaker.release(att.worker.node)
