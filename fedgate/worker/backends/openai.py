@@ -256,12 +256,16 @@ class OpenAIBackend:
                     tokens = parser.feed(text)
                     if tokens:
                         yield tokens
+                    if parser.error is not None:
+                        raise parser.error
                     if parser.done:
                         break
                 if not parser.done:
                     tokens = parser.feed("\n")  # a last event without its newline
                     if tokens:
                         yield tokens
+                    if parser.error is not None:
+                        raise parser.error
                 if not (parser.done or parser.finished):
                     raise backend_failure(
                         f"openai: {url} ended the stream without [DONE] or a finish reason "
@@ -319,16 +323,31 @@ def _seconds(retry_after: str | None) -> float:
 class _SSEParser:
     """Incremental ``text/event-stream`` reader for OpenAI's ``data:`` events."""
 
-    __slots__ = ("_pending", "done", "finished")
+    __slots__ = ("_pending", "done", "error", "finished")
 
     def __init__(self) -> None:
         self._pending = ""
         self.done = False  # saw "data: [DONE]"
         self.finished = False  # saw a choice with a finish_reason
+        self.error: WorkerError | None = None  # a bad event: nothing after it is read
 
     def feed(self, text: str) -> list[bytes]:
-        """Consume ``text``; return the content of every complete event in it."""
+        """Consume ``text``; return the content of every complete event in it.
+
+        A malformed or error event sets :attr:`error` and ends the read; the
+        tokens of the good events before it in the same read are still returned,
+        so that what the caller received is exactly what the upstream sent well.
+        """
         tokens: list[bytes] = []
+        if self.error is not None:
+            return tokens
+        try:
+            self._feed(text, tokens)
+        except WorkerError as exc:
+            self.error = exc
+        return tokens
+
+    def _feed(self, text: str, tokens: list[bytes]) -> None:
         buffer = self._pending + text
         lines = buffer.split("\n")
         self._pending = lines.pop()
@@ -364,7 +383,6 @@ class _SSEParser:
                     tokens.append(content.encode("utf-8"))
                 if choice.get("finish_reason"):
                     self.finished = True
-        return tokens
 
 
 def create(**options: Any) -> OpenAIBackend:
