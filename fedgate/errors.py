@@ -82,13 +82,23 @@ class WorkerError(FederationError):
     """The worker answered with a typed error.
 
     ``code`` is the wire error code; ``node_caused`` says whether it counts
-    against the node's health and breaker.
+    against the node's health and breaker. ``retry_after`` (seconds, 0 when
+    unknown) is how long the node asked not to be asked again, e.g. an
+    upstream's ``Retry-After``.
     """
 
-    def __init__(self, message: str, *, code: str = "internal", node_caused: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "internal",
+        node_caused: bool = True,
+        retry_after: float = 0.0,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.node_caused = node_caused
+        self.retry_after = retry_after
 
 
 class RegistrationError(FederationError):

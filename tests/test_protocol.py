@@ -525,3 +525,18 @@ def test_deeply_nested_garbage() -> None:
         decode(b"\x01" + nested)
     with pytest.raises(ProtocolError):
         decode(b"\x01\x9b\x01" + nested)
+
+
+def test_error_retry_after_travels_and_a_five_field_error_still_decodes() -> None:
+    # A worker of the previous build sends Errors without retry_after: still read.
+    old = protocol.encode(protocol.Error("r", 0, protocol.ERR_BACKEND, "boom", True))
+    old = old[:1] + msgspec.msgpack.encode(msgspec.msgpack.decode(old[1:])[:6])
+    back = protocol.decode_worker_message(old)
+    assert isinstance(back, protocol.Error) and back.retry_after == 0.0 and back.node_caused
+    busy = protocol.Error("r", 1, protocol.ERR_OVERLOADED, "429", False, 2.5)
+    back = protocol.decode_worker_message(protocol.encode(busy))
+    assert isinstance(back, protocol.Error) and back.retry_after == 2.5
+    for bad in (-1.0, math.inf, math.nan):
+        frame = protocol.encode(protocol.Error("r", 1, protocol.ERR_OVERLOADED, "x", False, bad))
+        with pytest.raises(protocol.ProtocolError):
+            protocol.decode_worker_message(frame)

@@ -40,6 +40,19 @@ A failed attempt is one of two kinds, and they are treated differently:
   so a failing fleet sees no more than that many extra attempts in flight,
   and the breakers and health take the failing nodes out of routing in the
   meantime (a waiting request then fails as soon as no node is left).
+
+A busy node is left alone for a while (SPEC §2 Gateway, R24)
+-------------------------------------------------------------
+A worker's ``overloaded`` error (its own concurrency limit, or its upstream's
+429 or 503) is not the node's fault, but asking it again at once only adds to
+its load. The node *cools down*: no request of this gateway is sent to it
+until the cooldown ends. A cooldown lasts the ``Retry-After`` the node
+carried, exactly when it carried one (never shorter: the upstream said when),
+otherwise a backoff that doubles with each overload in a row, from
+``retry_delay`` up to :data:`MAX_COOLDOWN`, with jitter (0.5–1.5×) so that
+gateways do not come back in step: at most one attempt per node per backoff
+step. A success on the node ends its streak. A request that finds every
+eligible node cooling waits for the first to cool, inside its deadline.
 """
 
 from __future__ import annotations
@@ -73,7 +86,10 @@ from fedgate.routing.router import Router
 from fedgate.transport import protocol as wire
 from fedgate.types import InferenceRequest, InferenceResponse, NodeId, RegionId
 
-__all__ = ["Call", "CallEnv", "Failure"]
+__all__ = ["MAX_COOLDOWN", "Call", "CallEnv", "Failure"]
+
+MAX_COOLDOWN = 30.0
+"""Longest backoff of a node overloaded many times in a row, in seconds."""
 
 _S = RequestState
 
@@ -91,10 +107,12 @@ class CallEnv:
         "breaker",
         "budget_waiters",
         "config",
+        "cooldown",
         "counters",
         "health",
         "hooks",
         "loop",
+        "overloads",
         "recent_routes",
         "registry",
         "rng",
@@ -118,6 +136,9 @@ class CallEnv:
         self.breaker = breaker
         self.registry = registry
         self.attempts = attempts
+        # node → loop time before which it is not asked (see "A busy node …" above)
+        self.cooldown: dict[NodeId, float] = {}
+        self.overloads: dict[NodeId, int] = {}  # node → overloads in a row
         self.counters = counters
         self.recent_routes = recent_routes
         self.hooks: list[TransitionHook] = []
@@ -225,9 +246,9 @@ class Call:
             self.lifecycle.to(_S.ROUTING)
             while True:
                 choice = self._choose()
-                while isinstance(choice, BackpressureError):
-                    # Every eligible node is at its concurrency limit.
-                    await self._wait_for_capacity(choice)
+                while not isinstance(choice, tuple):
+                    # Every eligible node is at its concurrency limit, or cooling down.
+                    await self._wait_for(choice)
                     choice = self._choose()
                 worker, score, admission = choice
                 att = self._send_attempt(worker, score)
@@ -267,8 +288,9 @@ class Call:
             self.lifecycle.to(_S.ROUTING)
             while True:
                 choice = self._choose()
-                while isinstance(choice, BackpressureError):
-                    await self._wait_for_capacity(choice)
+                while not isinstance(choice, tuple):
+                    # Every eligible node is at its concurrency limit, or cooling down.
+                    await self._wait_for(choice)
                     choice = self._choose()
                 worker, score, admission = choice
                 att = self._send_attempt(worker, score)
@@ -338,14 +360,46 @@ class Call:
                 tenant.failures += 1
 
     def _exclude(self) -> set[NodeId]:
+        exclude = self.tried
+        cooldown = self.env.cooldown
+        if cooldown:
+            loop = self.env.loop
+            assert loop is not None
+            now = loop.time()
+            cooling = {node for node, until in cooldown.items() if until > now}
+            if len(cooling) < len(cooldown):
+                for node in [n for n in cooldown if n not in cooling]:
+                    del cooldown[node]
+            if cooling:
+                exclude = exclude | cooling
         if not self.stream or self.next_index == 0:
-            return self.tried
+            return exclude
         # Past the commit point only a node that can continue the generation may serve.
-        return self.tried | {w.node for w in self.env.registry.by_node.values() if not w.resumable}
+        return exclude | {w.node for w in self.env.registry.by_node.values() if not w.resumable}
 
-    def _choose(self) -> tuple[Worker, float, Admission] | BackpressureError:
-        """The next node to try, admitted by its breaker, or the router's
-        BackpressureError when every eligible node is full (wait for capacity).
+    def _cooled_at(self) -> float | None:
+        """When the first cooling node this request has not tried is free, if before the
+        deadline: the time to route again once every other node is out."""
+        tried = self.tried
+        wake = min(
+            (until for node, until in self.env.cooldown.items() if node not in tried),
+            default=None,
+        )
+        return wake if wake is not None and wake < self.deadline else None
+
+    async def _wait_for(self, what: BackpressureError | float) -> None:
+        if isinstance(what, BackpressureError):
+            await self._wait_for_capacity(what)
+            return
+        loop = self.env.loop
+        assert loop is not None
+        await asyncio.sleep(max(what - loop.time(), 0.0))
+
+    def _choose(self) -> tuple[Worker, float, Admission] | BackpressureError | float:
+        """The next node to try, admitted by its breaker; the router's
+        BackpressureError when every eligible node is full (wait for capacity);
+        the loop time the first cooling node is free when only cooling nodes are
+        left (wait for it).
 
         Raises the caller's error when no node is left.
         """
@@ -358,6 +412,9 @@ class Call:
             except BackpressureError as exc:
                 return exc
             except FederationError as exc:
+                wake = self._cooled_at() if self.env.cooldown else None
+                if wake is not None:
+                    return wake
                 self.lifecycle.to(_S.FAILED)
                 raise self._final_error(exc) from exc
             node = decision.node_id
@@ -535,6 +592,8 @@ class Call:
         # The node's health sees its own attempt's latency, not the backoffs before it.
         env.health.report_success(node, now - attempt_started)
         env.breaker.record_success(node)
+        if env.overloads:
+            env.overloads.pop(node, None)  # its overload streak is over
         stats = counters.per_node[node]
         stats.successes += 1
         stats.tokens += self.next_index
@@ -554,11 +613,28 @@ class Call:
                 WorkerError(text, code=code, node_caused=False), False, False, answered=True
             )
         node_caused = msg.node_caused or wire.is_node_caused(code)
+        if code == wire.ERR_OVERLOADED:
+            self._cool(self.node, msg.retry_after)
         if code == wire.ERR_DEADLINE:
             return Failure(DeadlineExceededError(text), node_caused, False, answered=True)
         return Failure(
             WorkerError(text, code=code, node_caused=node_caused), node_caused, True, answered=True
         )
+
+    def _cool(self, node: NodeId, retry_after: float) -> None:
+        """Leave an overloaded node alone: for its Retry-After, or a jittered backoff."""
+        env = self.env
+        loop = env.loop
+        assert loop is not None
+        streak = env.overloads[node] = env.overloads.get(node, 0) + 1
+        if retry_after > 0:
+            pause = retry_after
+        else:
+            step = min(env.config.retry_delay * 2 ** min(streak - 1, 30), MAX_COOLDOWN)
+            pause = step * (0.5 + env.rng.random())
+        until = loop.time() + pause
+        if until > env.cooldown.get(node, 0.0):
+            env.cooldown[node] = until
 
     def _local_error(self, event: Lost, node: NodeId) -> Failure:
         """The failure the gateway observed itself (no frame from the node)."""

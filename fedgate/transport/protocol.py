@@ -176,6 +176,7 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, _limits.DEADLINE.meta]
 Interval = Annotated[float, _limits.HEARTBEAT.meta]
 Cost = Annotated[float, _limits.COST.meta]
+RetryAfter = Annotated[float, msgspec.Meta(ge=0, le=3600)]
 Concurrency = Annotated[int, _limits.CONCURRENCY.meta]
 
 
@@ -230,13 +231,20 @@ class Final(_Msg, tag=3):
 
 
 class Error(_Msg, tag=4):
-    """worker → gateway: the attempt failed; ``node_caused`` says whether it counts."""
+    """worker → gateway: the attempt failed; ``node_caused`` says whether it counts.
+
+    ``retry_after`` (seconds) is how long the node asks not to be sent another
+    request (an upstream's ``Retry-After``); 0 when it did not say. A five-field
+    Error from an older worker still decodes (the field takes its default); an
+    older gateway rejects this six-field one, so gateways upgrade first.
+    """
 
     rid: WireRid
     attempt: Count
     code: Code
     message: Text
     node_caused: bool
+    retry_after: RetryAfter = 0.0
 
 
 class Cancel(_Msg, tag=5):

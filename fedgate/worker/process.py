@@ -756,7 +756,14 @@ class Worker:
                 raise  # not ours (the worker is being torn down)
             reply = error(rid, attempt, entry.reason, self._reason_text(entry))
         except WorkerError as exc:
-            reply = Error(rid, attempt, exc.code, str(exc)[:_MESSAGE_CHARS], exc.node_caused)
+            reply = Error(
+                rid,
+                attempt,
+                exc.code,
+                str(exc)[:_MESSAGE_CHARS],
+                exc.node_caused,
+                min(max(float(exc.retry_after), 0.0), 3600.0),
+            )
         except Exception as exc:
             reply = error(
                 rid, attempt, ERR_BACKEND, f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]

@@ -10,24 +10,38 @@ The request's input is either a JSON object, used as the request body (its
 ``messages`` goes to ``/v1/completions``), or plain UTF-8 text, sent as one
 user message.
 
-Errors: HTTP 400, 413 and 422 are the caller's input (``bad_input``); 429 says
-the upstream is busy (``overloaded``: try another node); every other status,
-a refused connection or a stream that ends without ``[DONE]`` or a finish
-reason is the node's failure (``backend``) — a worker whose key or model name
-is wrong (401, 403, 404) is misconfigured, and that should count against it.
+Errors, by class (SPEC §2 Gateway, R24):
+
+* HTTP 400, 413 and 422 are the caller's input (``bad_input``, never the
+  node's fault): the upstream's status, error code and message travel in the
+  error's text unchanged, so the caller reads the upstream's own reason.
+* 429 and 503 say the upstream is busy (``overloaded``: try another node),
+  carrying the upstream's ``Retry-After`` in seconds when it sent one, so the
+  gateway does not ask this node again before then.
+* Every other status, a refused or reset connection, no first token within
+  ``first_token_timeout``, no token for ``stall_timeout`` once streaming, a
+  malformed event and a stream that ends without ``[DONE]`` or a finish
+  reason are the node's failure (``backend``; a stall is ``stall``) — never a
+  short success. A worker whose key or model name is wrong (401, 403, 404)
+  is misconfigured, and that should count against it.
+
 Generations cannot be resumed mid-stream, so ``resumable`` is False.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import email.utils
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fedgate.errors import WorkerError
-from fedgate.transport.protocol import ERR_OVERLOADED
+from fedgate.transport.protocol import ERR_OVERLOADED, ERR_STALL
 from fedgate.worker.backends.base import BackendRequest, backend_failure, bad_input
 
 if TYPE_CHECKING:
@@ -36,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIBackend", "add_arguments", "create", "options_from_args"]
 
 _BAD_INPUT_STATUSES = frozenset({400, 413, 422})
+_BUSY_STATUSES = frozenset({429, 503})
+_MAX_RETRY_AFTER = 3600.0
 _DETAIL_BYTES = 512
 
 
@@ -56,6 +72,11 @@ class OpenAIBackend:
         the worker's per-attempt deadline bounds the whole call.
     max_connections : int
         Size of the connection pool.
+    first_token_timeout : float, optional
+        Seconds from sending the request to the first token (a silent upstream
+        fails the attempt then, not at the request's deadline); None: no limit.
+    stall_timeout : float, optional
+        Longest silence between two reads once tokens flow; None: no limit.
     """
 
     resumable = False
@@ -67,6 +88,8 @@ class OpenAIBackend:
         upstream_model: str | None = None,
         connect_timeout: float = 10.0,
         max_connections: int = 256,
+        first_token_timeout: float | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url: expected an http:// or https:// URL, got {base_url!r}")
@@ -84,6 +107,14 @@ class OpenAIBackend:
             raise ValueError(f"connect_timeout: expected seconds > 0, got {connect_timeout!r}")
         self.connect_timeout = float(connect_timeout)
         self.max_connections = int(max_connections)
+        for name, value in (
+            ("first_token_timeout", first_token_timeout),
+            ("stall_timeout", stall_timeout),
+        ):
+            if value is not None and not (0 < value < float("inf")):
+                raise ValueError(f"{name}: expected seconds > 0, got {value!r}")
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
@@ -139,28 +170,102 @@ class OpenAIBackend:
         raise bad_input('openai: expected a JSON body with "messages" or "prompt"')
 
     async def generate(self, req: BackendRequest) -> AsyncIterator[list[bytes]]:
-        """Yield the upstream's content deltas; every network read becomes one chunk."""
+        """Yield the upstream's content deltas; every network read becomes one chunk.
+
+        The first-token clock runs from the send (a server that accepts the
+        request and then says nothing is as silent as one that never answers);
+        once tokens flow, each read must come within ``stall_timeout``.
+        """
+        path, body = self.request_body(req)
+        url = self.base_url + path
+        # The HTTP exchange runs in a task of its own, so that a timeout here never
+        # cancels httpx midway through a read in this task; it hands over what it
+        # read through a queue (a finished or failed read ends with its outcome).
+        queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read_into(queue, path, body, url))
+        loop = asyncio.get_running_loop()
+        first_by = (
+            None if self.first_token_timeout is None else loop.time() + self.first_token_timeout
+        )
+        flowing = False
+        try:
+            while True:
+                if flowing:
+                    limit = self.stall_timeout
+                else:
+                    limit = None if first_by is None else max(first_by - loop.time(), 0.0)
+                try:
+                    item = await asyncio.wait_for(queue.get(), limit)
+                except asyncio.TimeoutError:
+                    if flowing:
+                        raise WorkerError(
+                            f"openai: {url} stalled: no data for {self.stall_timeout}s mid-stream",
+                            code=ERR_STALL,
+                            node_caused=True,
+                        ) from None
+                    raise backend_failure(
+                        f"openai: {url} sent no first token within {self.first_token_timeout}s"
+                    ) from None
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                # Everything read since the last ask is one chunk (one frame).
+                while not queue.empty():
+                    more = queue.get_nowait()
+                    if not isinstance(more, list):
+                        queue.put_nowait(more)  # the end comes after these tokens
+                        break
+                    item = item + more
+                flowing = True
+                yield item
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def _read_into(
+        self,
+        queue: asyncio.Queue[list[bytes] | BaseException | None],
+        path: str,
+        body: dict[str, Any],
+        url: str,
+    ) -> None:
+        try:
+            async for tokens in self._reads(path, body, url):
+                queue.put_nowait(tokens)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        else:
+            queue.put_nowait(None)
+
+    async def _reads(self, path: str, body: dict[str, Any], url: str) -> AsyncIterator[list[bytes]]:
+        """The upstream's tokens, one list per network read that held any."""
         import httpx
 
-        path, body = self.request_body(req)
         client = self._http()
-        url = self.base_url + path
         try:
             async with client.stream("POST", path, json=body) as resp:
                 if resp.status_code >= 400:
                     detail = (await resp.aread())[:_DETAIL_BYTES].decode("utf-8", "replace")
-                    raise _status_error(resp.status_code, url, detail)
+                    raise _status_error(
+                        resp.status_code, url, detail, resp.headers.get("retry-after")
+                    )
                 parser = _SSEParser()
                 async for text in resp.aiter_text():
                     tokens = parser.feed(text)
                     if tokens:
                         yield tokens
+                    if parser.error is not None:
+                        raise parser.error
                     if parser.done:
                         break
                 if not parser.done:
                     tokens = parser.feed("\n")  # a last event without its newline
                     if tokens:
                         yield tokens
+                    if parser.error is not None:
+                        raise parser.error
                 if not (parser.done or parser.finished):
                     raise backend_failure(
                         f"openai: {url} ended the stream without [DONE] or a finish reason "
@@ -176,28 +281,73 @@ class OpenAIBackend:
             await client.aclose()
 
 
-def _status_error(status: int, url: str, detail: str) -> WorkerError:
-    message = f"openai: {url} answered HTTP {status}: {detail.strip()}"
+def _status_error(status: int, url: str, detail: str, retry_after: str | None) -> WorkerError:
+    reason = detail.strip()
+    try:
+        err = json.loads(detail).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict) and err.get("message"):
+        # The upstream's own reason and code, as it said them.
+        reason = f"{err.get('message')} (code {err.get('code')})"
+    message = f"openai: {url} answered HTTP {status}: {reason}"
     if status in _BAD_INPUT_STATUSES:
         return bad_input(message)
-    if status == 429:
-        return WorkerError(message, code=ERR_OVERLOADED, node_caused=False)
+    if status in _BUSY_STATUSES:
+        return WorkerError(
+            message,
+            code=ERR_OVERLOADED,
+            node_caused=False,
+            retry_after=_seconds(retry_after),
+        )
     return backend_failure(message)
+
+
+def _seconds(retry_after: str | None) -> float:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date); 0 when absent or unreadable."""
+    if not retry_after:
+        return 0.0
+    try:
+        value = float(retry_after)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(retry_after)
+        except (TypeError, ValueError):
+            return 0.0
+        value = when.timestamp() - time.time()
+    if not (value > 0):
+        return 0.0
+    return min(value, _MAX_RETRY_AFTER)
 
 
 class _SSEParser:
     """Incremental ``text/event-stream`` reader for OpenAI's ``data:`` events."""
 
-    __slots__ = ("_pending", "done", "finished")
+    __slots__ = ("_pending", "done", "error", "finished")
 
     def __init__(self) -> None:
         self._pending = ""
         self.done = False  # saw "data: [DONE]"
         self.finished = False  # saw a choice with a finish_reason
+        self.error: WorkerError | None = None  # a bad event: nothing after it is read
 
     def feed(self, text: str) -> list[bytes]:
-        """Consume ``text``; return the content of every complete event in it."""
+        """Consume ``text``; return the content of every complete event in it.
+
+        A malformed or error event sets :attr:`error` and ends the read; the
+        tokens of the good events before it in the same read are still returned,
+        so that what the caller received is exactly what the upstream sent well.
+        """
         tokens: list[bytes] = []
+        if self.error is not None:
+            return tokens
+        try:
+            self._feed(text, tokens)
+        except WorkerError as exc:
+            self.error = exc
+        return tokens
+
+    def _feed(self, text: str, tokens: list[bytes]) -> None:
         buffer = self._pending + text
         lines = buffer.split("\n")
         self._pending = lines.pop()
@@ -233,7 +383,6 @@ class _SSEParser:
                     tokens.append(content.encode("utf-8"))
                 if choice.get("finish_reason"):
                     self.finished = True
-        return tokens
 
 
 def create(**options: Any) -> OpenAIBackend:
@@ -269,12 +418,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model name on the server (default: the request's model), "
         "e.g. --upstream-model meta-llama/Llama-3.1-8B-Instruct",
     )
+    group.add_argument(
+        "--first-token-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail the attempt when no token arrives this long after the request "
+        "(default: only the deadline), e.g. --first-token-timeout 5",
+    )
+    group.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail the attempt when a stream is silent this long between tokens "
+        "(default: only the deadline), e.g. --stall-timeout 2",
+    )
 
 
 OPTION_FLAGS: dict[str, str] = {
     "base_url": "--base-url",
     "api_key_env": "--api-key-env",
     "upstream_model": "--upstream-model",
+    "first_token_timeout": "--first-token-timeout",
+    "stall_timeout": "--stall-timeout",
 }
 
 
@@ -287,4 +454,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         options["api_key_env"] = args.api_key_env
     if args.upstream_model is not None:
         options["upstream_model"] = args.upstream_model
+    for name in ("first_token_timeout", "stall_timeout"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
     return options
