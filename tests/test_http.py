@@ -306,3 +306,61 @@ async def test_gateway_process_with_http_answers_curl_or_a_raw_socket(tmp_path: 
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+async def test_r34_slowloris_and_idle_clients_are_dropped_and_others_are_served(
+    tmp_path: Path,
+) -> None:
+    config = HttpConfig(listen="127.0.0.1:0", idle_timeout=0.5)
+    async with front_door(tmp_path, config=config) as (gw, front, fleet):
+        fleet.start("a", "us-west-2", "--tokens", "4")
+        await fleet.wait_registered(gw, "a")
+        port = int(front.url.rsplit(":", 1)[1])
+
+        async def slowloris(i: int) -> float:
+            """Trickle a request head one header at a time: never finishing it."""
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            start = time.monotonic()
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            try:
+                for k in range(200):  # 20 s of trickling if nobody stops it
+                    await asyncio.sleep(0.1)
+                    writer.write(b"x-slow-%d: %d\r\n" % (k, i))
+                    await writer.drain()
+                    if reader.at_eof():
+                        break
+                await asyncio.wait_for(reader.read(), 1.0)
+            except (ConnectionError, asyncio.TimeoutError):
+                pass
+            finally:
+                writer.close()
+            return time.monotonic() - start
+
+        async def idle() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                return await asyncio.wait_for(reader.read(), 10.0)
+            finally:
+                writer.close()
+
+        async def slow_body() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post("/v1/chat/completions", b"{" + b" " * 99)[:-99])
+            try:
+                return await asyncio.wait_for(reader.readline(), 10.0)
+            finally:
+                writer.close()
+
+        attackers = [asyncio.ensure_future(slowloris(i)) for i in range(20)]
+        quiet = asyncio.ensure_future(idle())
+        trickle = asyncio.ensure_future(slow_body())
+        _, client = clients(front)
+        for _ in range(10):  # served throughout
+            done = await client.chat.completions.create(**chat(4))
+            assert done.choices[0].message.content == synthetic_output(done.id, 4).decode()
+        held = await asyncio.wait_for(asyncio.gather(*attackers), 15.0)
+        # Dropped after about the idle timeout, long before they would have finished.
+        assert max(held) < 10.0, held
+        assert await quiet == b""  # closed without an answer
+        assert (await trickle).startswith(b"HTTP/1.1 408")
+        await client.close()

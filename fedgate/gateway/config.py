@@ -152,7 +152,9 @@ class HttpConfig:
     max_body_bytes : int
         Largest request body; a larger one is refused with 413.
     idle_timeout : float
-        Seconds a kept-alive connection may sit idle between requests.
+        Seconds a connection may sit idle between requests, and the most a
+        client may take to send a request's head (from connecting) or its
+        body: a slowloris client is dropped after it (the body: 408).
     """
 
     listen: Listen = "127.0.0.1:8080"

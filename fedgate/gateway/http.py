@@ -335,7 +335,16 @@ class HttpFront:
 
     async def _body(self, request: web.Request, *, chat: bool) -> tuple[dict[str, Any], bytes]:
         try:
-            raw = await request.read()
+            # A body that trickles in is a slow client holding a connection:
+            # it gets the idle timeout, as a request head does.
+            raw = await asyncio.wait_for(request.read(), self.config.idle_timeout)
+        except asyncio.TimeoutError:  # TimeoutError itself only from 3.11
+            raise HttpError(
+                408,
+                f"request body: not received within {self.config.idle_timeout:g}s",
+                "invalid_request_error",
+                "body_timeout",
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise HttpError(
                 413,
