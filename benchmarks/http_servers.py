@@ -27,6 +27,7 @@ import time
 
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 ANSWER = b'{"ok": true}'
+PATH = b"/echo"
 
 SERVERS = {
     "raw-asyncio (generator ceiling)": "raw",
@@ -94,8 +95,8 @@ def _serve(kind: str, port: int) -> None:
 
 async def _load(port: int, conns: int, seconds: float) -> tuple[list[float], float]:
     request = (
-        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (PATH, len(BODY), BODY)
     )
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -143,9 +144,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--conns", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--only", choices=sorted(SERVERS.values()), help="one server only")
     args = parser.parse_args()
     print(f"{'server':34} {'conns':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
     for name, kind in SERVERS.items():
+        if args.only is not None and kind != args.only:
+            continue
         if kind == "uvicorn":
             try:
                 import httptools  # noqa: F401
