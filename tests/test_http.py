@@ -364,3 +364,25 @@ async def test_r34_slowloris_and_idle_clients_are_dropped_and_others_are_served(
         assert await quiet == b""  # closed without an answer
         assert (await trickle).startswith(b"HTTP/1.1 408")
         await client.close()
+
+
+async def test_an_error_after_the_first_streamed_byte_is_an_in_band_event(tmp_path: Path) -> None:
+    async with front_door(tmp_path) as (gw, front, fleet):
+        # One node that fails after 3 tokens: no node is left to resume on.
+        fleet.start("a", "us-west-2", "--tokens", "50", "--fault", "fail-after=3")
+        await fleet.wait_registered(gw, "a")
+        _, client = clients(front)
+        stream = await client.chat.completions.create(**chat(50), stream=True)
+        text = []
+        with pytest.raises(openai.APIError) as failed:
+            async for part in stream:
+                text.append(part.choices[0].delta.content or "")
+        assert "".join(text) == synthetic_output(part.id, 3).decode()
+        assert "fail-after" in str(failed.value) or "interrupt" in str(failed.value).lower()
+
+        port = int(front.url.rsplit(":", 1)[1])
+        body = json.dumps({**chat(50), "stream": True}).encode()
+        answer = await asyncio.to_thread(raw_http, port, post("/v1/chat/completions", body))
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert b'data: {"error": ' in answer and b"[DONE]" not in answer
+        await client.close()
