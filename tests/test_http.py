@@ -253,6 +253,17 @@ async def test_r35_client_disconnect_mid_stream_cancels_the_worker(tmp_path: Pat
         assert synthetic_token(rid, 0)  # the id names the request the worker cancelled
         print(f"\nR35: CANCEL acknowledged {(time.monotonic() - closed) * 1000:.1f} ms "
               f"after the client closed (poll {acked * 1000:.1f} ms)")  # fmt: skip
+
+        # A non-streaming request whose client gives up: cancelled down to the worker too.
+        fleet.start("slow", "us-west-2", "--ttft", "30", model="slow")
+        await fleet.wait_registered(gw, "slow")
+        with pytest.raises(openai.APITimeoutError):
+            await client.with_options(timeout=0.5).chat.completions.create(
+                **{**chat(3), "model": "slow"}
+            )
+        await wait_until(lambda: gw.stats().cancels_sent == 2, 5.0, "a second CANCEL")
+        await wait_until(lambda: gw.stats().active_requests == 0, 5.0, "no active request")
+        await wait_until(lambda: gw.stats().cancels_acknowledged == 2, 5.0, "its CANCEL acked")
         await client.close()
 
 

@@ -182,8 +182,9 @@ def tenant_from_headers(headers: Any) -> str | None:
     if not auth:
         return None
     scheme, _, key = auth.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise HttpError(401, "Authorization: expected 'Bearer KEY'", "authentication_error",
+    if scheme.lower() != "bearer" or not key.strip() or len(key.strip()) > 256:
+        raise HttpError(401, "Authorization: expected 'Bearer KEY' (KEY at most 256 characters)",
+                        "authentication_error",
                         "invalid_api_key")  # fmt: skip
     return key.strip()
 
