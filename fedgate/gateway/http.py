@@ -338,7 +338,12 @@ class HttpFront:
         try:
             # A body that trickles in is a slow client holding a connection:
             # it gets the idle timeout, as a request head does.
-            raw = await asyncio.wait_for(request.read(), self.config.idle_timeout)
+            if request.content.is_eof():
+                # Already whole (a small body comes with its head): no timer, and
+                # no task from wait_for, which would cost the loop an iteration.
+                raw = await request.read()
+            else:
+                raw = await asyncio.wait_for(request.read(), self.config.idle_timeout)
         except asyncio.TimeoutError:  # TimeoutError itself only from 3.11
             raise HttpError(
                 408,
