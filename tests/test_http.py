@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -397,3 +398,45 @@ async def test_an_error_after_the_first_streamed_byte_is_an_in_band_event(tmp_pa
         assert answer.startswith(b"HTTP/1.1 200")
         assert b'data: {"error": ' in answer and b"[DONE]" not in answer
         await client.close()
+
+
+@pytest.mark.timeout(120)
+async def test_demo_prints_a_curl_line_that_works_while_it_runs(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fedgate", "demo", "--no-tui", "--duration", "5",
+        "--log-dir", str(tmp_path / "logs"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=_env(),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        curl = None
+        while curl is None:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60.0)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+            if line.startswith("  curl "):
+                curl = line.strip()
+        argv = shlex.split(curl)  # the line as a shell would run it
+        url, body = argv[2], argv[argv.index("-d") + 1].encode()
+        if shutil.which("curl"):
+            out = await asyncio.to_thread(
+                lambda: subprocess.run(argv, capture_output=True, timeout=20, check=True).stdout
+            )
+        else:  # CI installs no curl: the same request from a plain socket
+            port = int(url.split(":")[2].split("/")[0])
+            answer = await asyncio.to_thread(raw_http, port, post("/v1/chat/completions", body))
+            out = answer.partition(b"\r\n\r\n")[2]
+        done = json.loads(out)
+        assert done["model"] == "llama-3-8b" and done["usage"]["completion_tokens"] > 0
+        assert (
+            done["choices"][0]["message"]["content"]
+            == synthetic_output(done["id"], done["usage"]["completion_tokens"]).decode()
+        )
+        rest = await asyncio.wait_for(proc.stdout.read(), 100.0)
+        assert await proc.wait() == 0, "".join(seen) + rest.decode()
+        assert b"RESULT: PASS" in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
