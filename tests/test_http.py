@@ -400,6 +400,30 @@ async def test_an_error_after_the_first_streamed_byte_is_an_in_band_event(tmp_pa
         await client.close()
 
 
+async def test_a_stream_whose_worker_is_sigkilled_resumes_for_the_sdk(tmp_path: Path) -> None:
+    async with front_door(tmp_path) as (gw, front, fleet):
+        for node in ("a", "b"):
+            fleet.start(node, "us-west-2", "--token-rate", "400")
+        await fleet.wait_registered(gw, "a", "b")
+        _, client = clients(front)
+        text: list[str] = []
+        async with client.chat.completions.with_streaming_response.create(
+            **chat(400), stream=True
+        ) as response:
+            serving = response.headers["x-fedgate-node"]
+            rid = None
+            async for part in await response.parse():
+                rid = part.id
+                text.append(part.choices[0].delta.content or "")
+                if len(text) == 3:
+                    fleet.kill(serving)  # SIGKILL mid-stream
+        # Every token, in order, none twice: resumed on the other node from the next index.
+        assert rid is not None
+        assert "".join(text) == synthetic_output(rid, 400).decode()
+        assert gw.stats().resumes >= 1
+        await client.close()
+
+
 @pytest.mark.timeout(120)
 async def test_demo_prints_a_curl_line_that_works_while_it_runs(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
