@@ -378,6 +378,40 @@ async def test_r34_slowloris_and_idle_clients_are_dropped_and_others_are_served(
         await client.close()
 
 
+async def test_r34_a_thousand_idle_connections_neither_block_others_nor_stay(
+    tmp_path: Path,
+) -> None:
+    import resource
+
+    # Both ends live in this process: 2 descriptors per idle connection.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * 1000 + 512
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    try:
+        config = HttpConfig(listen="127.0.0.1:0", idle_timeout=2.0)
+        async with front_door(tmp_path, config=config) as (gw, front, fleet):
+            fleet.start("a", "us-west-2", "--tokens", "4")
+            await fleet.wait_registered(gw, "a")
+            port = int(front.url.rsplit(":", 1)[1])
+            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1000)]
+            _, client = clients(front)
+            for _ in range(20):  # served while a thousand connections sit there
+                done = await client.chat.completions.create(**chat(4))
+                assert done.choices[0].message.content == synthetic_output(done.id, 4).decode()
+            # ... and every idle one is closed by the server, unanswered.
+            got = await asyncio.wait_for(
+                asyncio.gather(*(reader.read() for reader, _ in idle)), 20.0
+            )
+            assert set(got) == {b""}
+            for _, writer in idle:
+                writer.close()
+            await client.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 async def test_an_error_after_the_first_streamed_byte_is_an_in_band_event(tmp_path: Path) -> None:
     async with front_door(tmp_path) as (gw, front, fleet):
         # One node that fails after 3 tokens: no node is left to resume on.
