@@ -96,16 +96,23 @@ async def test_openai_sdk_sync_async_streaming_and_models(tmp_path: Path) -> Non
         text = await aclient.completions.create(model=MODEL, prompt="hi", max_tokens=3)
         assert text.choices[0].text == synthetic_output(text.id, 3).decode()
 
-        stream = await aclient.chat.completions.create(**chat(300), stream=True)
+        stream = await aclient.chat.completions.create(
+            **chat(300), stream=True, stream_options={"include_usage": True}
+        )
         pieces: list[str] = []
         finish = None
         rid = None
+        usage = None
         async for part in stream:
             rid = part.id
+            if not part.choices:  # the usage chunk, last
+                usage = part.usage
+                continue
             if part.choices[0].delta.content:
                 pieces.append(part.choices[0].delta.content)
             finish = part.choices[0].finish_reason or finish
         assert rid is not None and finish == "stop"
+        assert usage is not None and usage.completion_tokens == 300
         assert "".join(pieces) == synthetic_output(rid, 300).decode()
 
         models = await aclient.models.list()

@@ -491,9 +491,20 @@ class HttpFront:
             await response.prepare(request)
             try:
                 await response.write(event(first, first=True))
+                tokens = len(first)
                 async for chunk in chunks:
+                    tokens += len(chunk)
                     await response.write(event(chunk))
                 await response.write(event(None, "stop"))
+                options = obj.get("stream_options")
+                if isinstance(options, dict) and options.get("include_usage"):
+                    # OpenAI's usage chunk: no choices, after the last one.
+                    prompt = _chat_text(obj)
+                    usage = {"prompt_tokens": prompt, "completion_tokens": tokens,
+                             "total_tokens": prompt + tokens}  # fmt: skip
+                    payload = {"id": rid, "object": kind, "created": created, "model": model,
+                               "choices": [], "usage": usage}  # fmt: skip
+                    await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
                 await response.write(b"data: [DONE]\n\n")
             except asyncio.CancelledError:
                 self.disconnects += 1
