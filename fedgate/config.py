@@ -11,6 +11,7 @@ every key)::
                    cost, gpu) either a weight or a table of its fields
     [breaker]      the BreakerConfig keys
     [health]       the HealthConfig keys
+    [http]         the OpenAI-compatible front door: listen, max_body_bytes, idle_timeout
     [worker]       one worker's settings (gateways, node, region, models, …)
     [worker.options]  its backend's options
 
@@ -81,6 +82,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 if TYPE_CHECKING:
     from fedgate.gateway import Gateway, GatewayConfig
+    from fedgate.gateway.config import HttpConfig
     from fedgate.worker.process import WorkerConfig
 
 __all__ = [
@@ -101,7 +103,7 @@ __all__ = [
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where a gateway binds when neither the file nor ``--bind`` says."""
 
-TABLES = ("gateway", "retry", "regions", "policy", "breaker", "health", "worker")
+TABLES = ("gateway", "retry", "regions", "policy", "breaker", "health", "http", "worker")
 """The top-level tables a configuration file may have."""
 
 _POLICY_KINDS: dict[str, type[Policy]] = {
@@ -238,6 +240,8 @@ class FedgateConfig:
         Circuit-breaker settings.
     health : HealthConfig
         Health and heartbeat settings.
+    http : HttpConfig or None
+        The OpenAI-compatible HTTP front door (None: not served).
     worker : mapping
         The ``[worker]`` keys given (checked), for :func:`worker_config`.
     source : str or None
@@ -256,6 +260,7 @@ class FedgateConfig:
     policy: CompositePolicy = field(default_factory=CompositePolicy.enterprise_default)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    http: HttpConfig | None = None
     worker: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
 
@@ -304,6 +309,8 @@ class FedgateConfig:
         out["policy"] = policy
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         out["health"] = {f.name: getattr(self.health, f.name) for f in fields(self.health)}
+        if self.http is not None:
+            out["http"] = {f.name: getattr(self.http, f.name) for f in fields(self.http)}
         if self.worker:
             worker = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.worker.items()}
             if "options" in worker:
@@ -528,6 +535,10 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
         out["breaker"] = _simple_table("breaker", BreakerConfig, data["breaker"])
     if "health" in data:
         out["health"] = _simple_table("health", HealthConfig, data["health"])
+    if "http" in data:
+        from fedgate.gateway.config import HttpConfig
+
+        out["http"] = _simple_table("http", HttpConfig, data["http"])
     if "worker" in data:
         out["worker"] = _worker_table(data["worker"])
         beat = out["worker"].get("heartbeat_interval")

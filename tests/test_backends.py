@@ -96,6 +96,18 @@ async def test_synthetic_tokens_option_and_max_tokens_input() -> None:
     assert backend.length(req(data=b'{"max_tokens": 10000000}')) == MAX_TOKENS
 
 
+async def test_synthetic_speaks_an_openai_chat_body() -> None:
+    backend = SyntheticBackend(tokens=5)
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}
+    got = await tokens_of(backend, req("chatcmpl-1", data=json.dumps(chat).encode()))
+    assert got == [synthetic_token("chatcmpl-1", i) for i in range(7)]
+    # The newer name wins over the older, as in OpenAI's API.
+    newer = {**chat, "max_completion_tokens": 3}
+    assert backend.length(req(data=json.dumps(newer).encode())) == 3
+    with pytest.raises(WorkerError, match="max_completion_tokens"):
+        backend.length(req(data=b'{"max_completion_tokens": -2}'))
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -210,6 +210,7 @@ UNKNOWN = [
     ("[policy.health]\nwieght = 2.0", "policy.health.wieght", "expected one of weight"),
     # Gone with SPEC §2's "who excludes a node": failures are the breaker's.
     ("[health]\nunhealthy_cooldown = 5", "health.unhealthy_cooldown", "expected one of"),
+    ("[http]\nlisten_on = 'x'", "http.listen_on", "expected one of"),
     ("[policy.latency]\nscale = 1", "policy.latency.scale", "latency_scale, weight"),
     ("[breaker]\nthreshold = 3", "breaker.threshold", "failure_threshold"),
     ("[health]\ninterval = 1", "health.interval", "heartbeat_interval"),
@@ -318,6 +319,10 @@ BAD = [
     ("[breaker]\nprobe_timeout = -inf", "breaker.probe_timeout", "-inf"),
     # [health]
     ("[health]\nfailure_threshold = 0", "health.failure_threshold", "0"),
+    ("[http]\nlisten = 'nope'", "http.listen", "nope"),
+    ("[http]\nlisten = '127.0.0.1:70000'", "http.listen", "70000"),
+    ("[http]\nmax_body_bytes = 10", "http.max_body_bytes", "10"),
+    ("[http]\nidle_timeout = 0", "http.idle_timeout", "0"),
     ("[health]\nrecovery_threshold = -2", "health.recovery_threshold", "-2"),
     ("[health]\ndegraded_latency = 0", "health.degraded_latency", "0"),
     ("[health]\ndegraded_latency = nan", "health.degraded_latency", "nan"),

@@ -21,6 +21,7 @@ from fedgate.config import ConfigError, FedgateConfig, build_gateway, loads_conf
 from fedgate.federation.breaker import BreakerConfig
 from fedgate.federation.health import HealthConfig
 from fedgate.gateway import GatewayConfig
+from fedgate.gateway.config import HttpConfig
 from fedgate.transport import protocol as wire
 from fedgate.types import Capability, InferenceRequest, QoSRequirements, Region
 from fedgate.validation import (
@@ -200,6 +201,7 @@ CONFIGS: list[type] = [
     InferenceRequest,
     Region,
     FedgateConfig,
+    HttpConfig,
 ]
 
 
@@ -210,7 +212,7 @@ def test_every_field_declares_a_rule_and_numbers_finite_bounds(cls: type) -> Non
             rule = rule_of(cls, f.name)
         except KeyError:
             # Only nested configs and the strategy (a choice) go without a rule.
-            assert f.name in ("gateway", "regions", "policy", "breaker", "health", "worker",
+            assert f.name in ("gateway", "regions", "policy", "breaker", "health", "http", "worker",
                               "source", "strategy"), f"{cls.__name__}.{f.name}"  # fmt: skip
             continue
         if isinstance(rule, Number):

@@ -123,6 +123,7 @@ class _Demo:
         self.gateway: Gateway | None = None
         self.workers: Workers | None = None
         self.telemetry: Any = None
+        self.http: Any = None
         self.app: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.restricted: set[str] = set()
@@ -178,6 +179,8 @@ class _Demo:
                 task.cancel()
             if self.workers is not None:
                 await asyncio.to_thread(self.workers.close)
+            if self.http is not None:
+                await self.http.stop()
             if self.telemetry is not None:
                 await self.telemetry.stop()
             if self.gateway is not None:
@@ -276,6 +279,24 @@ class _Demo:
         self.say(f"gateway {gateway.gateway_id}: workers connect to {gateway.endpoints[0]}")
         self.say(
             f"dashboard from another terminal: fedgate top --gateway {self.telemetry.endpoint}"
+        )
+        from fedgate.gateway.http import HttpConfig, HttpFront
+
+        self.http = HttpFront(
+            gateway, HttpConfig(listen="127.0.0.1:0"), metrics=self.telemetry.prometheus_text
+        )
+        await self.http.start()
+        url = self.http.url
+        self.say(f"OpenAI API on {url}/v1 (try it while the demo runs):")
+        self.say(
+            f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
+            """-d '{"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}'"""
+        )
+        self.say(
+            "  python -c 'from openai import OpenAI; "
+            f'c = OpenAI(base_url="{url}/v1", api_key="demo"); '
+            'print(c.chat.completions.create(model="llama-3-8b", '
+            """messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)'"""
         )
         self.say(
             f"regions: {', '.join(f'{r.id} {r.clearance.name}' for r in REGIONS)}; origin {ORIGIN}"

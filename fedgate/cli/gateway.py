@@ -77,6 +77,7 @@ _FLAG_KEYS: dict[str, tuple[str, str]] = {
     "origin": ("gateway.origin", "--origin"),
     "gateway_id": ("gateway.id", "--gateway-id"),
     "prometheus_port": ("gateway.prometheus_port", "--prometheus-port"),
+    "http": ("http.listen", "--http"),
     "request_timeout": ("gateway.request_timeout", "--request-timeout"),
     "max_retries": ("retry.max_retries", "--max-retries"),
     "retry_delay": ("retry.retry_delay", "--retry-delay"),
@@ -97,6 +98,9 @@ examples:
   # everything by flags: EU data stays in eu-west-1, Prometheus metrics on :9100
   fedgate gateway --bind tcp://0.0.0.0:5555 --region eu-west-1=RESTRICTED \\
       --region us-west-2=INTERNAL --origin us-west-2 --policy health=3 --prometheus-port 9100
+
+  # any OpenAI client: http://127.0.0.1:8080/v1 (chat completions, models, metrics)
+  fedgate gateway --http 127.0.0.1:8080
 
   # serve clients too (MessagePack over ZeroMQ; see `python -m pydoc fedgate.cli.gateway`)
   fedgate gateway --ingress tcp://127.0.0.1:5557
@@ -206,6 +210,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="ENDPOINT",
         help="take requests from clients on this ZeroMQ endpoint (MessagePack; see the "
         "module documentation: python -m pydoc fedgate.cli.gateway); off by default",
+    )
+    net.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, "
+        "/healthz, /readyz, /metrics) on HOST:PORT (port 0: a free one); off by default",
     )
     net.add_argument(
         "--prometheus-port",
@@ -338,7 +348,9 @@ def _connect_hint(endpoint: str) -> str:
     return endpoint
 
 
-def _banner(cfg: FedgateConfig, gateway: Any, telemetry: Any, ingress: Ingress | None) -> str:
+def _banner(
+    cfg: FedgateConfig, gateway: Any, telemetry: Any, ingress: Ingress | None, http: Any = None
+) -> str:
     endpoints = gateway.endpoints
     first = endpoints[0]
     lines = [f"fedgate gateway {gateway.gateway_id} is running", ""]
@@ -354,6 +366,8 @@ def _banner(cfg: FedgateConfig, gateway: Any, telemetry: Any, ingress: Ingress |
         lines.append("  dashboard:   off (no telemetry endpoint; see --telemetry)")
     if ingress is not None:
         lines.append(f"  clients:     {ingress.endpoint}  (requests: MessagePack over ZeroMQ)")
+    if http is not None:
+        lines.append(f"  http:        {http.url}/v1  (OpenAI API; /healthz /readyz /metrics)")
     if telemetry is not None and telemetry.metrics_url:
         lines.append(f"  prometheus:  {telemetry.metrics_url}")
     if cfg.regions:
@@ -429,6 +443,7 @@ async def _serve(
     unsubscribe = gateway.breaker.subscribe(on_transition)
     telemetry: TelemetryServer | None = None
     ingress: Ingress | None = None
+    http: Any = None
     try:
         log.info("compiling the routing kernels (a few seconds, once per process)")
         try:
@@ -437,7 +452,7 @@ async def _serve(
             print(f"fedgate gateway: error: {exc}", file=sys.stderr)
             return 1
         try:
-            if cfg.telemetry is not None or cfg.prometheus_port is not None:
+            if cfg.telemetry is not None or cfg.prometheus_port is not None or cfg.http is not None:
                 # Prometheus alone still needs the server; an in-process endpoint does.
                 endpoint = cfg.telemetry or f"inproc://fedgate-telemetry-{gateway.gateway_id}"
                 server = TelemetryServer(gateway, endpoint, cfg.prometheus_port)
@@ -447,14 +462,23 @@ async def _serve(
                 front = Ingress(gateway, cfg.ingress)
                 await front.start()
                 ingress = front
+            if cfg.http is not None:
+                from fedgate.gateway.http import HttpFront
+
+                assert telemetry is not None
+                door = HttpFront(gateway, cfg.http, metrics=telemetry.prometheus_text)
+                await door.start()
+                http = door
         except OSError as exc:
             print(f"fedgate gateway: error: {exc}", file=sys.stderr)
             return 1
-        print(_banner(cfg, gateway, telemetry, ingress), flush=True)
+        print(_banner(cfg, gateway, telemetry, ingress, http), flush=True)
         await stop.wait()
         return 0
     finally:
         unsubscribe()
+        if http is not None:
+            await http.stop()
         if ingress is not None:
             await ingress.stop()
         if telemetry is not None:

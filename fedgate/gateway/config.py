@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fedgate.transport import protocol as wire
 from fedgate.validation import (
+    DAY,
     Backoff,
     Fraction,
     FrameBytes,
@@ -15,13 +16,15 @@ from fedgate.validation import (
     Hwm,
     InputBytes,
     InvalidParameterError,
+    Parsed,
     Period,
     Timeout,
     count,
+    seconds,
     validate,
 )
 
-__all__ = ["GatewayConfig"]
+__all__ = ["GatewayConfig", "HttpConfig", "listen_address", "parse_listen"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +120,46 @@ class GatewayConfig:
                     f"GatewayConfig: unknown key {key!r}; expected one of {sorted(known)}"
                 )
         return cls(**data)
+
+
+def parse_listen(value: Any) -> str:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), port 0-65535; returned as given."""
+    if not isinstance(value, str):
+        raise TypeError(value)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(value)
+    return value
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port), IPv6 brackets removed."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+Listen = Annotated[str, Parsed(parse_listen, what="HOST:PORT, e.g. '127.0.0.1:8080'")]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The ``[http]`` table: where the front door listens and what it bounds.
+
+    Parameters
+    ----------
+    listen : str
+        ``HOST:PORT`` (port 0: a free one).
+    max_body_bytes : int
+        Largest request body; a larger one is refused with 413.
+    idle_timeout : float
+        Seconds a connection may sit idle between requests, and the most a
+        client may take to send a request's head (from connecting) or its
+        body: a slowloris client is dropped after it (the body: 408).
+    """
+
+    listen: Listen = "127.0.0.1:8080"
+    max_body_bytes: Annotated[int, count(1024, 1 << 30)] = 4 << 20
+    idle_timeout: Annotated[float, seconds(gt=0.0, le=DAY)] = 75.0
+
+    def __post_init__(self) -> None:
+        validate(self)

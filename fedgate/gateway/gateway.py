@@ -36,7 +36,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, cast
 
 import zmq
@@ -244,6 +244,25 @@ class Gateway:
         Stopping the iteration cancels the work on the worker.
         """
         call = self._call(request, stream=True)
+        async with contextlib.aclosing(self._chunks(call)) as chunks:
+            async for chunk in chunks:
+                for token in chunk:
+                    yield token
+
+    def stream_call(
+        self, request: InferenceRequest
+    ) -> tuple[Call, AsyncGenerator[list[bytes], None]]:
+        """:meth:`infer_stream` for a front door: the call, and its chunks of tokens.
+
+        The call says, once a chunk arrived, which node and region serve it and
+        after how many attempts (``call.node``, ``call.region``, ``call.attempts``),
+        which a front door reports before its body (the HTTP front's headers).
+        Close the iterator (``aclose``) to cancel the work on the worker.
+        """
+        call = self._call(request, stream=True)
+        return call, self._chunks(call)
+
+    async def _chunks(self, call: Call) -> AsyncGenerator[list[bytes], None]:
         counters = self._counters
         counters.active_streams += 1
         # aclosing: a caller that stops reading closes this generator at its own
@@ -252,8 +271,7 @@ class Gateway:
         try:
             async with contextlib.aclosing(call.run()) as chunks:
                 async for chunk in chunks:
-                    for token in chunk:
-                        yield token
+                    yield chunk
         finally:
             counters.active_streams -= 1
 

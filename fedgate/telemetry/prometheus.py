@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["PrometheusExporter"]
+__all__ = ["PrometheusExporter", "render"]
 
 
 def _state_set(name: str, doc: str, rows: list[dict[str, Any]], states: tuple[str, ...]) -> Metric:
@@ -132,6 +132,15 @@ class _GatewayCollector:
         for row in breakers:
             failures.add_metric([row["node"]], float(row["failures"]))
         yield failures
+
+
+def render(snapshot: dict[str, Any]) -> bytes:
+    """``snapshot`` in Prometheus's text format (the HTTP front's ``/metrics``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_GatewayCollector(lambda: snapshot))
+    return generate_latest(registry)
 
 
 class PrometheusExporter:

@@ -420,6 +420,12 @@ class TelemetryServer:
                 f"gateway event loop did not answer a scrape within {self._scrape_timeout:g}s"
             ) from None
 
+    async def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of the shared snapshot, read on the loop (HTTP front)."""
+        from fedgate.telemetry.prometheus import render
+
+        return render((await self.cache.get()).data)
+
     def _start_prometheus(self, port: int) -> None:
         metrics = PrometheusExporter(self._read_on_loop)
         self.registry = metrics.registry

@@ -155,7 +155,8 @@ class SyntheticBackend:
     ----------
     tokens : int
         Output length when the input does not say (a JSON object with
-        ``"max_tokens"`` overrides it, capped at :data:`MAX_TOKENS`).
+        ``"max_tokens"`` or ``"max_completion_tokens"`` — an OpenAI chat or
+        completion body — overrides it, capped at :data:`MAX_TOKENS`).
     ttft : float
         Seconds to the first token.
     token_rate : float
@@ -211,11 +212,16 @@ class SyntheticBackend:
             obj = json.loads(data)
         except ValueError:  # not JSON after all: plain input, default length
             return self.tokens
-        if not isinstance(obj, dict) or "max_tokens" not in obj:
+        if not isinstance(obj, dict):
             return self.tokens
-        n = obj["max_tokens"]
+        # An OpenAI chat request (the HTTP front door passes its body unchanged)
+        # may name its length either way; the newer name wins, as OpenAI's does.
+        key = "max_completion_tokens" if "max_completion_tokens" in obj else "max_tokens"
+        if key not in obj:
+            return self.tokens
+        n = obj[key]
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise bad_input(f"synthetic: max_tokens: expected an int >= 0, got {n!r}")
+            raise bad_input(f"synthetic: {key}: expected an int >= 0, got {n!r}")
         return min(n, MAX_TOKENS)
 
     def complete(self, req: BackendRequest) -> list[list[bytes]] | None:

@@ -1,0 +1,95 @@
+"""The HTTP front's translations, without sockets: errors → statuses, headers → QoS."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedgate.errors import (
+    AllNodesUnhealthyError,
+    BackpressureError,
+    DeadlineExceededError,
+    NoCapacityError,
+    PrivacyViolationError,
+    StreamInterruptedError,
+    WorkerError,
+)
+from fedgate.gateway.config import HttpConfig, listen_address
+from fedgate.gateway.http import HttpError, qos_from_headers, status_of, tenant_from_headers
+from fedgate.types import PrivacyLevel
+from fedgate.validation import InvalidParameterError
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "kind"),
+    [
+        (ValueError("bad"), 400, "invalid_request_error"),
+        (PrivacyViolationError("no region"), 403, "permission_error"),
+        (NoCapacityError("none"), 503, "service_unavailable"),
+        (AllNodesUnhealthyError("sick"), 503, "service_unavailable"),
+        (BackpressureError("full"), 503, "service_unavailable"),
+        (DeadlineExceededError("late"), 504, "timeout_error"),
+        (WorkerError("input", code="bad_input", node_caused=False), 400, "invalid_request_error"),
+        (WorkerError("boom", code="backend"), 502, "server_error"),
+        (StreamInterruptedError("cut"), 502, "server_error"),
+        (RuntimeError("bug"), 500, "server_error"),
+    ],
+)
+def test_each_error_has_its_status_and_openai_body(exc: Exception, status: int, kind: str) -> None:
+    err = status_of(exc)
+    assert err.status == status
+    body = err.body()["error"]
+    assert body["type"] == kind and set(body) == {"message", "type", "param", "code"}
+    if status != 500:  # an internal error does not leak its text
+        assert str(exc) in body["message"]
+    else:
+        assert "bug" not in body["message"]
+
+
+def test_qos_headers() -> None:
+    qos, origin, deadline = qos_from_headers(
+        {
+            "x-fedgate-privacy": "confidential",
+            "x-fedgate-origin-region": "eu-west-1",
+            "x-fedgate-max-latency-ms": "250",
+            "x-fedgate-prefer-gpu": "false",
+            "x-fedgate-deadline-ms": "1500",
+        }
+    )
+    assert qos.privacy is PrivacyLevel.CONFIDENTIAL and qos.max_latency == 0.25
+    assert qos.prefer_gpu is False and origin == "eu-west-1" and deadline == 1.5
+    qos, origin, deadline = qos_from_headers({})
+    assert qos.privacy is PrivacyLevel.INTERNAL and origin is None and deadline is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-fedgate-privacy": "SECRET"},
+        {"x-fedgate-max-latency-ms": "fast"},
+        {"x-fedgate-deadline-ms": "-5"},
+        {"x-fedgate-prefer-gpu": "maybe"},
+    ],
+)
+def test_bad_qos_headers_are_400(headers: dict[str, str]) -> None:
+    with pytest.raises(HttpError) as info:
+        qos_from_headers(headers)
+    assert info.value.status == 400
+
+
+def test_bearer_names_the_tenant() -> None:
+    assert tenant_from_headers({"Authorization": "Bearer team-a"}) == "team-a"
+    assert tenant_from_headers({}) is None
+    for bad in ("Basic abc", "Bearer ", "Bearer " + "k" * 257):
+        with pytest.raises(HttpError) as info:
+            tenant_from_headers({"Authorization": bad})
+        assert info.value.status == 401
+
+
+def test_listen_addresses() -> None:
+    assert listen_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert listen_address("[::1]:0") == ("::1", 0)
+    for bad in ("8080", ":80", "host:", "h:99999", "h:port"):
+        with pytest.raises(InvalidParameterError):
+            HttpConfig(listen=bad)
+    with pytest.raises(InvalidParameterError):
+        HttpConfig(max_body_bytes=10)
