@@ -74,6 +74,8 @@ class GatewayStats:
     per_tenant: dict[str, NodeStats] = field(default_factory=dict)
     # Worker processes refused for claiming a node id live with another one (R16).
     refused_workers: int = 0
+    # Of those, per reason (gateway/trust.py REFUSALS: no_key, region, node, live …).
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
     # Nodes retired: lost for longer than GatewayConfig.dead_grace.
     retired_nodes: int = 0
 
@@ -98,6 +100,7 @@ class GatewayCounters:
         "per_node",
         "per_tenant",
         "refused",
+        "refused_by",
         "resumes",
         "retired",
         "retries",
@@ -115,6 +118,7 @@ class GatewayCounters:
         self.retries = self.failovers = self.resumes = self.local_rejections = 0
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
+        self.refused_by: dict[str, int] = collections.defaultdict(int)
         self.retired = 0
         # Worker connections the socket reported dropped (each triggers a liveness check).
         self.dropped_connections = 0
@@ -162,5 +166,6 @@ class GatewayCounters:
                 for k, v in self.per_tenant.items()
             },
             refused_workers=self.refused,
+            refused_by_reason=dict(self.refused_by),
             retired_nodes=self.retired,
         )

@@ -14,7 +14,7 @@ the backlog holds at most one frame per task plus the newest control frame).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -38,9 +38,12 @@ def connect(
     recv_hwm: int,
     heartbeat_interval: float,
     max_frame_bytes: int,
+    curve: Mapping[Any, Any] | None = None,
 ) -> zmq.Socket[Any]:
-    """A DEALER connected to a gateway's ROUTER."""
+    """A DEALER connected to a gateway's ROUTER (``curve``: its CURVE client options)."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    for option, value in (curve or {}).items():
+        sock.setsockopt(option, value)
     sock.setsockopt(zmq.ROUTING_ID, routing_id)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, send_hwm)
