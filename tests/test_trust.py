@@ -155,6 +155,9 @@ async def test_an_unknown_key_or_no_key_cannot_connect(keydir: Path) -> None:
             assert rogue.welcomed_by() == [None] and plain.welcomed_by() == [None]
             assert rogue.stats.requests == plain.stats.requests == 0
             assert eu.stats.requests == 20
+            # The unknown key was refused at its handshake, and counted; the
+            # keyless one never reached ZAP (a mechanism mismatch).
+            assert gw.stats().refused_handshakes >= 1
 
 
 async def test_another_key_never_takes_a_node_id_its_own_key_restarts_it(keydir: Path) -> None:

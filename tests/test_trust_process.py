@@ -127,6 +127,7 @@ async def test_r28_r19_no_key_or_an_unknown_key_cannot_register_and_gets_nothing
             assert got["frames"] == 0 and got["bytes"] == 0 and not got["welcomed"], got
         assert [w["node"] for w in gw.workers()] == ["eu-1"]
         assert gw.stats().successful_requests == 100
+        assert gw.stats().refused_handshakes >= 2  # the two attackers with an unknown key
 
 
 @pytest.mark.parametrize(

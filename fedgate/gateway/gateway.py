@@ -169,7 +169,9 @@ class Gateway:
         if trust is not None:
             # The ZAP handler must be up before the socket binds: a connection
             # handshaking before it would be refused for want of one.
-            self._auth = curve.start_authenticator(ctx, trust.keys, curve.WORKER_DOMAIN)
+            self._auth = curve.start_authenticator(
+                ctx, trust.keys, curve.WORKER_DOMAIN, self._refused_handshake
+            )
             options.update(curve.server_options(trust.pair, curve.WORKER_DOMAIN))
         try:
             sock, self._endpoints = bind_router(
@@ -234,6 +236,14 @@ class Gateway:
             self._ctx.term()
             self._ctx = None
         self._endpoints.clear()
+
+    def _refused_handshake(self, key: bytes) -> None:
+        counters = self._counters
+        counters.refused_handshakes += 1
+        # A refused client reconnects every few hundred ms: log its first few only.
+        if counters.refused_handshakes <= 10:
+            log.warning("refused a worker connection: key %s is not trusted",
+                        curve.fingerprint(key))
 
     def _stop_auth(self) -> None:
         if self._auth is not None:

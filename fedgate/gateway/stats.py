@@ -76,6 +76,8 @@ class GatewayStats:
     refused_workers: int = 0
     # Of those, per reason (gateway/trust.py REFUSALS: no_key, region, node, live …).
     refused_by_reason: dict[str, int] = field(default_factory=dict)
+    # Worker connections whose CURVE key is not trusted (refused at the handshake).
+    refused_handshakes: int = 0
     # Nodes retired: lost for longer than GatewayConfig.dead_grace.
     retired_nodes: int = 0
 
@@ -101,6 +103,7 @@ class GatewayCounters:
         "per_tenant",
         "refused",
         "refused_by",
+        "refused_handshakes",
         "resumes",
         "retired",
         "retries",
@@ -119,6 +122,7 @@ class GatewayCounters:
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
         self.refused_by: dict[str, int] = collections.defaultdict(int)
+        self.refused_handshakes = 0
         self.retired = 0
         # Worker connections the socket reported dropped (each triggers a liveness check).
         self.dropped_connections = 0
@@ -167,5 +171,6 @@ class GatewayCounters:
             },
             refused_workers=self.refused,
             refused_by_reason=dict(self.refused_by),
+            refused_handshakes=self.refused_handshakes,
             retired_nodes=self.retired,
         )

@@ -15,6 +15,7 @@ know which key announced a node (:func:`user_id`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,18 @@ def client_options(pair: KeyPair, server_public: bytes) -> dict[Any, Any]:
     }
 
 
-def start_authenticator(ctx: zmq.Context[Any], keys: dict[bytes, str], domain: str) -> Any:
+def start_authenticator(
+    ctx: zmq.Context[Any],
+    keys: dict[bytes, str],
+    domain: str,
+    on_refused: Callable[[bytes], object] | None = None,
+) -> Any:
     """Start pyzmq's asyncio ZAP authenticator on ``ctx``: CURVE clients of ``keys`` only.
 
-    The caller stops it (``.stop()``) before terminating ``ctx``. Must be
-    called from a running event loop.
+    ``on_refused(key)`` is called per handshake refused for an untrusted key
+    (a client without CURVE fails the handshake before ZAP is asked). The
+    caller stops it (``.stop()``) before terminating ``ctx``. Must be called
+    from a running event loop.
     """
     from zmq.auth.asyncio import AsyncioAuthenticator
 
@@ -143,7 +151,11 @@ def start_authenticator(ctx: zmq.Context[Any], keys: dict[bytes, str], domain: s
     class _Keys:
         # pyzmq's credentials provider: asked per connection, with the client's key.
         def callback(self, _domain: str, key: bytes) -> bool:
-            return key in allowed
+            if key in allowed:
+                return True
+            if on_refused is not None:
+                on_refused(key)
+            return False
 
     auth = AsyncioAuthenticator(ctx)
     auth.start()
