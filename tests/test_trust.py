@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import stat
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,15 @@ from fedgate.cli import keys as keys_cli
 from fedgate.federation.health import HealthChecker, HealthConfig
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.gateway.trust import Trust, WorkerGrant
+from fedgate.telemetry import TelemetryServer
 from fedgate.transport import curve
 from fedgate.worker.process import Worker, WorkerConfig
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
 
 
 def test_keys_generate_writes_a_private_secret_and_a_shareable_public_key(
@@ -138,6 +146,12 @@ async def test_a_claim_outside_the_grant_is_refused_with_its_reason(
         stats = gw.stats()
         assert stats.refused_workers >= 1 and set(stats.refused_by_reason) == {reason}
         assert any(words in r.getMessage() for r in caplog.records if r.name == "fedgate.worker")
+        async with TelemetryServer(gw, "tcp://127.0.0.1:0", prometheus_port=0,
+                                   min_interval=0, share=1) as server:
+            assert server.metrics_url is not None
+            text = await asyncio.to_thread(scrape, server.metrics_url)
+        count = stats.refused_by_reason[reason]
+        assert f'fedgate_refused_worker_reasons_total{{reason="{reason}"}} {count:.1f}' in text
 
 
 async def test_an_unknown_key_or_no_key_cannot_connect(keydir: Path) -> None:
