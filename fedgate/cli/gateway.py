@@ -363,6 +363,13 @@ def _banner(cfg: FedgateConfig, gateway: Any, telemetry: Any, ingress: Ingress |
         f"    e.g. fedgate worker --gateway {first} --node NODE --region REGION "
         "--model MODEL --capability CAP"
     )
+    if cfg.trust is not None:
+        lines.append(
+            f"  trust:       CURVE; {len(cfg.trust.grants)} worker key(s) granted "
+            f"(trusted keys: {cfg.trust.workers})"
+        )
+    else:
+        lines.append("  trust:       none: workers are not authenticated (see [trust])")
     if telemetry is not None and telemetry.endpoint.startswith("tcp://"):
         lines.append(f"  dashboard:   fedgate top --gateway {telemetry.endpoint}")
     else:
