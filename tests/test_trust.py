@@ -26,6 +26,7 @@ from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.gateway.trust import Trust, WorkerGrant
 from fedgate.telemetry import TelemetryServer
 from fedgate.transport import curve
+from fedgate.worker import process
 from fedgate.worker.process import Worker, WorkerConfig
 
 
@@ -154,7 +155,11 @@ async def test_a_claim_outside_the_grant_is_refused_with_its_reason(
         assert f'fedgate_refused_worker_reasons_total{{reason="{reason}"}} {count:.1f}' in text
 
 
-async def test_an_unknown_key_or_no_key_cannot_connect(keydir: Path) -> None:
+async def test_an_unknown_key_or_no_key_cannot_connect(
+    keydir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The handshake's refusal says nothing to the worker: it says so itself, soon.
+    monkeypatch.setattr(process, "SILENT_WARNING", 0.3)
     async with secured(keydir) as gw:
         eu = worker(gw, keydir, "eu-1", "eu-west-1", "eu", gpu=True)
         rogue = worker(gw, keydir, "eu-2", "eu-west-1", "rogue")
@@ -172,6 +177,11 @@ async def test_an_unknown_key_or_no_key_cannot_connect(keydir: Path) -> None:
             # The unknown key was refused at its handshake, and counted; the
             # keyless one never reached ZAP (a mechanism mismatch).
             assert gw.stats().refused_handshakes >= 1
+            said = [r.getMessage() for r in caplog.records]
+            silent = [m for m in said if "has not answered" in m]
+            assert any("eu-2" in m and "--key is not in its trusted keys" in m for m in silent)
+            assert any("eu-3" in m and "needs --key and --gateway-key" in m for m in silent)
+            assert not any("eu-1" in m for m in silent)
 
 
 async def test_another_key_never_takes_a_node_id_its_own_key_restarts_it(keydir: Path) -> None:

@@ -77,7 +77,16 @@ class Link:
     ``on_error(exc)`` are the worker's; the pump calls them.
     """
 
-    __slots__ = ("endpoint", "fire_pending", "gateway_id", "index", "pump", "refused", "welcomed")
+    __slots__ = (
+        "endpoint",
+        "fire_pending",
+        "gateway_id",
+        "index",
+        "pump",
+        "refused",
+        "unanswered",
+        "welcomed",
+    )
 
     def __init__(
         self,
@@ -93,6 +102,9 @@ class Link:
         self.endpoint = endpoint
         self.welcomed = False
         self.refused = False
+        # READYs sent since the last Welcome: a gateway silent for long is
+        # unreachable, or refusing this worker's CURVE handshake (which says nothing).
+        self.unanswered = 0
         self.gateway_id: str | None = None
         self.fire_pending: Out | None = None
         self.pump = Pump(

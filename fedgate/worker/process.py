@@ -109,6 +109,8 @@ log = logging.getLogger("fedgate.worker")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
+# Seconds of READYs without an answer before the worker says a gateway is silent.
+SILENT_WARNING = 10.0
 
 _MESSAGE_CHARS = 1024
 _REQUEST_TAG = Request.__struct_config__.tag
@@ -512,6 +514,23 @@ class Worker:
             else:
                 link.fire(self._ready_frame)
                 self.stats.readies_sent += 1
+                link.unanswered += 1
+                beats = max(3, math.ceil(SILENT_WARNING / self.config.heartbeat_interval))
+                if link.unanswered == beats:
+                    self._silent(link)
+
+    def _silent(self, link: Link) -> None:
+        keyed = self.config.key is not None
+        log.warning(
+            "gateway %s has not answered node %s for %gs: it is unreachable, or it refuses "
+            "this worker's connection (%s)",
+            link.endpoint,
+            self.config.node,
+            SILENT_WARNING,
+            "this worker's --key is not in its trusted keys, or --gateway-key is not its key"
+            if keyed
+            else "a gateway under [trust] needs --key and --gateway-key",
+        )
 
     # --- sending -------------------------------------------------------------
 
@@ -605,6 +624,7 @@ class Worker:
                     node,
                 )
                 return
+            link.unanswered = 0
             if not link.welcomed:
                 log.info("gateway %s (%s) welcomed node %s", msg.gateway_id, link.endpoint, node)
             link.welcomed = True
