@@ -14,6 +14,10 @@ every key)::
     [http]         the OpenAI-compatible front door: listen, max_body_bytes, idle_timeout
     [worker]       one worker's settings (gateways, node, region, models, …)
     [worker.options]  its backend's options
+    [trust]        key (the gateway's CURVE secret key file), trusted (the directory
+                   of trusted worker public keys); paths relative to the file
+    [trust.grants.NAME]  per worker key NAME (trusted/NAME.key): nodes, region,
+                   gpu, min_cost, max_cost — what that key may announce
 
 :func:`load_config` reads and checks everything and returns a
 :class:`FedgateConfig`; nothing is bound or started until every key passed. An
@@ -83,6 +87,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 if TYPE_CHECKING:
     from fedgate.gateway import Gateway, GatewayConfig
     from fedgate.gateway.config import HttpConfig
+    from fedgate.gateway.trust import Trust
     from fedgate.worker.process import WorkerConfig
 
 __all__ = [
@@ -103,7 +108,7 @@ __all__ = [
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where a gateway binds when neither the file nor ``--bind`` says."""
 
-TABLES = ("gateway", "retry", "regions", "policy", "breaker", "health", "http", "worker")
+TABLES = ("gateway", "retry", "regions", "policy", "breaker", "health", "http", "worker", "trust")
 """The top-level tables a configuration file may have."""
 
 _POLICY_KINDS: dict[str, type[Policy]] = {
@@ -244,6 +249,9 @@ class FedgateConfig:
         The OpenAI-compatible HTTP front door (None: not served).
     worker : mapping
         The ``[worker]`` keys given (checked), for :func:`worker_config`.
+    trust : Trust or None
+        ``[trust]``: CURVE on the worker link and the worker keys' grants
+        (None: no authentication, and the gateway binds loopback only).
     source : str or None
         The file it was read from.
     """
@@ -262,6 +270,7 @@ class FedgateConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     http: HttpConfig | None = None
     worker: Mapping[str, Any] = field(default_factory=dict)
+    trust: Trust | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -316,6 +325,18 @@ class FedgateConfig:
             if "options" in worker:
                 worker["options"] = dict(worker["options"])
             out["worker"] = worker
+        if self.trust is not None:
+            out["trust"] = {
+                "key": self.trust.key,
+                "trusted": self.trust.workers,
+                "grants": {
+                    name: {
+                        "nodes": list(g.nodes), "region": g.region, "gpu": g.gpu,
+                        "min_cost": g.min_cost, "max_cost": g.max_cost,
+                    }
+                    for name, g in self.trust.grants.items()
+                },
+            }
         return out
 
 
@@ -452,6 +473,52 @@ def _simple_table(name: str, cls: Any, data: Any) -> Any:
     return _build(cls, {k: f"{name}.{k}" for k in table}, table, name)
 
 
+def _trust_table(data: Any, source: str | None) -> Trust:
+    from fedgate.gateway.trust import Trust, WorkerGrant
+
+    table = _table("trust", data)
+    allowed = ["key", "trusted", "grants"]
+    for key in table:
+        if key not in allowed:
+            raise _unknown(f"trust.{key}", allowed)
+    for key in ("key", "trusted"):
+        if key not in table:
+            raise ConfigError(f"trust.{key}", "missing; [trust] needs key and trusted")
+    base = Path(source).parent if source else Path.cwd()
+
+    def path(key: str) -> str:
+        value = table[key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"trust.{key}", f"expected a file path, got {value!r}")
+        return str(base / value)
+
+    grants = {}
+    for name, grant in _table("trust.grants", table.get("grants", {})).items():
+        where = f"trust.grants.{name}"
+        row = dict(_table(where, grant))
+        known = [f.name for f in fields(WorkerGrant)]
+        for key in row:
+            if key not in known:
+                raise _unknown(f"{where}.{key}", known)
+        if "nodes" in row:
+            row["nodes"] = _listed(row["nodes"])
+        for key in ("nodes", "region"):
+            if key not in row:
+                raise ConfigError(f"{where}.{key}", "missing; a grant names nodes and region")
+        try:
+            grants[name] = _build(WorkerGrant, {k: f"{where}.{k}" for k in known}, row, where)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from None
+    key, trusted = path("key"), path("trusted")
+    try:
+        return Trust(key=key, workers=trusted, grants=grants)
+    except ValueError as exc:
+        where, _, why = str(exc).partition(": ")
+        raise ConfigError(f"trust.{where}", why) from None
+
+
 def _listed(value: Any) -> Any:
     # TOML lets a one-item list be a bare string.
     return [value] if isinstance(value, str) else value
@@ -550,6 +617,8 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
                 f"({health.liveness_timeout:g}s) or the gateway declares the worker dead "
                 f"between heartbeats, got {beat!r}",
             )
+    if "trust" in data:
+        out["trust"] = _trust_table(data["trust"], source)
     return _build(FedgateConfig, _OWN_PATHS, out, "gateway")
 
 
@@ -689,6 +758,7 @@ def build_gateway(cfg: FedgateConfig) -> Gateway:
     )
     if cfg.gateway_id is not None:
         builder = builder.gateway_id(cfg.gateway_id)
+    builder = builder.trust(cfg.trust)
     for endpoint in cfg.binds:
         builder = builder.bind(endpoint)
     return builder.build()
@@ -730,7 +800,7 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
             router.set_region(Region(region.id))
             notes.append(f"region {region.id}: removed (clearance INTERNAL)")
     for name in ("binds", "telemetry", "ingress", "prometheus_port", "gateway_id", "gateway",
-                 "breaker", "health"):  # fmt: skip
+                 "breaker", "health", "trust"):  # fmt: skip
         if getattr(new, name) != getattr(current, name):
             notes.append(f"{name}: changed in the file; takes effect after a restart")
     return notes

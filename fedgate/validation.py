@@ -75,6 +75,7 @@ __all__ = [
     "MAX_WEIGHT",
     "MIN_FRAME_LIMIT",
     "MIN_INTERVAL",
+    "NODE_NAME",
     "NON_EMPTY",
     "Backoff",
     "BindEndpoint",
@@ -101,6 +102,7 @@ __all__ = [
     "Latency",
     "ModelNames",
     "NodeName",
+    "NodeNames",
     "NonEmpty",
     "Number",
     "Options",
@@ -552,13 +554,14 @@ ConnectEndpoint: TypeAlias = Annotated[str, Endpoint(bind=False)]
 Switch: TypeAlias = Annotated[bool, Flag()]
 NON_EMPTY: Final = Text(what="a non-empty string")
 NonEmpty: TypeAlias = Annotated[str, NON_EMPTY]
-NodeName: TypeAlias = Annotated[
-    str,
-    Text(
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$",
-        what="1-128 characters [A-Za-z0-9_.:@-] starting with a letter or digit",
-    ),
+NODE_NAME: Final = Text(
+    max_length=128,
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$",
+    what="1-128 characters [A-Za-z0-9_.:@-] starting with a letter or digit",
+)
+NodeName: TypeAlias = Annotated[str, NODE_NAME]
+NodeNames: TypeAlias = Annotated[
+    Sequence[str], Items(NODE_NAME, noun="node ids", max_items=4096)
 ]
 ModelNames: TypeAlias = Annotated[
     Sequence[str],

@@ -308,6 +308,14 @@ def test_demo_summary_reports_everything_and_passes() -> None:
     assert "RESULT: PASS" in text
 
 
+def test_demo_summary_shows_the_rogue_worker_refused() -> None:
+    text = _render(_result(rogue_started=True, rogue_refusal="key 'rogue' has no grant"))
+    assert re.search(r"^rogue worker\s+refused \(key 'rogue' has no grant\); 0 requests", text,
+                     re.M)
+    assert "RESULT: PASS" in text
+    assert "rogue worker" not in _render(_result())
+
+
 def test_demo_summary_explains_a_breaker_that_did_not_trip() -> None:
     text = _render(_result(breaker_trips=0, killed_inflight=1))
     assert "had only 1 request(s) in flight when killed: raise --rate" in text
@@ -329,6 +337,9 @@ def test_demo_summary_says_when_it_was_cut_short() -> None:
         ({"lost": 2}, "2 lost request(s)"),
         ({"ok": 0}, "no request succeeded"),
         ({"routes_unchecked": 1}, "could not be checked"),
+        ({"rogue_started": True, "rogue_refusal": "no grant", "rogue_requests": 2},
+         "2 request(s) reached the rogue worker"),
+        ({"rogue_started": True}, "the rogue worker was not refused"),
     ],
 )
 def test_demo_summary_fails_on_any_broken_invariant(change: dict[str, Any], why: str) -> None:
@@ -567,6 +578,11 @@ def test_demo_runs_a_failover_and_a_breaker_trip_without_violations(tmp_path: Pa
     verified = int(re.search(r"^tokens verified\s+(\d+) \(0 wrong", text, re.M).group(1))  # type: ignore[union-attr]
     assert verified > 0
     assert re.search(r"^lost\s+0\b", text, re.M)
+    # The rogue worker, a trusted key with no grant claiming eu-west: refused, nothing reached it.
+    assert re.search(r"rogue worker \(pid \d+\)", text)
+    assert re.search(
+        r"^rogue worker\s+refused \(key 'rogue' has no grant for node id 'eu-west-rogue-01'\); "
+        r"0 requests reached it", text, re.M), text
     assert "RESULT: PASS" in text
     # every process it started is gone: the logs name their pids
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]

@@ -358,6 +358,17 @@ BAD = [
         "worker.heartbeat_interval",
         "declares the worker dead",
     ),
+    ("[trust]\nkey = 'k'", "trust.trusted", "missing"),
+    ("[trust]\nkey = 3\ntrusted = 't'", "trust.key", "3"),
+    ("[trust]\nkey = 'k'\ntrusted = 't'\nkeys = 1", "trust.keys", "unknown key"),
+    ("[trust]\nkey = 'k'\ntrusted = 't'\n[trust.grants.w]\nnodes = ['a']", "trust.grants.w.region",
+     "missing"),
+    ("[trust]\nkey = 'k'\ntrusted = 't'\n[trust.grants.w]\nnodes = []\nregion = 'r'",
+     "trust.grants.w.nodes", "[]"),
+    ("[trust]\nkey = 'k'\ntrusted = 't'\n[trust.grants.w]\nnodes = 'a'\nregion = 'r'\n"
+     "max_cost = -1", "trust.grants.w.max_cost", "-1"),
+    ("[trust]\nkey = 'k'\ntrusted = 't'\n[trust.grants.w]\nnodes = 'a'\nregion = 'r'\n"
+     "[trust.grants.v]\nnodes = 'a'\nregion = 'r'", "trust.grants.v.nodes", "'a' granted to 'w'"),
 ]
 
 

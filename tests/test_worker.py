@@ -194,7 +194,8 @@ async def test_ready_repeats_until_welcome_then_heartbeats(gw: FakeGateway) -> N
     cfg = config(gw.endpoint, gpu=True, cost=0.5, max_concurrency=7)
     async with Worker(cfg, backend=SyntheticBackend()) as worker:
         ident, first = await gw.expect(Ready)
-        assert ident == worker.routing_id == f"test-node/{worker.worker_id}".encode()
+        assert ident == worker.routing_id
+        assert ident.startswith(f"test-node/{worker.worker_id}/".encode())
         assert first == Ready(
             "test-node",
             "test-region",

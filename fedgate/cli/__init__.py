@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fedgate.cli.demo", "a three-region federation with a node failure, on this machine"),
     "gateway": ("fedgate.cli.gateway", "run a gateway: route requests to the workers"),
     "worker": ("fedgate.cli.worker", "run one node: serve a backend to the gateway(s)"),
+    "keys": ("fedgate.cli.keys", "make CURVE key pairs for workers, gateways and clients"),
     "top": ("fedgate.cli.top", "the live terminal dashboard of a running gateway"),
     "dashboard": ("fedgate.cli.top", "the same as top"),
 }

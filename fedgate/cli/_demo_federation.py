@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fedgate.types import PrivacyLevel, Region, RegionId
 
-__all__ = ["FEDERATION", "REGIONS", "NodeSpec", "Plan"]
+__all__ = ["FEDERATION", "REGIONS", "ROGUE", "NodeSpec", "Plan"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ FEDERATION: tuple[NodeSpec, ...] = (
              ("generate",), 0.25, 0.12, 40.0),
 )  # fmt: skip
 """The case study's three nodes (cost per 1k tokens, ttft in s, tokens/s)."""
+
+ROGUE = NodeSpec("eu-west-rogue-01", "eu-west-1", True, ("whisper-large-v3", "llama-3-8b"),
+                 ("transcribe", "generate"), 0.01, 0.001, 1000.0)  # fmt: skip
+"""An attacker: a trusted key with no grant, claiming a cheap, fast GPU node in eu-west."""
 
 REGIONS: tuple[Region, ...] = (
     Region(RegionId("us-west-2"), PrivacyLevel.INTERNAL, zone="us-west-2a"),

@@ -60,6 +60,10 @@ class DemoResult:
     stopped_early: bool = False
     planned: float = 0.0
     log_dir: str | None = None
+    # The rogue worker: started, how the gateway answered it, what reached it.
+    rogue_started: bool = False
+    rogue_refusal: str | None = None
+    rogue_requests: int = 0
 
     def violations(self) -> list[str]:
         """The invariants that did not hold, in words (empty: all held)."""
@@ -76,6 +80,10 @@ class DemoResult:
             out.append(f"{self.lost} lost request(s)")
         if self.sent and not self.ok:
             out.append("no request succeeded")
+        if self.rogue_requests:
+            out.append(f"{self.rogue_requests} request(s) reached the rogue worker")
+        if self.rogue_started and self.rogue_refusal is None:
+            out.append("the rogue worker was not refused")
         return out
 
 
@@ -165,6 +173,13 @@ def render_summary(result: DemoResult, console: Console) -> None:
         if not r.sovereignty_violations and not r.routes_unchecked
         else f"{len(r.sovereignty_violations)} ({r.routes_unchecked} dispatches unchecked)",
     )
+    if r.rogue_started:
+        totals.add_row(
+            "rogue worker",
+            f"refused ({r.rogue_refusal}); {r.rogue_requests} requests reached it"
+            if r.rogue_refusal is not None
+            else f"not refused; {r.rogue_requests} requests reached it",
+        )
     console.print(totals)
     problems = (
         ("sovereignty violation", r.sovereignty_violations),

@@ -60,9 +60,11 @@ class Workers:
             p for p in (root, self._env.get("PYTHONPATH")) if p
         )
         self._env.setdefault("PYTHONUNBUFFERED", "1")
+        # Per node: flags added to its command line (its CURVE key files).
+        self.extra: dict[str, list[str]] = {}
 
     def start(self, spec: NodeSpec) -> subprocess.Popen[bytes]:
-        args = spec.argv(self.endpoint, HEARTBEAT_INTERVAL)
+        args = spec.argv(self.endpoint, HEARTBEAT_INTERVAL) + self.extra.get(spec.node, [])
         if sys.platform.startswith("linux"):
             argv = [sys.executable, "-c", _LAUNCH, str(os.getpid()), *args]
         else:

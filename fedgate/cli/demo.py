@@ -66,6 +66,7 @@ from fedgate.cli._demo_federation import (
     ORIGIN,
     REGIONS,
     REQUEST_TIMEOUT,
+    ROGUE,
     TENANTS,
     VICTIM,
     NodeSpec,
@@ -225,9 +226,11 @@ class _Demo:
             "fedgate demo: a gateway and the case study's federation as 3 worker processes "
             f"({', '.join(s.node for s in FEDERATION)})"
         )
+        trust, extra = self._keys(log_dir)
         for attempt in range(3):
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             cfg = FedgateConfig(
+                trust=trust,
                 binds=(endpoint,),
                 telemetry="tcp://127.0.0.1:*",
                 origin=ORIGIN,
@@ -254,6 +257,7 @@ class _Demo:
             # Workers first: they start while the gateway compiles its kernels, and
             # keep announcing themselves until it answers.
             self.workers = Workers(endpoint, log_dir)
+            self.workers.extra = extra
             for spec in FEDERATION:
                 self.workers.start(spec)
             self.say("compiling the routing kernels and starting the workers (a few seconds)...")
@@ -306,6 +310,36 @@ class _Demo:
             f"{VICTIM} at {self.plan.kill_at:.1f}s, restart it at {self.plan.restart_at:.1f}s"
         )
         return True
+
+    def _keys(self, log_dir: Path) -> tuple[Any, dict[str, list[str]]]:
+        """CURVE keys for the gateway, each node and the rogue; the grants; worker flags.
+
+        The rogue's key is trusted (it can connect) but granted nothing: its
+        READY for an eu-west node is refused, and nothing is routed to it.
+        """
+        from fedgate.gateway.trust import Trust, WorkerGrant
+        from fedgate.transport import curve
+
+        folder = Path(tempfile.mkdtemp(prefix="keys-", dir=log_dir))
+        trusted = folder / "trusted"
+        curve.generate(folder, "gateway")
+        extra: dict[str, list[str]] = {}
+        grants = {}
+        for spec in (*FEDERATION, ROGUE):
+            name = "rogue" if spec is ROGUE else spec.node
+            curve.generate(trusted, name)
+            extra[spec.node] = [
+                "--key", str(trusted / f"{name}.key_secret"),
+                "--gateway-key", str(folder / "gateway.key"),
+            ]  # fmt: skip
+            if spec is not ROGUE:
+                grants[name] = WorkerGrant(
+                    nodes=[spec.node], region=spec.region, gpu=spec.gpu,
+                    min_cost=spec.cost, max_cost=spec.cost,
+                )  # fmt: skip
+        self.say(f"CURVE keys in {folder}: each worker is served under its key's grant")
+        trust = Trust(key=str(folder / "gateway.key_secret"), workers=str(trusted), grants=grants)
+        return trust, extra
 
     async def _wait_registered(self, nodes: list[str], timeout: float) -> None:
         assert self.gateway is not None and self.workers is not None
@@ -476,6 +510,14 @@ class _Demo:
     async def _chaos(self, workers: Workers) -> None:
         plan = self.plan
         assert self.gateway is not None
+        await self._until(plan.kill_at / 2)
+        rogue = workers.start(ROGUE)
+        self.result.rogue_started = True
+        self.event(
+            f"rogue worker (pid {rogue.pid}): a key with no grant announces {ROGUE.node} in "
+            f"{ROGUE.region} at cost {ROGUE.cost:g}",
+            "warning",
+        )
         await self._until(plan.kill_at)
         # Kill it while it is busy, so its in-flight requests have to fail over
         # (and are enough to open its breaker); give up waiting after a while.
@@ -598,6 +640,13 @@ class _Demo:
         r.ttft = (s.ttft_p50, s.ttft_p95, s.ttft_p99)
         if s.total_requests == 0:
             r.latency = r.ttft = (math.nan, math.nan, math.nan)
+        if r.rogue_started:
+            rogue = s.per_node.get(ROGUE.node)
+            r.rogue_requests = rogue.requests if rogue else 0
+            if workers is not None:
+                for line in workers.log_tail(ROGUE.node, 50).splitlines():
+                    if "refused node " in line:
+                        r.rogue_refusal = line.partition("refused node ")[2].partition(": ")[2]
         clearance = {str(reg.id): reg.clearance.name for reg in REGIONS}
         r.nodes = []
         for spec in FEDERATION:
@@ -673,7 +722,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "(us-west GPU, eu-west GPU, ap-south CPU) with the synthetic backend. Traffic "
         "flows, every token is verified, RESTRICTED requests are checked to stay in the "
         "EU, and part-way through us-west-gpu-01 is killed: watch the failover, its "
-        "circuit breaker opening, and its recovery after a restart.",
+        "circuit breaker opening, and its recovery after a restart. The worker link runs "
+        "CURVE with keys made for the run, and a rogue worker (a key with no grant) "
+        "claiming an eu-west node is refused: no request reaches it.",
         epilog="With a terminal the live dashboard runs (keys as in `fedgate top`; q quits). "
         "Without one, or with --no-tui, progress lines and a summary are printed. Exit "
         "status: 0 every invariant held, 1 one did not (or the federation did not start), "

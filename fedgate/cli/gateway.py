@@ -48,6 +48,7 @@ from fedgate.federation.policy import (
 from fedgate.gateway import GatewayConfig
 from fedgate.gateway.ingress import Ingress
 from fedgate.telemetry import DEFAULT_ENDPOINT
+from fedgate.transport.bind import is_loopback
 from fedgate.types import PrivacyLevel
 from fedgate.validation import argument_type
 
@@ -96,11 +97,15 @@ examples:
   fedgate gateway --config examples/federation.toml --max-retries 2 --strategy round-robin
 
   # everything by flags: EU data stays in eu-west-1, Prometheus metrics on :9100
-  fedgate gateway --bind tcp://0.0.0.0:5555 --region eu-west-1=RESTRICTED \\
+  fedgate gateway --bind tcp://127.0.0.1:5555 --region eu-west-1=RESTRICTED \\
       --region us-west-2=INTERNAL --origin us-west-2 --policy health=3 --prometheus-port 9100
 
   # any OpenAI client: http://127.0.0.1:8080/v1 (chat completions, models, metrics)
   fedgate gateway --http 127.0.0.1:8080
+
+  # workers from other machines: CURVE keys and grants in the file's [trust]
+  # (fedgate keys --help), then any address may be bound
+  fedgate gateway --config secured.toml --bind tcp://0.0.0.0:5555
 
   # serve clients too (MessagePack over ZeroMQ; see `python -m pydoc fedgate.cli.gateway`)
   fedgate gateway --ingress tcp://127.0.0.1:5557
@@ -112,6 +117,10 @@ then, in other terminals:
   fedgate worker --gateway {DEFAULT_BIND} --node us-west-gpu-01 --region us-west-2 \\
       --model llama-3-8b --capability generate --gpu
   fedgate top --gateway {DEFAULT_ENDPOINT}
+
+Secure by default: without [trust] every endpoint must be loopback (127.0.0.1,
+localhost, ipc://); another address needs --insecure, and every such start
+warns that anyone reaching it can announce a node in any region.
 
 Flags override the file. Signals: SIGTERM/SIGINT stop cleanly (exit 0); SIGHUP
 re-reads --config (an invalid file is rejected and changes nothing). Exit
@@ -224,6 +233,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="also serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: a free port)",
     )
     net.add_argument("--gateway-id", metavar="ID", help="this gateway's id (default: generated)")
+    net.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding a non-loopback address without [trust] (no worker "
+        "authentication: anyone reaching it can serve, and receive, any region's data)",
+    )
     routing = parser.add_argument_group("routing")
     routing.add_argument(
         "--region",
@@ -360,6 +375,13 @@ def _banner(
         f"    e.g. fedgate worker --gateway {first} --node NODE --region REGION "
         "--model MODEL --capability CAP"
     )
+    if cfg.trust is not None:
+        lines.append(
+            f"  trust:       CURVE; {len(cfg.trust.grants)} worker key(s) granted "
+            f"(trusted keys: {cfg.trust.workers})"
+        )
+    else:
+        lines.append("  trust:       none: workers are not authenticated (see [trust])")
     if telemetry is not None and telemetry.endpoint.startswith("tcp://"):
         lines.append(f"  dashboard:   fedgate top --gateway {telemetry.endpoint}")
     else:
@@ -490,6 +512,14 @@ async def _serve(
         log.info("gateway stopped")
 
 
+def _exposed(cfg: FedgateConfig) -> list[str]:
+    """The endpoints that the network reaches without CURVE guarding them."""
+    # The worker link runs CURVE under [trust]; the ingress and telemetry do not yet.
+    endpoints = [] if cfg.trust is not None else list(cfg.binds)
+    endpoints += [e for e in (cfg.telemetry, cfg.ingress) if e is not None]
+    return [e for e in endpoints if not is_loopback(e)]
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run ``fedgate gateway`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
@@ -514,6 +544,23 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    exposed = _exposed(cfg)
+    if exposed and not args.insecure:
+        print(
+            f"{name}: error: {', '.join(exposed)} is reachable from other machines, and "
+            "without [trust] (CURVE keys and grants) anyone reaching it can announce a node "
+            "in any region; bind 127.0.0.1, configure [trust], or pass --insecure",
+            file=sys.stderr,
+        )
+        return 2
+    if exposed:
+        log.warning(
+            "INSECURE: %s bound without worker authentication (--insecure): anyone reaching "
+            "it can serve, and receive, any region's data",
+            ", ".join(exposed),
+        )
+    elif cfg.trust is None:
+        log.info("no [trust] configuration: workers are not authenticated; loopback binds only")
     return asyncio.run(_serve(cfg, args.config, overrides, flags))
 
 

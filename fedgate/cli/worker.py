@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from fedgate.transport import curve
 from fedgate.validation import InvalidParameterError, argument_type
 from fedgate.worker.backends import backend_names, create_backend
 from fedgate.worker.backends import openai as openai_backend
@@ -48,6 +49,8 @@ _FIELD_FLAGS = {
     "max_concurrency": "--max-concurrency",
     "heartbeat_interval": "--heartbeat-interval",
     "drain_timeout": "--drain-timeout",
+    "key": "--key",
+    "gateway_key": "--gateway-key",
 }
 
 _EXAMPLES = """\
@@ -75,7 +78,8 @@ examples:
 signals: SIGTERM or SIGINT drains (Disconnect, finish in-flight requests up to
 --drain-timeout, fail the rest with error "shutdown") and exits 0; a second one
 stops at once. Exit status 3: a gateway refused the registration (node id
-already live with another worker).
+already live with another worker, or outside this worker key's grant: the
+message names the grant it lacks).
 """
 
 
@@ -184,6 +188,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="logging level on stderr (default INFO)",
     )
     node.add_argument(
+        "--key",
+        metavar="FILE",
+        help="this worker's CURVE secret key file (fedgate keys generate): the link is "
+        "encrypted and the gateway serves the node under this key's grant; with --gateway-key",
+    )
+    node.add_argument(
+        "--gateway-key",
+        metavar="FILE",
+        help="the gateway's public key file (NAME.key), with --key",
+    )
+    node.add_argument(
         "--uvloop",
         action="store_true",
         help="run on uvloop (must be installed) instead of the default asyncio loop",
@@ -221,6 +236,19 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, Backend]:
         for dest, flag in module.OPTION_FLAGS.items():
             if getattr(args, dest, None) is not None:
                 raise ValueError(f"argument {flag}: only applies to --backend {other}")
+    if (args.key is None) != (args.gateway_key is None):
+        given, missing = ("--key", "--gateway-key") if args.key else ("--gateway-key", "--key")
+        raise ValueError(f"argument {missing}: expected with {given} (a CURVE link needs both)")
+    if args.key is not None:
+        # Read now: a bad key file is a flag error (exit 2), not a failure after connecting.
+        for flag, path, load in (
+            ("--key", args.key, curve.load_pair),
+            ("--gateway-key", args.gateway_key, curve.load_public),
+        ):
+            try:
+                load(path)
+            except ValueError as exc:
+                raise ValueError(f"argument {flag}: {exc}") from None
     options: dict[str, Any] = {}
     flags: dict[str, str] = {}
     if name in _BACKEND_MODULES:
@@ -242,6 +270,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[WorkerConfig, Backend]:
             max_concurrency=args.max_concurrency,
             heartbeat_interval=args.heartbeat_interval,
             drain_timeout=args.drain_timeout,
+            key=args.key,
+            gateway_key=args.gateway_key,
         )
     except InvalidParameterError as exc:
         flag = _FIELD_FLAGS.get(exc.field)

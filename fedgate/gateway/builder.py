@@ -8,6 +8,7 @@ from fedgate.federation.health import HealthChecker
 from fedgate.federation.policy import CompositePolicy
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.gateway import Gateway
+from fedgate.gateway.trust import Trust
 from fedgate.routing.router import Router
 from fedgate.types import Region, RegionId
 
@@ -29,6 +30,7 @@ class GatewayBuilder:
         self._policy: CompositePolicy | None = None
         self._regions: list[Region] = []
         self._binds: list[str] = []
+        self._trust: Trust | None = None
         self._strategy = "least-latency"
         self._origin: RegionId | None = None
         self._gateway_id: str | None = None
@@ -82,6 +84,11 @@ class GatewayBuilder:
         self._gateway_id = name
         return self
 
+    def trust(self, trust: Trust | None) -> GatewayBuilder:
+        """CURVE on the worker link, and the grants READYs are checked against."""
+        self._trust = trust
+        return self
+
     def build(self) -> Gateway:
         catalog = self._catalog if self._catalog is not None else ModelCatalog()
         health = self._health if self._health is not None else HealthChecker()
@@ -104,4 +111,5 @@ class GatewayBuilder:
             router,
             self._binds or ["tcp://127.0.0.1:5555"],
             gateway_id=self._gateway_id,
+            trust=self._trust,
         )

@@ -50,7 +50,9 @@ from fedgate.gateway.call import Call, CallEnv
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.registry import Registry
 from fedgate.gateway.stats import GatewayCounters, GatewayStats, RouteRecord
+from fedgate.gateway.trust import Trust
 from fedgate.routing.router import Router
+from fedgate.transport import curve
 from fedgate.transport import protocol as wire
 from fedgate.transport.bind import bind_router
 from fedgate.transport.pump import Pump
@@ -84,8 +86,13 @@ class Gateway:
         binds: Iterable[str],
         *,
         gateway_id: str | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.config = config
+        # Keys are read now: a missing file is a construction error, not a start failure.
+        self.trust = trust
+        self._trust = trust.load() if trust is not None else None
+        self._auth: Any = None
         self.catalog = catalog
         self.health = health
         self.breaker = breaker
@@ -105,7 +112,7 @@ class Gateway:
         self._breaker_trips_at_start = breaker.trips
         self._counters = counters = GatewayCounters()
         self._registry = registry = Registry(
-            catalog, health, router, counters, self.gateway_id, config.dead_grace
+            catalog, health, router, counters, self.gateway_id, config.dead_grace, self._trust
         )
         self._attempts = attempts = Attempts(config, router, registry, counters)
         # Read per frame: one attribute each, not a chain.
@@ -151,18 +158,28 @@ class Gateway:
         loop = self._loop = asyncio.get_running_loop()
         ctx: zmq.Context[Any] = zmq.Context()
         hwm = self.config.send_hwm
-        sock, self._endpoints = bind_router(
-            ctx,
-            self._binds,
-            what="gateway",
-            options={
-                zmq.ROUTER_MANDATORY: 1,
-                zmq.LINGER: 0,
-                zmq.SNDHWM: hwm,
-                zmq.RCVHWM: hwm,
-                zmq.MAXMSGSIZE: wire.socket_max_bytes(self.config.max_frame_bytes),
-            },
-        )
+        options: dict[Any, Any] = {
+            zmq.ROUTER_MANDATORY: 1,
+            zmq.LINGER: 0,
+            zmq.SNDHWM: hwm,
+            zmq.RCVHWM: hwm,
+            zmq.MAXMSGSIZE: wire.socket_max_bytes(self.config.max_frame_bytes),
+        }
+        trust = self._trust
+        if trust is not None:
+            # The ZAP handler must be up before the socket binds: a connection
+            # handshaking before it would be refused for want of one.
+            self._auth = curve.start_authenticator(
+                ctx, trust.keys, curve.WORKER_DOMAIN, self._refused_handshake
+            )
+            options.update(curve.server_options(trust.pair, curve.WORKER_DOMAIN))
+        try:
+            sock, self._endpoints = bind_router(
+                ctx, self._binds, what="gateway", options=options
+            )
+        except BaseException:
+            self._stop_auth()
+            raise
         self._ctx = ctx
         pump = self._pump = Pump(
             loop,
@@ -214,10 +231,24 @@ class Gateway:
             self._drop_check = None
         pump.close(0)
         self._pump = self._attempts.pump = self._registry.pump = None
+        self._stop_auth()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
         self._endpoints.clear()
+
+    def _refused_handshake(self, key: bytes) -> None:
+        counters = self._counters
+        counters.refused_handshakes += 1
+        # A refused client reconnects every few hundred ms: log its first few only.
+        if counters.refused_handshakes <= 10:
+            log.warning("refused a worker connection: key %s is not trusted",
+                        curve.fingerprint(key))
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     # ---------------------------------------------------------------- public API
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
@@ -389,7 +420,11 @@ class Gateway:
         elif kind is wire.Heartbeat:
             self._registry.heartbeat(identity, cast(wire.Heartbeat, msg))
         elif kind is wire.Ready:
-            self._registry.register(identity, cast(wire.Ready, msg))
+            key = None
+            pump = self._pump
+            if self._trust is not None and pump is not None and pump.last_frame is not None:
+                key = curve.user_id(pump.last_frame)
+            self._registry.register(identity, cast(wire.Ready, msg), key)
         elif kind is wire.Disconnect:
             self._registry.disconnect(identity, cast(wire.Disconnect, msg))
 

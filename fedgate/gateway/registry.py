@@ -24,6 +24,7 @@ from fedgate.federation.catalog import ModelCatalog
 from fedgate.federation.health import HealthChecker
 from fedgate.gateway.attempt import Attempt, Lost, LostCause
 from fedgate.gateway.stats import GatewayCounters
+from fedgate.gateway.trust import TrustState
 from fedgate.routing.router import Router
 from fedgate.transport import protocol as wire
 from fedgate.transport.pump import Pump
@@ -43,6 +44,7 @@ class Worker:
         "cost",
         "gpu",
         "identity",
+        "key",
         "lost_at",
         "max_concurrency",
         "models",
@@ -53,10 +55,13 @@ class Worker:
         "worker_id",
     )
 
-    def __init__(self, identity: bytes, msg: wire.Ready) -> None:
+    def __init__(
+        self, identity: bytes, msg: wire.Ready, key: bytes | None = None, region: str = ""
+    ) -> None:
         self.identity = identity
+        self.key = key  # its CURVE public key (None on a plain link)
         self.node = NodeId(msg.node)
-        self.region = RegionId(msg.region)
+        self.region = RegionId(region or msg.region)
         self.worker_id = msg.worker_id
         self.models = [ModelId(m) for m in msg.models]
         self.gpu = msg.gpu
@@ -84,7 +89,9 @@ class Registry:
         counters: GatewayCounters,
         gateway_id: str,
         dead_grace: float = 60.0,
+        trust: TrustState | None = None,
     ) -> None:
+        self.trust = trust
         self.catalog = catalog
         self.dead_grace = dead_grace
         self.health = health
@@ -133,8 +140,25 @@ class Registry:
                 "worker %s (%s) disconnecting: %s", worker.node, worker.worker_id, msg.reason
             )
 
-    def register(self, identity: bytes, msg: wire.Ready) -> None:
+    def refuse(self, identity: bytes, msg: wire.Ready, code: str, why: str) -> None:
+        """Answer Refuse (the worker exits with ``why``), log it and count it under ``code``."""
+        self.counters.refused += 1
+        self.counters.refused_by[code] += 1
+        log.warning("refused worker %s announcing node %s: %s", msg.worker_id, msg.node, why)
+        self._try_send(identity, wire.Refuse(msg.node, why))
+
+    def register(self, identity: bytes, msg: wire.Ready, key: bytes | None = None) -> None:
+        """Record a READY (``key``: the CURVE key of the link it came on), or refuse it."""
         node = NodeId(msg.node)
+        region = ""
+        trust = self.trust
+        if trust is not None:
+            refusal = trust.check(key, msg)
+            if refusal is not None:
+                self.refuse(identity, msg, *refusal)
+                return
+            # Routed as its grant's region: checked equal above, taken from the grant.
+            region = trust.grants[trust.keys[key]].region  # type: ignore[index]
         current = self.by_node.get(node)
         if (
             current is not None
@@ -144,15 +168,11 @@ class Registry:
             and self.connected(current)
         ):
             # R16: a second process claiming a live node id is refused, not merged.
-            self.counters.refused += 1
-            log.warning(
-                "refused worker %s claiming live node %s (held by %s)",
-                msg.worker_id,
-                node,
-                current.worker_id,
-            )
-            self._try_send(
-                identity, wire.Refuse(node, f"node id {node!r} is live with another worker")
+            self.refuse(
+                identity,
+                msg,
+                "live",
+                f"node id {node!r} is live with another worker ({current.worker_id})",
             )
             return
         if current is not None and (
@@ -160,7 +180,7 @@ class Registry:
         ):
             self.lose(current, "replaced by a new worker process")
             self.by_identity.pop(current.identity, None)
-        worker = Worker(identity, msg)
+        worker = Worker(identity, msg, key, region)
         if (
             current is not None
             and current.worker_id == msg.worker_id

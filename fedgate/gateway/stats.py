@@ -74,6 +74,10 @@ class GatewayStats:
     per_tenant: dict[str, NodeStats] = field(default_factory=dict)
     # Worker processes refused for claiming a node id live with another one (R16).
     refused_workers: int = 0
+    # Of those, per reason (gateway/trust.py REFUSALS: no_key, region, node, live …).
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
+    # Worker connections whose CURVE key is not trusted (refused at the handshake).
+    refused_handshakes: int = 0
     # Nodes retired: lost for longer than GatewayConfig.dead_grace.
     retired_nodes: int = 0
 
@@ -98,6 +102,8 @@ class GatewayCounters:
         "per_node",
         "per_tenant",
         "refused",
+        "refused_by",
+        "refused_handshakes",
         "resumes",
         "retired",
         "retries",
@@ -115,6 +121,8 @@ class GatewayCounters:
         self.retries = self.failovers = self.resumes = self.local_rejections = 0
         self.stale = self.malformed = self.cancels_sent = self.cancel_acks = 0
         self.refused = 0
+        self.refused_by: dict[str, int] = collections.defaultdict(int)
+        self.refused_handshakes = 0
         self.retired = 0
         # Worker connections the socket reported dropped (each triggers a liveness check).
         self.dropped_connections = 0
@@ -162,5 +170,7 @@ class GatewayCounters:
                 for k, v in self.per_tenant.items()
             },
             refused_workers=self.refused,
+            refused_by_reason=dict(self.refused_by),
+            refused_handshakes=self.refused_handshakes,
             retired_nodes=self.retired,
         )

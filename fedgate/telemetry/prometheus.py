@@ -69,7 +69,10 @@ class _GatewayCollector:
             ("fedgate_stale_frames", "Frames of abandoned attempts dropped", "stale_frames"),
             ("fedgate_malformed_frames", "Malformed frames dropped", "malformed_frames"),
             ("fedgate_cancels_sent", "CANCEL frames sent to workers", "cancels_sent"),
-            ("fedgate_refused_workers", "Workers refused: node id held", "refused_workers"),
+            ("fedgate_refused_workers", "Worker READYs refused: node id held, or outside "
+             "their key's grant", "refused_workers"),
+            ("fedgate_refused_handshakes", "Worker connections refused: untrusted CURVE key",
+             "refused_handshakes"),
         )  # fmt: skip
         for name, doc, key in counters:
             yield CounterMetricFamily(name, doc, value=float(stats[key]))
@@ -90,6 +93,13 @@ class _GatewayCollector:
                 family.add_metric([q], math.nan if value is None else value)
             yield family
 
+        refused = CounterMetricFamily(
+            "fedgate_refused_worker_reasons", "Worker READYs refused, per reason",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, count in stats["refused_by_reason"].items():
+            refused.add_metric([reason], float(count))
+        yield refused
         per_node = stats["per_node"]
         for name, doc, key in (
             ("fedgate_node_requests", "Attempts sent to the node", "requests"),

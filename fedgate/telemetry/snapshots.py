@@ -494,7 +494,8 @@ class Telemetry:
             if isinstance(value, dict):
                 table: dict[str, Any] = {}
                 for i, (k, v) in enumerate(sorted(value.items()), 1):
-                    table[str(k)] = _fields(v)
+                    # Rows (per node, per tenant) or plain counts (refusals per reason).
+                    table[str(k)] = _fields(v) if dataclasses.is_dataclass(v) else _plain(v)
                     if i % chunk == 0:
                         yield
                 out[f.name] = table

@@ -15,11 +15,31 @@ from typing import Any, TypeVar
 
 import zmq
 
-__all__ = ["bind_router", "check_endpoint"]
+__all__ = ["bind_router", "check_endpoint", "is_loopback"]
 
 _TCP_PORT = re.compile(r"^tcp://.*:([^:\]]*)$")
 
 S = TypeVar("S", bound=zmq.Socket)
+
+
+_LOOPBACK_HOSTS = ("localhost", "[::1]", "::1")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether only this machine can reach ``endpoint`` (loopback TCP, ``ipc://``, ``inproc://``).
+
+    A host name other than ``localhost``, an interface name, ``*`` and
+    ``0.0.0.0`` all count as reachable from the network.
+    """
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0]
+    if ";" in host:  # tcp://source;destination: the address bound is the part after
+        host = host.rsplit(";", 1)[1]
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def check_endpoint(endpoint: str, what: str = "") -> None:

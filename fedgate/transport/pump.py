@@ -152,6 +152,7 @@ class Pump:
         "backlog",
         "closed",
         "fd",
+        "last_frame",
         "sock",
     )
 
@@ -193,6 +194,9 @@ class Pump:
         self.backlog: collections.deque[Out] = collections.deque()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_MIN
+        # A ROUTER's last payload as received, for its message properties
+        # (CURVE's User-Id) while ``on_message`` runs.
+        self.last_frame: zmq.Frame | None = None
 
     @property
     def held(self) -> int:
@@ -491,6 +495,7 @@ class Pump:
                     frame = recv(_NOBLOCK, copy=False)
                     more = frame.more
                     payload = frame.bytes
+                    self.last_frame = frame
                 else:
                     # As bytes, not a zmq.Frame: a pass of several messages ends
                     # with a receive that finds nothing, and that failure costs

@@ -14,7 +14,7 @@ the backlog holds at most one frame per task plus the newest control frame).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -38,9 +38,12 @@ def connect(
     recv_hwm: int,
     heartbeat_interval: float,
     max_frame_bytes: int,
+    curve: Mapping[Any, Any] | None = None,
 ) -> zmq.Socket[Any]:
-    """A DEALER connected to a gateway's ROUTER."""
+    """A DEALER connected to a gateway's ROUTER (``curve``: its CURVE client options)."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    for option, value in (curve or {}).items():
+        sock.setsockopt(option, value)
     sock.setsockopt(zmq.ROUTING_ID, routing_id)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, send_hwm)
@@ -74,7 +77,16 @@ class Link:
     ``on_error(exc)`` are the worker's; the pump calls them.
     """
 
-    __slots__ = ("endpoint", "fire_pending", "gateway_id", "index", "pump", "refused", "welcomed")
+    __slots__ = (
+        "endpoint",
+        "fire_pending",
+        "gateway_id",
+        "index",
+        "pump",
+        "refused",
+        "unanswered",
+        "welcomed",
+    )
 
     def __init__(
         self,
@@ -90,6 +102,9 @@ class Link:
         self.endpoint = endpoint
         self.welcomed = False
         self.refused = False
+        # READYs sent since the last Welcome: a gateway silent for long is
+        # unreachable, or refusing this worker's CURVE handshake (which says nothing).
+        self.unanswered = 0
         self.gateway_id: str | None = None
         self.fire_pending: Out | None = None
         self.pump = Pump(

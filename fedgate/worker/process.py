@@ -43,6 +43,7 @@ import functools
 import logging
 import math
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
@@ -52,6 +53,7 @@ import zmq.asyncio
 
 from fedgate._version import __version__
 from fedgate.errors import WorkerError
+from fedgate.transport import curve
 from fedgate.transport.protocol import (
     ERR_BACKEND,
     ERR_BAD_INPUT,
@@ -107,6 +109,8 @@ log = logging.getLogger("fedgate.worker")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
+# Seconds of READYs without an answer before the worker says a gateway is silent.
+SILENT_WARNING = 10.0
 
 _MESSAGE_CHARS = 1024
 _REQUEST_TAG = Request.__struct_config__.tag
@@ -154,6 +158,11 @@ class WorkerConfig:
         Larger frames from a gateway are dropped unread.
     close_linger : float
         Seconds the last replies and Disconnect may take to leave at close.
+    key : str or None
+        This worker's CURVE secret key file (``fedgate keys generate``): the
+        link runs CURVE, and the gateway knows the node by this key's grant.
+    gateway_key : str or None
+        The gateways' public key file (given with ``key``, never alone).
     """
 
     gateways: ConnectEndpoints
@@ -172,9 +181,16 @@ class WorkerConfig:
     recv_hwm: Hwm = 10_000
     max_frame_bytes: FrameBytes = MAX_FRAME_BYTES
     close_linger: Annotated[float, seconds(ge=0.0, le=60.0)] = 0.5
+    key: NonEmpty | None = None
+    gateway_key: NonEmpty | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+        if (self.key is None) != (self.gateway_key is None):
+            raise ValueError(
+                "key, gateway_key: expected both (a CURVE link) or neither, "
+                f"got key={self.key!r}, gateway_key={self.gateway_key!r}"
+            )
 
 
 @dataclass(slots=True)
@@ -252,7 +268,10 @@ class Worker:
             else create_backend(config.backend, **config.backend_options)
         )
         self.worker_id = new_worker_id()
-        self.routing_id = f"{config.node}/{self.worker_id}".encode()
+        # The gateway sends a node's requests to this identity: a random part
+        # no dashboard shows keeps another process, whatever it read there,
+        # from connecting as it once this process is gone.
+        self.routing_id = f"{config.node}/{self.worker_id}/{secrets.token_hex(8)}".encode()
         self.stats = WorkerStats()
         self._context = context
         self._capabilities = frozenset(config.capabilities)
@@ -355,6 +374,11 @@ class Worker:
         loop = self._loop = asyncio.get_running_loop()
         self._failure = loop.create_future()
         try:
+            curve_options: dict[Any, Any] | None = None
+            if cfg.key is not None and cfg.gateway_key is not None:
+                curve_options = curve.client_options(
+                    curve.load_pair(cfg.key), curve.load_public(cfg.gateway_key)
+                )
             for index, endpoint in enumerate(cfg.gateways):
                 sock = connect(
                     ctx,
@@ -364,6 +388,7 @@ class Worker:
                     recv_hwm=cfg.recv_hwm,
                     max_frame_bytes=cfg.max_frame_bytes,
                     heartbeat_interval=cfg.heartbeat_interval,
+                    curve=curve_options,
                 )
                 self._links.append(
                     Link(index, endpoint, loop, sock, self._reader, self._malformed, self._fail)
@@ -489,6 +514,23 @@ class Worker:
             else:
                 link.fire(self._ready_frame)
                 self.stats.readies_sent += 1
+                link.unanswered += 1
+                beats = max(3, math.ceil(SILENT_WARNING / self.config.heartbeat_interval))
+                if link.unanswered == beats:
+                    self._silent(link)
+
+    def _silent(self, link: Link) -> None:
+        keyed = self.config.key is not None
+        log.warning(
+            "gateway %s has not answered node %s for %gs: it is unreachable, or it refuses "
+            "this worker's connection (%s)",
+            link.endpoint,
+            self.config.node,
+            SILENT_WARNING,
+            "this worker's --key is not in its trusted keys, or --gateway-key is not its key"
+            if keyed
+            else "a gateway under [trust] needs --key and --gateway-key",
+        )
 
     # --- sending -------------------------------------------------------------
 
@@ -582,6 +624,7 @@ class Worker:
                     node,
                 )
                 return
+            link.unanswered = 0
             if not link.welcomed:
                 log.info("gateway %s (%s) welcomed node %s", msg.gateway_id, link.endpoint, node)
             link.welcomed = True
