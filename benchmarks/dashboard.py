@@ -37,16 +37,16 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from benchmarks.scenario import REPO, run_scenario
 
 __all__ = ["POLLER", "measure"]
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = REPO
 
 POLLER = """
 import json, sys, time
@@ -287,20 +287,8 @@ def measure(
     nodes: int = 10_000, seconds: float = 8.0, concurrency: int = 8, interval: float = 0.25
 ) -> dict[str, Any]:
     """Run the scenario in a fresh interpreter; its JSON result as a dict."""
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.dashboard", str(nodes), str(seconds),
-         str(concurrency), str(interval)],
-        cwd=_REPO,
-        capture_output=True,
-        text=True,
-        timeout=120 + 4 * seconds,
-        env={**os.environ, "PYTHONPATH": str(_REPO)},
-    )  # fmt: skip
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"dashboard scenario failed ({out.returncode}): {out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    args = [str(nodes), str(seconds), str(concurrency), str(interval)]
+    return run_scenario("benchmarks.dashboard", args, timeout=120 + 4 * seconds)
 
 
 # --------------------------------------------------------------------------- asv

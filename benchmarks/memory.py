@@ -44,12 +44,13 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
+
+from benchmarks.scenario import REPO, run_scenario
 
 __all__ = ["GatewayMemory", "measure", "private_mb", "rss_mb"]
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = REPO
 _FEDGATE = str(_REPO / "fedgate")
 
 
@@ -243,19 +244,7 @@ def measure(nodes: int = 10_000, streams: int = 1_000, trace: int = 0) -> dict[s
 
     ``trace`` > 0 adds ``"top_sites"``: that many allocation sites, largest first.
     """
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", str(nodes), str(streams), str(trace)],
-        cwd=_REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(_REPO)},
-    )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"memory scenario failed ({out.returncode}): {out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run_scenario("benchmarks.memory", [str(nodes), str(streams), str(trace)], timeout=300)
 
 
 # --------------------------------------------------------------------------- asv
