@@ -482,6 +482,18 @@ def troubled() -> dict[str, Any]:
     return data
 
 
+def fresh() -> dict[str, Any]:
+    """The recorded snapshot as a gateway shows it before its first answers: nothing
+    measured yet, every node HEALTHY (columns sized for "—" and "HEALTHY")."""
+    data = recorded()
+    for h in data["health"]:
+        h.update(state="HEALTHY", p50=None, p95=None, p99=None)
+    for key in ("avg_latency", "latency_p50", "latency_p95", "latency_p99", "ttft_p50",
+                "ttft_p95", "ttft_p99"):  # fmt: skip
+        data["stats"][key] = None
+    return data
+
+
 def screen_text(app: TopApp) -> str:
     """What the terminal shows now, as plain text (the SVG snapshot's content)."""
     import io
@@ -540,9 +552,9 @@ def test_latency_carries_the_unit_that_suits_the_value() -> None:
 
 @pytest.mark.parametrize("size", [NARROW, ROOMY], ids=["100x30", "200x50"])
 async def test_every_value_is_shown_whole(size: tuple[int, int]) -> None:
-    """The federation starts healthy and gets into trouble: values that change in place
-    (HEALTHY -> UNHEALTHY, 19 ms -> 2.50 s) must widen their columns, never be cut."""
-    answers = [recorded(), troubled()]
+    """The federation starts fresh and gets into trouble: values that change in place
+    (HEALTHY -> UNHEALTHY, — -> 2.50 s) must widen their columns, never be cut."""
+    answers = [fresh(), troubled()]
     app = TopApp(lambda: answers[min(app.fetches, 1)], interval=3600.0)
     app.animation_level = "none"
     async with app.run_test(size=size) as pilot:
