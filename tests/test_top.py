@@ -634,6 +634,18 @@ async def test_tenants_tab_shows_each_tenant_or_says_there_is_no_data(
         assert "No tenant data" in screen and "acme-corp" not in screen
         assert not app.query_one("#tenants-table").display
 
+        data["tenants"] = []  # tenants are counted from their first request
+        await app.refresh_data()
+        await pilot.pause()
+        screen = screen_text(app)
+        assert "No tenant has sent a request since the gateway started." in screen
+        assert "No tenant data" not in screen and not app.query_one("#tenants-table").display
+
+        data["tenants"] = TENANT_ROWS[1:]  # and back: the table returns
+        await app.refresh_data()
+        await pilot.pause()
+        assert assert_every_cell_whole(app, screen_text(app), "tenants again") == 2
+
 
 # ---------------------------------------------------------------- recording the fixture
 

@@ -136,6 +136,8 @@ _TENANTS_NARROW = ("Tenant", "Weight", "In flight", "Waiting", "Admitted", "Comp
 _NO_TENANTS = ("No tenant data: this gateway's telemetry has no \"tenants\" rows "
                "(a gateway older than tenant quotas).")  # fmt: skip
 
+_NO_TENANT_YET = "No tenant has sent a request since the gateway started."
+
 _EMPTY = "No workers registered yet — start one with `fedgate worker --gateway {endpoint} …`"
 
 
@@ -767,7 +769,10 @@ class TopApp(App[None]):
         empty = self.query_one("#tenants-empty", Static)
         table = self.query_one("#tenants-table", DataTable)
         note = self.query_one("#tenants-note", Static)
-        if rows is None:  # a gateway older than tenant quotas
+        if not rows:
+            # None: a gateway older than tenant quotas; []: the gateway counts a tenant
+            # from its first request, and none has come yet.
+            empty.update(_NO_TENANTS if rows is None else _NO_TENANT_YET)
             empty.set_classes("note shown")
             table.display = False
             note.update("")
