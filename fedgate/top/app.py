@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import textwrap
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -278,7 +279,7 @@ def _key_line() -> Text:
     return text
 
 
-def _help_text() -> Text:
+def _help_text(width: int = 200) -> Text:
     text = Text()
     text.append("fedgate top", style="bold")
     text.append(" — the live dashboard of a running gateway\n\n")
@@ -302,9 +303,12 @@ def _help_text() -> Text:
         "tenants": "per tenant: weight, in flight / max concurrent, waiting, admitted, "
         "completed, failed, tokens, requests rejected by each quota limit",
     }
+    # Wrapped under its own column, not under the tab names, at any terminal width.
+    indent = " " * 14
     for pane, title, key in TABS[:-1]:
         text.append(f"  {key} {title:<9}", style="bold")
-        text.append(f" {notes[pane]}\n")
+        lines = textwrap.wrap(notes[pane], max(30, width - 4 - len(indent)))
+        text.append(" " + f"\n{indent}".join(lines) + "\n")
     text.append(
         "\nData refreshes several times a second from the gateway's telemetry endpoint;\n"
         "when the gateway stops answering the header says so and the last data stays.\n"
@@ -456,7 +460,7 @@ class TopApp(App[None]):
                 yield _table("tenants-table", _TENANTS_NARROW)
                 yield Static("", id="tenants-note", classes="note")
             with TabPane("? Help", id="help"), VerticalScroll():
-                yield Static(_help_text(), id="help-text")
+                yield Static(_help_text(self.term_width), id="help-text")
         # A fixed key line rather than Textual's Footer: the Footer recomposes on
         # every focus change, which is most of the cost of switching tabs.
         yield Static(_key_line(), id="keys")
@@ -815,6 +819,8 @@ class TopApp(App[None]):
         # Runs before App._on_resize records the new size: keep it here.
         self._width = event.size.width
         self.screen.set_class(not self.wide, "-narrow")
+        with contextlib.suppress(NoMatches):
+            self.query_one("#help-text", Static).update(_help_text(self._width))
         if self.data is not None:
             with contextlib.suppress(NoMatches, KeyError, TypeError, ValueError):
                 self._render_all(self.data)
