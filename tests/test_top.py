@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,10 +31,11 @@ from fedgate.cli import top as cli
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
 from fedgate.gateway import Gateway, GatewayConfig
 from fedgate.telemetry import TelemetryClient, TelemetryServer, snapshot, telemetry_for
-from fedgate.top.app import KEYS, TABS, TopApp
+from fedgate.top.app import KEYS, TABS, WIDE, TopApp, latency
 
 FIXTURE = Path(__file__).parent / "data" / "top_snapshot.json"
 SIZE = (132, 42)
+NARROW, ROOMY = (100, 30), (200, 50)  # the smallest terminal every value must fit, and a big one
 TAB_IDS = [tab for tab, _, _ in TABS]
 
 
@@ -201,11 +203,11 @@ async def test_every_key_does_what_help_says() -> None:
                 assert label in help_text and what in help_text
                 assert key in bound
 
-            for key, tab in zip("123456", TAB_IDS, strict=False):
+            for key, tab in zip("1234567", TAB_IDS, strict=False):
                 await pilot.press(key)
                 assert app.active_tab == tab
 
-            # Tab / Shift+Tab: next / previous, wrapping around the seven tabs (from 6).
+            # Tab / Shift+Tab: next / previous, wrapping around the eight tabs (from 7).
             await pilot.press("tab")
             assert app.active_tab == "help"
             await pilot.press("tab")
@@ -213,7 +215,7 @@ async def test_every_key_does_what_help_says() -> None:
             await pilot.press("shift+tab")
             assert app.active_tab == "help"
             await pilot.press("shift+tab")
-            assert app.active_tab == "policies"
+            assert app.active_tab == "tenants"
 
             # j / k move the cursor in the active tab's table.
             await pilot.press("2")
@@ -368,7 +370,12 @@ async def test_recorded_snapshot_has_the_live_schema() -> None:
         await traffic(gw, 1)
         live = snapshot(gw)
     assert fixture["schema"] == live["schema"]
-    assert set(fixture) == set(live)
+    # "tenants" is optional (older gateways lack it; the fixture predates it): the
+    # rows the Tenants tab is tested with must have the live rows' shape.
+    assert set(fixture) | {"tenants"} == set(live) | {"tenants"}
+    if live.get("tenants"):
+        assert set(TENANT_ROWS[0]) == set(live["tenants"][0])
+        assert set(TENANT_ROWS[0]["rejected"]) == set(live["tenants"][0]["rejected"])
     for section in ("gateway", "stats", "rates", "policy", "config", "routing"):
         assert set(fixture[section]) == set(live[section]), section
     for section in ("workers", "health", "breakers", "history"):
@@ -387,11 +394,12 @@ async def _ready(pilot: Pilot[Any], tab: str | None = None, keys: tuple[str, ...
     await pilot.pause()
 
 
+@pytest.mark.parametrize("size", [NARROW, ROOMY], ids=["100x30", "200x50"])
 @pytest.mark.parametrize("tab", TAB_IDS)
-def test_snapshot_each_tab(snap_compare: Any, tab: str) -> None:
-    data = recorded()
+def test_snapshot_each_tab(snap_compare: Any, tab: str, size: tuple[int, int]) -> None:
+    data = troubled()
     app = TopApp(lambda: data, interval=3600.0)
-    assert snap_compare(app, terminal_size=SIZE, run_before=lambda p: _ready(p, tab))
+    assert snap_compare(app, terminal_size=size, run_before=lambda p: _ready(p, tab))
 
 
 def test_snapshot_empty_federation(snap_compare: Any) -> None:
@@ -440,6 +448,203 @@ def test_stats_tab_has_sparklines_of_real_history() -> None:
             assert "Requests/s — now" in text_of(app, "rps-label")
 
     asyncio.run(check())
+
+
+# ---------------------------------------------------------------- every value whole, 100-200 cols
+
+TENANT_ROWS: list[dict[str, Any]] = [
+    {"tenant": "acme-corp", "weight": 2.0, "in_flight": 12, "max_concurrent": 16, "waiting": 3,
+     "admitted": 18234, "completed": 18190, "failed": 32, "tokens": 4718352,
+     "rejected": {"concurrency": 41, "requests": 7, "tokens": 0}},
+    {"tenant": "globex", "weight": 1.0, "in_flight": 0, "max_concurrent": None, "waiting": 0,
+     "admitted": 977, "completed": 977, "failed": 0, "tokens": 250112,
+     "rejected": {"concurrency": 0, "requests": 0, "tokens": 12}},
+    {"tenant": "default", "weight": 0.5, "in_flight": 1, "max_concurrent": 4, "waiting": 0,
+     "admitted": 55, "completed": 54, "failed": 0, "tokens": 9000,
+     "rejected": {"concurrency": 0, "requests": 3, "tokens": 0}},
+]  # fmt: skip
+"""The Tenants tab's rows, in the telemetry snapshot's shape (``snapshot()["tenants"]``)."""
+
+
+def troubled() -> dict[str, Any]:
+    """The recorded snapshot with a federation in trouble: every health state, latencies
+    from µs to s, a lost worker, an HTTP request id, a slow gateway and tenant rows."""
+    data = recorded()
+    h = data["health"]
+    h[0].update(state="DEGRADED", p50=0.00085, p95=0.0123, p99=0.349)
+    h[1].update(state="UNHEALTHY", p50=1.25, p95=2.5, p99=12.3, alive=False,
+                heartbeat_age=754.0, last_check_age=95.0)  # fmt: skip
+    h[2].update(state="UNKNOWN", p50=None, p95=None, p99=None)
+    data["stats"].update(latency_p50=0.349, latency_p95=1.2, latency_p99=2.5,
+                         ttft_p50=0.00042, ttft_p99=0.0871)  # fmt: skip
+    data["routing"]["recent"][0]["request_id"] = "chatcmpl-3f9a0c1d2e4b5a6978c0d1e2"
+    data["tenants"] = json.loads(json.dumps(TENANT_ROWS))
+    return data
+
+
+def fresh() -> dict[str, Any]:
+    """The recorded snapshot as a gateway shows it before its first answers: nothing
+    measured yet, every node HEALTHY (columns sized for "—" and "HEALTHY")."""
+    data = recorded()
+    for h in data["health"]:
+        h.update(state="HEALTHY", p50=None, p95=None, p99=None)
+    for key in ("avg_latency", "latency_p50", "latency_p95", "latency_p99", "ttft_p50",
+                "ttft_p95", "ttft_p99"):  # fmt: skip
+        data["stats"][key] = None
+    return data
+
+
+def screen_text(app: TopApp) -> str:
+    """What the terminal shows now, as plain text (the SVG snapshot's content)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      record=True, legacy_windows=False, safe_box=False)  # fmt: skip
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text(styles=False)
+
+
+def assert_every_cell_whole(app: TopApp, screen: str, where: str) -> int:
+    """Each table of the active tab fits its width, and each row on screen shows every
+    cell whole, in order, on one line. Returns how many rows were checked."""
+    pane = app.query_one("#tabs").active_pane  # type: ignore[attr-defined]
+    lines = screen.splitlines()
+    checked = 0
+    for table in pane.query(DataTable):
+        if not table.display:
+            continue
+        assert table.max_scroll_x == 0, (
+            f"{where}: #{table.id} is {table.virtual_size.width} columns wide in "
+            f"{table.size.width}: part of it is off screen"
+        )
+        # Rows on screen: below the header line, inside what the tab's scroll view shows.
+        geometry = app.screen.find_widget(table)
+        top = geometry.region.y + 1 - table.scroll_offset.y
+        clip = geometry.clip.intersection(geometry.region)
+        for i in range(table.row_count):
+            if not clip.y < top + i < clip.bottom:
+                continue
+            cells = [str(c) for c in table.get_row_at(i) if str(c)]
+            pattern = r"\s+".join(re.escape(c) for c in cells)
+            assert any(re.search(rf"(^|\s){pattern}(\s|$)", ln) for ln in lines), (
+                f"{where}: #{table.id} row {i} is not shown whole: {cells}\n{screen}"
+            )
+            checked += 1
+    return checked
+
+
+LATENCY = re.compile(r"^(—|\d+(\.\d+)? (µs|ms|s))$")
+
+
+def test_latency_carries_the_unit_that_suits_the_value() -> None:
+    cases = {
+        None: "—", 0.0: "0.0 µs", 4.2e-6: "4.2 µs", 0.00085: "850 µs", 0.0009996: "1.0 ms",
+        0.0092: "9.2 ms", 0.0192: "19.2 ms", 0.349: "349 ms", 0.99996: "1.00 s", 1.25: "1.25 s",
+        12.3: "12.3 s", 754.0: "754 s",
+    }  # fmt: skip
+    assert {x: latency(x) for x in cases} == cases
+    for x in (1e-7, 3.3e-5, 0.0999, 0.0999999, 9.999, 99.99, 999.0):
+        assert LATENCY.match(latency(x)) and len(latency(x)) <= 7, latency(x)
+
+
+@pytest.mark.parametrize("size", [NARROW, ROOMY], ids=["100x30", "200x50"])
+async def test_every_value_is_shown_whole(size: tuple[int, int]) -> None:
+    """The federation starts fresh and gets into trouble: values that change in place
+    (HEALTHY -> UNHEALTHY, — -> 2.50 s) must widen their columns, never be cut."""
+    answers = [fresh(), troubled()]
+    app = TopApp(lambda: answers[min(app.fetches, 1)], interval=3600.0)
+    app.animation_level = "none"
+    async with app.run_test(size=size) as pilot:
+        await app.refresh_data()
+        await app.refresh_data()
+        data = answers[1]
+        checked = 0
+        for tab in TAB_IDS:
+            app.action_show_tab(tab)
+            await pilot.pause()
+            screen = screen_text(app)
+            checked += assert_every_cell_whole(app, screen, f"{tab} at {size}")
+            if tab == "health":
+                for h in data["health"]:
+                    line = next(ln for ln in screen.splitlines() if f" {h['node']} " in ln)
+                    assert f" {h['state']} " in line, line
+                    for q in ("p50", "p95", "p99"):
+                        assert f" {latency(h[q])} " in line, (q, line)
+                row = cells(app, "health-table")[0]
+                assert all(LATENCY.match(v) for v in row[2:5]), row
+                lost = next(ln for ln in screen.splitlines() if " eu-west-gpu-01 " in ln).rstrip()
+                assert ("✖ 12m 34s ago" in lost) if size == NARROW else lost.endswith(" no")
+            if tab == "stats":
+                assert "Latency p50 / p95 / p99    349 ms / 1.20 s / 2.50 s" in screen
+                assert "TTFT p50 / p99             420 µs / 87.1 ms" in screen
+                label = " ".join(screen.split())
+                assert "Requests/s — now 18.5/s, peak 27.6/s (last 4.4s)" in label
+            if tab == "routing":
+                assert "chatcmpl-3f9a0c1d2e4b5a6978c0d1e2" in screen
+                reason = "ap-south-cpu-01 (transcribe): breaker: OPEN"
+                assert (reason in text_of(app, "breakdown-reasons")) == (size == NARROW)
+        assert checked >= 40  # the check looked at the rows, not at empty tables
+
+        # The same dashboard, resized: the tables take the other shape at once.
+        other = ROOMY if size == NARROW else NARROW
+        await pilot.resize_terminal(*other)
+        await pilot.pause()
+        app.action_show_tab("health")
+        await pilot.pause()
+        assert assert_every_cell_whole(app, screen_text(app), f"health resized to {other}")
+        header = [str(c.label) for c in app.query_one("#health-table", DataTable).columns.values()]
+        assert (header[-1] == "Alive") == (other[0] >= WIDE)
+
+
+@pytest.mark.parametrize("size", [NARROW, ROOMY], ids=["100x30", "200x50"])
+async def test_tenants_tab_shows_each_tenant_or_says_there_is_no_data(
+    size: tuple[int, int],
+) -> None:
+    data = troubled()
+    app = TopApp(lambda: data, interval=3600.0)
+    app.animation_level = "none"
+    async with app.run_test(size=size) as pilot:
+        await app.refresh_data()
+        await pilot.press("7")
+        assert app.active_tab == "tenants"
+        screen = screen_text(app)
+        assert assert_every_cell_whole(app, screen, f"tenants at {size}") == 3
+        rows = {r[0]: r for r in cells(app, "tenants-table")}
+        assert set(rows) == {"acme-corp", "globex", "default"}
+        acme, globex = rows["acme-corp"], rows["globex"]
+        assert acme[1:8] == ["2", "12 / 16", "3", "18234", "18190", "32", "4718352"]
+        assert globex[2] == "0 / —"  # no concurrency cap
+        if size == NARROW:
+            assert acme[8:] == ["41 / 7 / 0"] and globex[8:] == ["0 / 0 / 12"]
+            assert "Rejected by limit: concurrency / requests per s / tokens per s" in " ".join(
+                screen.split()
+            )
+        else:
+            assert acme[8:] == ["41", "7", "0"] and globex[8:] == ["0", "0", "12"]
+            assert "Rejected: concurrency  requests  tokens" in screen
+        assert "No tenant data" not in screen
+
+        del data["tenants"]  # an older gateway
+        await app.refresh_data()
+        await pilot.pause()
+        screen = screen_text(app)
+        assert "No tenant data" in screen and "acme-corp" not in screen
+        assert not app.query_one("#tenants-table").display
+
+        data["tenants"] = []  # tenants are counted from their first request
+        await app.refresh_data()
+        await pilot.pause()
+        screen = screen_text(app)
+        assert "No tenant has sent a request since the gateway started." in screen
+        assert "No tenant data" not in screen and not app.query_one("#tenants-table").display
+
+        data["tenants"] = TENANT_ROWS[1:]  # and back: the table returns
+        await app.refresh_data()
+        await pilot.pause()
+        assert assert_every_cell_whole(app, screen_text(app), "tenants again") == 2
 
 
 # ---------------------------------------------------------------- recording the fixture

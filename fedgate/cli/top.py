@@ -23,7 +23,7 @@ The gateway publishes its telemetry on a ZeroMQ endpoint of its own (not the
 one workers connect to): `fedgate gateway --telemetry {DEFAULT_ENDPOINT}`, or
 TelemetryServer(gateway, "{DEFAULT_ENDPOINT}") in a program.
 
-keys: 1-6 switch tabs (Catalog, Health, Routing, Circuits, Stats, Policies),
+keys: 1-7 switch tabs (Catalog, Health, Routing, Circuits, Stats, Policies, Tenants),
 ? help, Tab/Shift+Tab next/previous tab, j/k move in a table, n/p next/previous
 page of nodes (tables show 200 rows at a time), r refresh, q quit.
 

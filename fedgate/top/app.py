@@ -12,7 +12,12 @@ shown whole. A source that raises marks the connection "disconnected —
 retrying" and the last data stays on screen.
 
 Tabs (the case study's): Catalog, Health, Routing, Circuits, Stats, Policies,
-Help. Keys: :data:`KEYS` (the Help tab is rendered from it).
+Tenants, Help. Keys: :data:`KEYS` (the Help tab is rendered from it).
+
+Every value is shown whole from 100 columns up: below :data:`WIDE` columns the
+tables that would not fit take a narrower shape (fewer, merged or moved
+columns, never cut cells); from :data:`WIDE` up they spread out. Latencies
+carry their unit, chosen per value (µs, ms or s).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import textwrap
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -31,7 +38,7 @@ from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static, TabbedContent, TabPane
 
-__all__ = ["KEYS", "TABS", "PagedSource", "Snapshot", "Source", "TopApp"]
+__all__ = ["KEYS", "TABS", "WIDE", "PagedSource", "Snapshot", "Source", "TopApp", "latency"]
 
 Snapshot = dict[str, Any]
 Source = Callable[[], "Snapshot | Awaitable[Snapshot]"]
@@ -45,6 +52,7 @@ TABS: tuple[tuple[str, str, str], ...] = (
     ("circuits", "Circuits", "4"),
     ("stats", "Stats", "5"),
     ("policies", "Policies", "6"),
+    ("tenants", "Tenants", "7"),
     ("help", "Help", "?"),
 )
 """The dashboard's tabs, in order."""
@@ -59,6 +67,7 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("4", "4", "Circuits tab: breaker states, failures, time to reset, transitions"),
     ("5", "5", "Stats tab: request rates, latency percentiles, per node and tenant"),
     ("6", "6", "Policies tab: the live policy, its weights, strategy, region clearances"),
+    ("7", "7", "Tenants tab: each tenant's share, queue, admissions and quota rejections"),
     ("question_mark", "?", "Help tab (this one)"),
     ("tab", "Tab", "next tab"),
     ("shift+tab", "Shift+Tab", "previous tab"),
@@ -78,6 +87,7 @@ _ACTIONS = {
     "4": "show_tab('circuits')",
     "5": "show_tab('stats')",
     "6": "show_tab('policies')",
+    "7": "show_tab('tenants')",
     "question_mark": "show_tab('help')",
     "tab": "next_tab",
     "shift+tab": "previous_tab",
@@ -88,10 +98,10 @@ _ACTIONS = {
     "r": "refresh_now",
     "q": "quit",
 }
-_FOOTER = {"1", "2", "3", "4", "5", "6", "question_mark", "r", "q"}
+_FOOTER = {"1", "2", "3", "4", "5", "6", "7", "question_mark", "r", "q"}
 _SHORT = {
     "1": "Catalog", "2": "Health", "3": "Routing", "4": "Circuits", "5": "Stats",
-    "6": "Policies", "question_mark": "Help", "r": "Refresh", "q": "Quit",
+    "6": "Policies", "7": "Tenants", "question_mark": "Help", "r": "Refresh", "q": "Quit",
 }  # fmt: skip
 
 _STATE_STYLE = {
@@ -104,17 +114,55 @@ _STATE_STYLE = {
     "OPEN": "bold red",
 }
 
+WIDE = 132
+"""From this many columns up the tables spread out (Region, In flight and Reason
+columns in Routing, Alive beside Heartbeat in Health, one column per rejection
+kind in Tenants, charts beside the Stats table); below it they take a shape that
+fits 100 columns whole."""
+
+_CATALOG_WIDE = ("Model", "Node", "Region", "Capabilities", "Worker", "GPU", "Cost",
+                 "In flight")  # fmt: skip
+_CATALOG_NARROW = (*_CATALOG_WIDE[:-1], "Active")
+_HEALTH_WIDE = ("Node", "State", "p50", "p95", "p99", "Samples", "Fails", "Last report",
+                "Heartbeat", "Alive")  # fmt: skip
+# Alive folds into Heartbeat (a lost worker's age is marked ✖): ten columns need ~105.
+_HEALTH_NARROW = _HEALTH_WIDE[:-1]
+_ROUTES_WIDE = ("When", "Request", "Tenant", "Capability", "Node", "Region", "Score", "Attempt")
+# The node names its region (Catalog, Policies); request ids may be 33 characters.
+_ROUTES_NARROW = ("Age", "Request", "Tenant", "Capability", "Node", "Score", "Try")
+_TENANTS_WIDE = ("Tenant", "Weight", "In flight / max", "Waiting", "Admitted", "Completed",
+                 "Failed", "Tokens", "Rejected: concurrency", "requests", "tokens")  # fmt: skip
+_TENANTS_NARROW = ("Tenant", "Weight", "In flight", "Waiting", "Admitted", "Completed",
+                   "Failed", "Tokens", "Rejected")  # fmt: skip
+_NO_TENANTS = ("No tenant data: this gateway's telemetry has no \"tenants\" rows "
+               "(a gateway older than tenant quotas).")  # fmt: skip
+
+_NO_TENANT_YET = "No tenant has sent a request since the gateway started."
+
 _EMPTY = "No workers registered yet — start one with `fedgate worker --gateway {endpoint} …`"
 
 
 # ---------------------------------------------------------------- formatting
 
 
-def _ms(seconds: float | None) -> str:
+def latency(seconds: float | None) -> str:
+    """A latency with its unit chosen for the value: ``850 µs``, ``19.2 ms``, ``1.25 s``.
+
+    Three significant digits at most, so a cell needs no more than 7 columns
+    below 1000 s; ``—`` for no measurement.
+    """
     if seconds is None:
         return "—"
-    ms = seconds * 1000.0
-    return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
+    s = max(0.0, float(seconds))
+    # Thresholds on the rounded value, so 999.96 µs reads "1.0 ms", never "1000 µs".
+    if s < 999.5e-6:
+        value, unit = s * 1e6, "µs"
+    elif s < 0.9995:
+        value, unit = s * 1e3, "ms"
+    else:
+        value, unit = s, "s"
+    digits = 0 if value >= 99.95 else 1 if value >= 9.995 or unit != "s" else 2
+    return f"{value:.{digits}f} {unit}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -151,12 +199,20 @@ def _bar(share: float, width: int = 12) -> Text:
     return Text.assemble(("█" * filled, "green"), ("░" * (width - filled), "dim"), f" {share:4.0%}")
 
 
-def _nodes(region: dict[str, Any], shown: int = 8) -> str:
-    """A region's nodes: a few names, then how many more (a region may hold thousands)."""
+def _nodes(region: dict[str, Any], room: int) -> str:
+    """A region's nodes: as many names as ``room`` columns hold, then how many
+    there are (a region may hold thousands)."""
     nodes = region["nodes"]
     count = region.get("node_count", len(nodes))
-    text = ", ".join(nodes[:shown]) or "—"
-    return text if count <= shown else f"{text} … ({count} nodes)"
+    more = f" … ({count} nodes)"
+    shown: list[str] = []
+    for name in nodes:
+        rest = count - len(shown) - 1
+        if shown and len(", ".join([*shown, name])) + (len(more) if rest else 0) > room:
+            break
+        shown.append(name)
+    text = ", ".join(shown) or "—"
+    return text if len(shown) >= count else f"{text}{more}"
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -188,7 +244,9 @@ def _fill(table: DataTable[Any], rows: Iterable[tuple[str, Sequence[Any]]]) -> N
         for key, cells in rows:
             for column, value in zip(columns, cells, strict=False):
                 if table.get_cell(key, column) != value:
-                    table.update_cell(key, column, value)
+                    # update_width: without it the column keeps the width of the old
+                    # value and cuts the new one (HEALTHY -> "UNHEALT").
+                    table.update_cell(key, column, value, update_width=True)
         return
     old_row = table.cursor_row
     old_key = current[old_row] if 0 <= old_row < len(current) else None
@@ -209,14 +267,19 @@ def _table(id_: str, columns: Sequence[str]) -> DataTable[Any]:
 
 def _key_line() -> Text:
     text = Text()
-    shown = [(label, _SHORT[key]) for key, label, _what in KEYS if key in _FOOTER]
-    for label, what in [*shown, ("Tab", "Next tab"), ("j/k", "Move")]:
+    # The tab bar already pairs each tab with its digit: one "1-7" entry keeps the
+    # line inside 100 columns.
+    digits = [label for key, label, _what in KEYS if key.isdigit()]
+    shown = [(label, _SHORT[key]) for key, label, _what in KEYS
+             if key in _FOOTER and not key.isdigit()]  # fmt: skip
+    tabs = (f"{digits[0]}-{digits[-1]}", "Tabs")
+    for label, what in [tabs, *shown, ("Tab", "Next tab"), ("j/k", "Move"), ("n/p", "Page")]:
         text.append(f" {label} ", style="bold reverse")
         text.append(f" {what} ")
     return text
 
 
-def _help_text() -> Text:
+def _help_text(width: int = 200) -> Text:
     text = Text()
     text.append("fedgate top", style="bold")
     text.append(" — the live dashboard of a running gateway\n\n")
@@ -227,8 +290,8 @@ def _help_text() -> Text:
     text.append("\nTabs\n", style="bold underline")
     notes = {
         "catalog": "every model deployment (node, region, capabilities) and its worker",
-        "health": "state, p50/p95/p99 over the sliding window, consecutive failures, "
-        "last report and heartbeat",
+        "health": "state, p50/p95/p99 latency over the sliding window, consecutive "
+        "failures, last report and heartbeat",
         "routing": "the last routing decisions; then, per capability, how the router "
         "scores each node now (default QoS), policy by policy",
         "circuits": "breaker state, counted failures, last failure, time until it may "
@@ -237,10 +300,15 @@ def _help_text() -> Text:
         "and per tenant",
         "policies": "the composite policy in force: weights, shares, parameters; "
         "load-balancing strategy; region clearances",
+        "tenants": "per tenant: weight, in flight / max concurrent, waiting, admitted, "
+        "completed, failed, tokens, requests rejected by each quota limit",
     }
+    # Wrapped under its own column, not under the tab names, at any terminal width.
+    indent = " " * 14
     for pane, title, key in TABS[:-1]:
         text.append(f"  {key} {title:<9}", style="bold")
-        text.append(f" {notes[pane]}\n")
+        lines = textwrap.wrap(notes[pane], max(30, width - 4 - len(indent)))
+        text.append(" " + f"\n{indent}".join(lines) + "\n")
     text.append(
         "\nData refreshes several times a second from the gateway's telemetry endpoint;\n"
         "when the gateway stops answering the header says so and the last data stays.\n"
@@ -282,13 +350,18 @@ class TopApp(App[None]):
     #banner.error { background: $error-darken-2; }
     TabbedContent { height: 1fr; }
     TabPane { padding: 0 1; }
-    DataTable { height: auto; max-height: 16; }
+    DataTable { height: auto; max-height: 16; scrollbar-size-vertical: 1; }
+    VerticalScroll { scrollbar-size-vertical: 1; }
     .section { margin-top: 1; text-style: bold; color: $accent; }
     .note { color: $text-muted; }
     #stats-top { height: auto; }
-    #stats-table { width: 56; max-height: 24; }
+    #stats-table { width: auto; max-height: 24; }
     #charts { width: 1fr; height: auto; padding-left: 2; }
-    #charts Static { height: 1; }
+    #charts Static { height: auto; }
+    Screen.-narrow #stats-top { layout: vertical; }
+    Screen.-narrow #charts { width: 100%; padding-left: 0; margin-top: 1; }
+    #tenants-empty { display: none; }
+    #tenants-empty.shown { display: block; }
     #charts Sparkline { height: 3; margin-bottom: 1; }
     #keys { dock: bottom; height: 1; background: $panel; color: $text; }
     """
@@ -336,6 +409,7 @@ class TopApp(App[None]):
         self.fetches = 0
         self.failures = 0
         self._lock = asyncio.Lock()
+        self._width: int | None = None
 
     # ------------------------------------------------------------ layout
 
@@ -344,22 +418,18 @@ class TopApp(App[None]):
         yield Static("", id="banner")
         with TabbedContent(initial="catalog", id="tabs"):
             with TabPane("1 Catalog", id="catalog"):
-                yield _table("catalog-table",
-                             ("Model", "Node", "Region", "Capabilities", "Worker", "GPU", "Cost",
-                              "In flight"))  # fmt: skip
+                yield _table("catalog-table", _CATALOG_NARROW)
             with TabPane("2 Health", id="health"):
-                yield _table("health-table",
-                             ("Node", "State", "p50", "p95", "p99", "Samples", "Fails",
-                              "Last report", "Heartbeat", "Alive"))  # fmt: skip
+                yield _table("health-table", _HEALTH_NARROW)
+                yield Static("", id="health-note", classes="note")
             with TabPane("3 Routing", id="routing"), VerticalScroll():
                 yield Static("Recent routing decisions (newest first)", classes="section")
-                yield _table("routes-table",
-                             ("When", "Request", "Tenant", "Capability", "Node", "Region",
-                              "Score", "Attempt"))  # fmt: skip
+                yield _table("routes-table", _ROUTES_NARROW)
                 yield Static("Score breakdown per capability", classes="section")
                 yield Static("", id="breakdown-note", classes="note")
                 yield _table("breakdown-table",
                              ("Capability", "Node", "Region", "Eligible", "Total"))  # fmt: skip
+                yield Static("", id="breakdown-reasons", classes="note")
             with TabPane("4 Circuits", id="circuits"), VerticalScroll():
                 yield _table("circuits-table",
                              ("Node", "State", "Failures", "Probes", "Trips", "Last failure",
@@ -385,13 +455,18 @@ class TopApp(App[None]):
                 yield Static("Region clearances (from the gateway's configuration; "
                              "unconfigured regions are INTERNAL)", classes="section")  # fmt: skip
                 yield _table("regions-table", ("Region", "Clearance", "Nodes"))
+            with TabPane("7 Tenants", id="tenants"), VerticalScroll():
+                yield Static(_NO_TENANTS, id="tenants-empty", classes="note")
+                yield _table("tenants-table", _TENANTS_NARROW)
+                yield Static("", id="tenants-note", classes="note")
             with TabPane("? Help", id="help"), VerticalScroll():
-                yield Static(_help_text(), id="help-text")
+                yield Static(_help_text(self.term_width), id="help-text")
         # A fixed key line rather than Textual's Footer: the Footer recomposes on
         # every focus change, which is most of the cost of switching tabs.
         yield Static(_key_line(), id="keys")
 
     async def on_mount(self) -> None:
+        self.screen.set_class(not self.wide, "-narrow")
         self._focus_table()
         self.set_interval(self.interval, self._tick)
         self.run_worker(self.refresh_data(), group="refresh")
@@ -499,6 +574,7 @@ class TopApp(App[None]):
         self._render_circuits(data)
         self._render_stats(data)
         self._render_policies(data)
+        self._render_tenants(data)
 
     def _render_catalog(self, data: Snapshot) -> None:
         workers = {w["node"]: w for w in data["workers"]}
@@ -519,44 +595,76 @@ class TopApp(App[None]):
                      (model, dep["node"], dep["region"], ", ".join(dep["capabilities"]), worker,
                       gpu, cost, inflight))
                 )  # fmt: skip
-        _fill(self.query_one("#catalog-table", DataTable), rows)
+        table = self.query_one("#catalog-table", DataTable)
+        _ensure_columns(table, _CATALOG_WIDE if self.wide else _CATALOG_NARROW)
+        _fill(table, rows)
 
     def _render_health(self, data: Snapshot) -> None:
-        rows = [
-            (h["node"],
-             (h["node"], _state(h["state"]), _ms(h["p50"]), _ms(h["p95"]), _ms(h["p99"]),
-              str(h["samples"]), str(h["consecutive_failures"]), _ago(h["last_check_age"]),
-              _ago(h["heartbeat_age"], "—"),
-              Text("yes", "green") if h["alive"] else Text("no", "bold red")))
-            for h in data["health"]
-        ]  # fmt: skip
-        _fill(self.query_one("#health-table", DataTable), rows)
+        table = self.query_one("#health-table", DataTable)
+        wide = self.wide
+        _ensure_columns(table, _HEALTH_WIDE if wide else _HEALTH_NARROW)
+        rows: list[tuple[str, Sequence[Any]]] = []
+        lost = False
+        for h in data["health"]:
+            cells: list[Any] = [
+                h["node"], _state(h["state"]), latency(h["p50"]), latency(h["p95"]),
+                latency(h["p99"]), str(h["samples"]), str(h["consecutive_failures"]),
+                _ago(h["last_check_age"]),
+            ]  # fmt: skip
+            beat = _ago(h["heartbeat_age"], "—")
+            if wide:
+                alive = Text("yes", "green") if h["alive"] else Text("no", "bold red")
+                cells += [beat, alive]
+            else:
+                cells.append(beat if h["alive"] else Text(f"✖ {beat}", "bold red"))
+                lost = lost or not h["alive"]
+            rows.append((h["node"], cells))
+        _fill(table, rows)
+        note = "✖ lost: no heartbeat in time, the worker is not alive" if lost else ""
+        self.query_one("#health-note", Static).update(note)
 
     def _render_routing(self, data: Snapshot) -> None:
+        wide = self.wide
         routing = data.get("routing") or {"recent": [], "breakdown": {}, "note": ""}
-        recent = [
-            (f"{i}:{r['request_id']}:{r['attempt']}",
-             (_ago(r["age"], "—"), r["request_id"], r["tenant"] or "—", r["capability"],
-              r["node"], r["region"], _score(r["score"]), str(r["attempt"])))
-            for i, r in enumerate(routing["recent"])
-        ]  # fmt: skip
-        _fill(self.query_one("#routes-table", DataTable), recent)
+        routes = self.query_one("#routes-table", DataTable)
+        _ensure_columns(routes, _ROUTES_WIDE if wide else _ROUTES_NARROW)
+        recent: list[tuple[str, Sequence[Any]]] = []
+        for i, r in enumerate(routing["recent"]):
+            when = _ago(r["age"], "—") if wide else _duration(r["age"])
+            cells = [when, r["request_id"], r["tenant"] or "—", r["capability"], r["node"],
+                     r["region"], _score(r["score"]), str(r["attempt"])]  # fmt: skip
+            if not wide:
+                del cells[5]  # region
+            recent.append((f"{i}:{r['request_id']}:{r['attempt']}", cells))
+        _fill(routes, recent)
         names = [p["name"] for p in data["policy"]["policies"]]
         table = self.query_one("#breakdown-table", DataTable)
-        _ensure_columns(table, ["Capability", "Node", "Region", "Eligible", "Total", *names,
-                                "In flight", "Reason"])  # fmt: skip
+        if wide:
+            columns = ["Capability", "Node", "Region", "Eligible", "Total", *names, "In flight",
+                       "Reason"]  # fmt: skip
+        else:
+            # Reasons go below the table, where a long one wraps instead of widening it.
+            columns = ["Capability", "Node", "Eligible", "Total", *names]
+        _ensure_columns(table, columns)
         rows = []
+        reasons = []
         for cap, candidates in sorted(routing["breakdown"].items()):
             for c in candidates:
                 eligible = Text("yes", "green") if c["eligible"] else Text("no", "bold red")
                 scores = [_score(c["scores"].get(name)) for name in names]
-                rows.append(
-                    (f"{cap}@{c['node']}",
-                     (cap, c["node"], c["region"], eligible, _score(c["total"]), *scores,
-                      str(c["inflight"]), c["reason"] or ""))
-                )  # fmt: skip
+                if wide:
+                    cells = [cap, c["node"], c["region"], eligible, _score(c["total"]),
+                             *scores, str(c["inflight"]), c["reason"] or ""]  # fmt: skip
+                else:
+                    cells = [cap, c["node"], eligible, _score(c["total"]), *scores]
+                    if c["reason"]:
+                        reasons.append(f"  {c['node']} ({cap}): {c['reason']}")
+                rows.append((f"{cap}@{c['node']}", cells))
         _fill(table, rows)
         self.query_one("#breakdown-note", Static).update(routing.get("note") or "")
+        self.query_one("#breakdown-reasons", Static).update(
+            "\n".join(["Not eligible:", *reasons]) if reasons else ""
+        )
 
     def _render_circuits(self, data: Snapshot) -> None:
         rows: list[tuple[str, Sequence[Any]]] = [
@@ -592,10 +700,10 @@ class TopApp(App[None]):
             ("Cancelled", str(s["cancelled_requests"])),
             ("Success rate", success),
             ("Total tokens", str(s["total_tokens"])),
-            ("Avg latency", _ms(s["avg_latency"] if s["successful_requests"] else None)),
+            ("Avg latency", latency(s["avg_latency"] if s["successful_requests"] else None)),
             ("Latency p50 / p95 / p99",
-             f"{_ms(s['latency_p50'])} / {_ms(s['latency_p95'])} / {_ms(s['latency_p99'])}"),
-            ("TTFT p50 / p99", f"{_ms(s['ttft_p50'])} / {_ms(s['ttft_p99'])}"),
+             " / ".join(latency(s[f"latency_{q}"]) for q in ("p50", "p95", "p99"))),
+            ("TTFT p50 / p99", f"{latency(s['ttft_p50'])} / {latency(s['ttft_p99'])}"),
             ("Active requests / streams", f"{s['active_requests']} / {s['active_streams']}"),
             ("Retries / failovers", f"{s['retries']} / {s['failovers']}"),
             ("Stream resumes", str(s["resumes"])),
@@ -619,12 +727,12 @@ class TopApp(App[None]):
             f"peak {max(rps, default=0.0):.1f}/s ({window})"
         )
         self.query_one("#p50-label", Static).update(
-            f"Latency p50 — now {_ms(s['latency_p50'])}, "
-            f"peak {max(p50, default=0.0):.1f} ms ({window})"
+            f"Latency p50 — now {latency(s['latency_p50'])}, "
+            f"peak {latency(max(p50, default=0.0) / 1000)} ({window})"
         )
         self.query_one("#p99-label", Static).update(
-            f"Latency p99 — now {_ms(s['latency_p99'])}, "
-            f"peak {max(p99, default=0.0):.1f} ms ({window})"
+            f"Latency p99 — now {latency(s['latency_p99'])}, "
+            f"peak {latency(max(p99, default=0.0) / 1000)} ({window})"
         )
         rows = []
         for kind, table in (("node", s["per_node"]), ("tenant", s["per_tenant"])):
@@ -652,11 +760,70 @@ class TopApp(App[None]):
             for p in policy["policies"]
         ]  # fmt: skip
         _fill(self.query_one("#policies-table", DataTable), rows)
+        # The Nodes column takes what the Region and Clearance columns leave.
+        room = max(24, self.term_width - 40)
         regions: list[tuple[str, Sequence[Any]]] = [
-            (r["region"], (r["region"], r["clearance"], _nodes(r)))
+            (r["region"], (r["region"], r["clearance"], _nodes(r, room)))
             for r in policy["regions"]
         ]
         _fill(self.query_one("#regions-table", DataTable), regions)
+
+    def _render_tenants(self, data: Snapshot) -> None:
+        rows = data.get("tenants")
+        empty = self.query_one("#tenants-empty", Static)
+        table = self.query_one("#tenants-table", DataTable)
+        note = self.query_one("#tenants-note", Static)
+        if not rows:
+            # None: a gateway older than tenant quotas; []: the gateway counts a tenant
+            # from its first request, and none has come yet.
+            empty.update(_NO_TENANTS if rows is None else _NO_TENANT_YET)
+            empty.set_classes("note shown")
+            table.display = False
+            note.update("")
+            return
+        empty.set_classes("note")
+        table.display = True
+        wide = self.wide
+        _ensure_columns(table, _TENANTS_WIDE if wide else _TENANTS_NARROW)
+        out: list[tuple[str, Sequence[Any]]] = []
+        for t in rows:
+            cap = t["max_concurrent"]
+            rejected = t["rejected"]
+            kinds = [str(rejected.get(k, 0)) for k in ("concurrency", "requests", "tokens")]
+            cells = [t["tenant"], f"{t['weight']:g}",
+                     f"{t['in_flight']} / {'—' if cap is None else cap}", str(t["waiting"]),
+                     str(t["admitted"]), str(t["completed"]), str(t["failed"]),
+                     str(t["tokens"])]  # fmt: skip
+            cells += kinds if wide else [" / ".join(kinds)]
+            out.append((t["tenant"], cells))
+        _fill(table, out)
+        note.update(
+            "In flight: running now / the tenant's max_concurrent (— none). "
+            + ("Rejected: by which limit." if wide
+               else "Rejected by limit: concurrency / requests per s / tokens per s.")
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ width
+
+    @property
+    def term_width(self) -> int:
+        """The terminal's width in columns (as of the latest resize)."""
+        return self._width if self._width is not None else self.size.width
+
+    @property
+    def wide(self) -> bool:
+        """Whether the tables take their wide shape (:data:`WIDE` columns or more)."""
+        return self.term_width >= WIDE
+
+    def on_resize(self, event: events.Resize) -> None:
+        # Runs before App._on_resize records the new size: keep it here.
+        self._width = event.size.width
+        self.screen.set_class(not self.wide, "-narrow")
+        with contextlib.suppress(NoMatches):
+            self.query_one("#help-text", Static).update(_help_text(self._width))
+        if self.data is not None:
+            with contextlib.suppress(NoMatches, KeyError, TypeError, ValueError):
+                self._render_all(self.data)
 
     # ------------------------------------------------------------ actions
 
