@@ -93,6 +93,8 @@ def test_an_ingress_or_telemetry_without_its_key_directory_stays_on_loopback(
         "gateway.ingress" if flag[0] == "--ingress" else "gateway.telemetry": flag[1]
     })  # fmt: skip
     assert (gateway_cli._exposed(cfg) == [flag[1]]) is refused
+    # On loopback the same endpoint starts (with a warning): the host is the boundary.
+    assert (flag[1] in gateway_cli._unguarded(cfg)) is refused
     if refused:
         # Refused before anything binds, naming what is missing.
         argv = ["--config", str(keydir / "secured.toml"), *flag]

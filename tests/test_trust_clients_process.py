@@ -95,7 +95,7 @@ async def secured(
     )
     async with gateway:
         ingress = Ingress(gateway, "tcp://127.0.0.1:*")
-        telemetry = TelemetryServer(gateway, "tcp://127.0.0.1:*")
+        telemetry = TelemetryServer(gateway, "tcp://127.0.0.1:*", prometheus_port=0)
         await ingress.start()
         await telemetry.start()
         try:
@@ -173,6 +173,9 @@ async def test_r31_clients_and_dashboards_without_a_trusted_key_are_refused_and_
         with ops:
             snap = await ops.fetch()
         assert snap["stats"]["refused_handshakes_by_endpoint"]["ingress"] >= 2
+        # Prometheus has no key: it binds loopback only, whatever else is secured.
+        assert telemetry.metrics_url is not None
+        assert telemetry.metrics_url.startswith("http://127.0.0.1:")
         metrics = (await telemetry.prometheus_text()).decode()
         for endpoint in ("ingress", "telemetry"):
             assert f'fedgate_refused_endpoint_handshakes_total{{endpoint="{endpoint}"}}' in metrics

@@ -390,7 +390,8 @@ def _banner(
     trust = cfg.trust
     keys = ""
     if trust is not None:
-        keys = f" --key OPERATOR.key_secret --gateway-key {Path(trust.key).stem}.key"
+        public = Path(trust.key).with_name(f"{Path(trust.key).stem}.key")
+        keys = f" --key OPERATOR.key_secret --gateway-key {public}"
     if telemetry is not None and telemetry.endpoint.startswith("tcp://"):
         if trust is not None and trust.operators is not None:
             lines.append(f"  dashboard:   fedgate top --gateway {telemetry.endpoint}{keys}"
