@@ -15,7 +15,9 @@ every key)::
     [worker]       one worker's settings (gateways, node, region, models, …)
     [worker.options]  its backend's options
     [trust]        key (the gateway's CURVE secret key file), trusted (the directory
-                   of trusted worker public keys); paths relative to the file
+                   of trusted worker public keys), clients and operators (the
+                   directories of ingress client and dashboard keys), audit_log
+                   (a file); paths relative to the file
     [trust.grants.NAME]  per worker key NAME (trusted/NAME.key): nodes, region,
                    gpu, min_cost, max_cost — what that key may announce
 
@@ -337,6 +339,10 @@ class FedgateConfig:
                     for name, g in self.trust.grants.items()
                 },
             }
+            for key in ("clients", "operators", "audit_log"):
+                value = getattr(self.trust, key)
+                if value is not None:
+                    out["trust"][key] = value
         return out
 
 
@@ -477,7 +483,7 @@ def _trust_table(data: Any, source: str | None) -> Trust:
     from fedgate.gateway.trust import Trust, WorkerGrant
 
     table = _table("trust", data)
-    allowed = ["key", "trusted", "grants"]
+    allowed = ["key", "trusted", "grants", "clients", "operators", "audit_log"]
     for key in table:
         if key not in allowed:
             raise _unknown(f"trust.{key}", allowed)
@@ -512,8 +518,9 @@ def _trust_table(data: Any, source: str | None) -> Trust:
         except ValueError as exc:
             raise ConfigError(where, str(exc)) from None
     key, trusted = path("key"), path("trusted")
+    extra = {k: path(k) for k in ("clients", "operators", "audit_log") if k in table}
     try:
-        return Trust(key=key, workers=trusted, grants=grants)
+        return Trust(key=key, workers=trusted, grants=grants, **extra)
     except ValueError as exc:
         where, _, why = str(exc).partition(": ")
         raise ConfigError(f"trust.{where}", why) from None

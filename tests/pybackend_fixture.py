@@ -96,3 +96,7 @@ async def pid_tagged(data: bytes, resume_from: int = 0) -> AsyncIterator[list[st
 
 
 NOT_CALLABLE = 42
+
+
+def explodes(data: bytes) -> bytes:
+    raise RuntimeError("this node always fails")

@@ -77,7 +77,7 @@ HELP = {
     "demo": ["--no-tui", "--duration", "--rate", "--seed", "--log-dir", "us-west-gpu-01",
              "eu-west-1", "Exit"],
     "worker": ["--gateway", "--node", "--region", "--model", "--capability", "--backend"],
-    "top": ["--gateway", "--interval", "--once"],
+    "top": ["--gateway", "--interval", "--once", "--key", "--gateway-key", "operators"],
     "dashboard": ["--gateway", "--interval", "--once"],
 }  # fmt: skip
 

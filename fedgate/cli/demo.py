@@ -124,6 +124,7 @@ class _Demo:
         self.gateway: Gateway | None = None
         self.workers: Workers | None = None
         self.telemetry: Any = None
+        self.top_keys = ""  # the `fedgate top` key flags for the run's telemetry
         self.http: Any = None
         self.app: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -282,7 +283,8 @@ class _Demo:
         gateway = self.gateway
         self.say(f"gateway {gateway.gateway_id}: workers connect to {gateway.endpoints[0]}")
         self.say(
-            f"dashboard from another terminal: fedgate top --gateway {self.telemetry.endpoint}"
+            f"dashboard from another terminal: fedgate top --gateway {self.telemetry.endpoint} "
+            f"{self.top_keys}"
         )
         from fedgate.gateway.http import HttpConfig, HttpFront
 
@@ -337,8 +339,17 @@ class _Demo:
                     nodes=[spec.node], region=spec.region, gpu=spec.gpu,
                     min_cost=spec.cost, max_cost=spec.cost,
                 )  # fmt: skip
-        self.say(f"CURVE keys in {folder}: each worker is served under its key's grant")
-        trust = Trust(key=str(folder / "gateway.key_secret"), workers=str(trusted), grants=grants)
+        # The dashboard's key: telemetry answers operators only (`fedgate top --key`).
+        operators = folder / "operators"
+        curve.generate(operators, "operator")
+        self.top_keys = (
+            f"--key {operators / 'operator.key_secret'} --gateway-key {folder / 'gateway.key'}"
+        )
+        audit = log_dir / "audit.jsonl"
+        self.say(f"CURVE keys in {folder}: each worker is served under its key's grant; "
+                 f"CONFIDENTIAL and RESTRICTED dispatches audited in {audit}")  # fmt: skip
+        trust = Trust(key=str(folder / "gateway.key_secret"), workers=str(trusted), grants=grants,
+                      operators=str(operators), audit_log=str(audit))  # fmt: skip
         return trust, extra
 
     async def _wait_registered(self, nodes: list[str], timeout: float) -> None:

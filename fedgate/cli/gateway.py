@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedgate.config import (
@@ -120,7 +121,11 @@ then, in other terminals:
 
 Secure by default: without [trust] every endpoint must be loopback (127.0.0.1,
 localhost, ipc://); another address needs --insecure, and every such start
-warns that anyone reaching it can announce a node in any region.
+warns that anyone reaching it can announce a node in any region. Under [trust]
+the worker link runs CURVE; the ingress runs it with `clients = DIR` (client
+keys; a client's tenant is its key's name) and telemetry with `operators =
+DIR` (`fedgate top --key`); without its directory each stays loopback-only.
+Prometheus (--prometheus-port) always binds 127.0.0.1.
 
 Flags override the file. Signals: SIGTERM/SIGINT stop cleanly (exit 0); SIGHUP
 re-reads --config (an invalid file is rejected and changes nothing). Exit
@@ -382,12 +387,24 @@ def _banner(
         )
     else:
         lines.append("  trust:       none: workers are not authenticated (see [trust])")
+    trust = cfg.trust
+    keys = ""
+    if trust is not None:
+        public = Path(trust.key).with_name(f"{Path(trust.key).stem}.key")
+        keys = f" --key OPERATOR.key_secret --gateway-key {public}"
     if telemetry is not None and telemetry.endpoint.startswith("tcp://"):
-        lines.append(f"  dashboard:   fedgate top --gateway {telemetry.endpoint}")
+        if trust is not None and trust.operators is not None:
+            lines.append(f"  dashboard:   fedgate top --gateway {telemetry.endpoint}{keys}"
+                         f"  (CURVE; operator keys: {trust.operators})")  # fmt: skip
+        else:
+            lines.append(f"  dashboard:   fedgate top --gateway {telemetry.endpoint}")
     else:
         lines.append("  dashboard:   off (no telemetry endpoint; see --telemetry)")
     if ingress is not None:
         lines.append(f"  clients:     {ingress.endpoint}  (requests: MessagePack over ZeroMQ)")
+        if trust is not None and trust.clients is not None:
+            lines.append(f"               CURVE: client keys in {trust.clients}; a client's "
+                         "tenant is its key's name")  # fmt: skip
     if http is not None:
         lines.append(f"  http:        {http.url}/v1  (OpenAI API; /healthz /readyz /metrics)")
     if telemetry is not None and telemetry.metrics_url:
@@ -514,10 +531,19 @@ async def _serve(
 
 def _exposed(cfg: FedgateConfig) -> list[str]:
     """The endpoints that the network reaches without CURVE guarding them."""
-    # The worker link runs CURVE under [trust]; the ingress and telemetry do not yet.
-    endpoints = [] if cfg.trust is not None else list(cfg.binds)
-    endpoints += [e for e in (cfg.telemetry, cfg.ingress) if e is not None]
-    return [e for e in endpoints if not is_loopback(e)]
+    return [e for e in _unguarded(cfg) if not is_loopback(e)]
+
+
+def _unguarded(cfg: FedgateConfig) -> list[str]:
+    """The endpoints without CURVE: the worker link without [trust], the ingress without
+    ``[trust] clients``, telemetry without ``[trust] operators``."""
+    trust = cfg.trust
+    endpoints = [] if trust is not None else list(cfg.binds)
+    if cfg.telemetry is not None and (trust is None or trust.operators is None):
+        endpoints.append(cfg.telemetry)
+    if cfg.ingress is not None and (trust is None or trust.clients is None):
+        endpoints.append(cfg.ingress)
+    return endpoints
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -547,9 +573,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     exposed = _exposed(cfg)
     if exposed and not args.insecure:
         print(
-            f"{name}: error: {', '.join(exposed)} is reachable from other machines, and "
-            "without [trust] (CURVE keys and grants) anyone reaching it can announce a node "
-            "in any region; bind 127.0.0.1, configure [trust], or pass --insecure",
+            f"{name}: error: {', '.join(exposed)} is reachable from other machines without "
+            "CURVE: anyone reaching it can announce a node in any region (--bind without "
+            "[trust] keys and grants), ask as any tenant (--ingress without [trust] clients) "
+            "or read the federation's state (--telemetry without [trust] operators); bind "
+            "127.0.0.1, configure [trust], or pass --insecure",
             file=sys.stderr,
         )
         return 2
@@ -561,6 +589,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         )
     elif cfg.trust is None:
         log.info("no [trust] configuration: workers are not authenticated; loopback binds only")
+    else:
+        for endpoint in _unguarded(cfg):
+            # Loopback without a key directory: the host's own users are the boundary.
+            log.warning(
+                "%s runs without CURVE (no [trust] %s directory): any process on this "
+                "machine may use it; loopback binds only",
+                endpoint, "clients" if endpoint == cfg.ingress else "operators",
+            )  # fmt: skip
     return asyncio.run(_serve(cfg, args.config, overrides, flags))
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fedgate.telemetry import DEFAULT_ENDPOINT, PAGE_SIZE, TelemetryClient, TelemetryError
 
@@ -31,6 +32,12 @@ examples:
   fedgate top                                      # the gateway on this machine
   fedgate top --gateway tcp://10.0.0.5:5556 --interval 1
   fedgate top --once | jq .stats                   # one snapshot as JSON
+  fedgate top --key keys/ops.key_secret --gateway-key keys/gateway.key   # a secured gateway
+
+A gateway with `[trust] operators = DIR` answers only dashboards holding an
+operator key of DIR (`fedgate keys generate NAME --dir DIR`): pass its secret
+file as --key and the gateway's public key file as --gateway-key. Without
+them the gateway refuses the connection and top shows it disconnected.
 """
 
 
@@ -50,6 +57,12 @@ def _endpoint(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected a ZeroMQ endpoint like {DEFAULT_ENDPOINT!r}, got {text!r}"
         )
+    return text
+
+
+def _key_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"expected a key file, got {text!r} (no such file)")
     return text
 
 
@@ -84,6 +97,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seconds to wait for the gateway before showing it as disconnected (default: 1)",
     )
     parser.add_argument(
+        "--key",
+        metavar="FILE",
+        type=_key_file,
+        help="this operator's CURVE secret key file (NAME.key_secret), for a gateway "
+        "with [trust] operators",
+    )
+    parser.add_argument(
+        "--gateway-key",
+        metavar="FILE",
+        type=_key_file,
+        help="the gateway's public key file (its NAME.key); needed with --key",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="print one snapshot as JSON and exit (no dashboard)",
@@ -93,8 +119,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run ``fedgate top`` with ``argv``; return the exit status."""
-    args = build_parser(prog).parse_args(argv)
-    client = TelemetryClient(args.gateway, timeout=args.timeout)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if (args.key is None) != (args.gateway_key is None):
+        parser.error("--key and --gateway-key go together (this operator's secret key file "
+                     "and the gateway's public key file)")  # fmt: skip
+    try:
+        client = TelemetryClient(
+            args.gateway, timeout=args.timeout, key=args.key, gateway_key=args.gateway_key
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         if args.once:
             try:

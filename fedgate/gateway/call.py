@@ -104,6 +104,7 @@ class CallEnv:
 
     __slots__ = (
         "attempts",
+        "audit",
         "breaker",
         "budget_waiters",
         "config",
@@ -146,6 +147,8 @@ class CallEnv:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Requests whose charged retry waits for room in the retry budget.
         self.budget_waiters: deque[asyncio.Future[None]] = deque()
+        # Called per attempt ended (request, attempt, finished, failure): gateway/audit.py.
+        self.audit: Any = None
 
     def fire(self, request_id: str, old: RequestState, new: RequestState, at: float) -> None:
         for hook in list(self.hooks):
@@ -515,6 +518,8 @@ class Call:
         # A worker that answered (Final, or its own Error) has nothing left to stop.
         answered = finished or (failure is not None and failure.answered)
         env.attempts.abandon(att, cancel=not answered and att.worker.alive)
+        if env.audit is not None:
+            env.audit(self.request, att, finished, failure)
         if failure is None and not finished and admission is Admission.PROBE:
             # The caller stopped: no verdict on the node, free the probe.
             env.breaker.release(att.worker.node)

@@ -50,7 +50,7 @@ from fedgate.gateway.call import Call, CallEnv
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.registry import Registry
 from fedgate.gateway.stats import GatewayCounters, GatewayStats, RouteRecord
-from fedgate.gateway.trust import Trust
+from fedgate.gateway.trust import Trust, TrustState
 from fedgate.routing.router import Router
 from fedgate.transport import curve
 from fedgate.transport import protocol as wire
@@ -93,6 +93,7 @@ class Gateway:
         self.trust = trust
         self._trust = trust.load() if trust is not None else None
         self._auth: Any = None
+        self.audit: Any = None  # the AuditLog under [trust] audit_log
         self.catalog = catalog
         self.health = health
         self.breaker = breaker
@@ -126,6 +127,11 @@ class Gateway:
         self._env = CallEnv(
             config, router, health, breaker, registry, attempts, counters, self.recent_routes
         )
+        if trust is not None and trust.audit_log is not None:
+            from fedgate.gateway.audit import AuditLog
+
+            assert self._trust is not None
+            self._env.audit = self.audit = AuditLog(trust.audit_log, self._trust.keys)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -232,14 +238,27 @@ class Gateway:
         pump.close(0)
         self._pump = self._attempts.pump = self._registry.pump = None
         self._stop_auth()
+        if self.audit is not None:
+            self.audit.close()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
         self._endpoints.clear()
 
+    @property
+    def trust_state(self) -> TrustState | None:
+        """The loaded ``[trust]`` keys and grants (None without trust): the ingress and
+        telemetry read their client and operator keys here."""
+        return self._trust
+
+    def refused_handshake(self, endpoint: str) -> None:
+        """Count a handshake refused on ``endpoint`` ("ingress", "telemetry") in :meth:`stats`."""
+        self._counters.refused_handshakes_by[endpoint] += 1
+
     def _refused_handshake(self, key: bytes) -> None:
         counters = self._counters
         counters.refused_handshakes += 1
+        counters.refused_handshakes_by["workers"] += 1
         # A refused client reconnects every few hundred ms: log its first few only.
         if counters.refused_handshakes <= 10:
             log.warning("refused a worker connection: key %s is not trusted",

@@ -21,6 +21,14 @@ reply, error           ``{"id", "error": "<type>", "message"}``: the gateway's
                        ``StreamInterruptedError`` …) or ``BadRequest``
 =====================  ======================================================
 
+With ``[trust] clients = DIR`` the ingress is a CURVE server (SPEC §5, R31):
+a client connects with a key of that directory (:class:`IngressClient`'s
+``key`` and ``gateway_key``), or not at all — a client without CURVE, or with
+an unknown key, is refused at the handshake, before one byte of a request is
+read, and counted per endpoint in ``stats().refused_handshakes_by_endpoint``.
+A request's tenant is then its client key's name (the authenticator's
+``User-Id`` of the message), whatever its ``tenant`` field says.
+
 A client that disconnects cancels its requests (the worker is told to stop):
 the ingress watches its socket's connections (a socket monitor) and, when
 one closes, cancels every request that arrived on it. A message of more than
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -42,13 +51,14 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from fedgate.transport import curve
 from fedgate.transport.bind import bind_router
 from fedgate.types import Capability, InferenceRequest, PrivacyLevel, QoSRequirements, RegionId
 
 if TYPE_CHECKING:
     from fedgate.gateway.gateway import Gateway
 
-__all__ = ["INGRESS_MAX_ACTIVE", "INGRESS_MAX_FRAMES", "Ingress"]
+__all__ = ["INGRESS_MAX_ACTIVE", "INGRESS_MAX_FRAMES", "Ingress", "IngressClient", "IngressError"]
 
 INGRESS_MAX_ACTIVE = 10_000
 """Requests an ingress runs at once; more are answered ``Overloaded``."""
@@ -111,6 +121,17 @@ class Ingress:
         self.served = 0
         self.rejected = 0
         self.disconnect_cancels = 0  # requests cancelled because their client went away
+        self.refused_handshakes = 0  # connections refused at the CURVE handshake
+        trust = gateway.trust_state
+        # CURVE when the gateway trusts client keys: the gateway's own key pair serves.
+        self._clients = trust.clients if trust is not None else None
+        self._pair = trust.pair if trust is not None else None
+        self._auth: Any = None
+
+    @property
+    def secured(self) -> bool:
+        """Whether clients must present a trusted CURVE key (``[trust] clients``)."""
+        return self._clients is not None
 
     @property
     def endpoint(self) -> str:
@@ -126,20 +147,33 @@ class Ingress:
             The endpoint cannot be bound.
         """
         ctx = zmq.asyncio.Context()
-        sock, (self._endpoint,) = bind_router(
-            ctx,
-            [self._bind],
-            what="ingress",
-            options={
-                zmq.LINGER: 0,
-                # A client that went away must make the send fail (and cancel
-                # its work), not vanish silently.
-                zmq.ROUTER_MANDATORY: 1,
-                zmq.MAXMSGSIZE: self._gateway.config.max_input_bytes + 65536,
-            },
-        )
+        options: dict[Any, Any] = {
+            zmq.LINGER: 0,
+            # A client that went away must make the send fail (and cancel
+            # its work), not vanish silently.
+            zmq.ROUTER_MANDATORY: 1,
+            zmq.MAXMSGSIZE: self._gateway.config.max_input_bytes + 65536,
+        }
+        events = zmq.EVENT_DISCONNECTED
+        if self._clients is not None:
+            assert self._pair is not None
+            # Up before the bind: a handshake without a ZAP handler would be let in.
+            self._auth = curve.start_authenticator(
+                ctx, self._clients, curve.CLIENT_DOMAIN, names=True
+            )
+            options.update(curve.server_options(self._pair, curve.CLIENT_DOMAIN))
+            events |= curve.HANDSHAKE_REFUSED
+        try:
+            sock, (self._endpoint,) = bind_router(ctx, [self._bind], what="ingress",
+                                                  options=options)  # fmt: skip
+        except BaseException:
+            if self._auth is not None:
+                self._auth.stop()
+                self._auth = None
+            ctx.term()
+            raise
         self._ctx, self._sock = ctx, sock
-        monitor = self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = self._monitor = sock.get_monitor_socket(events)
         self._reader = asyncio.create_task(self._read(sock), name="fedgate-ingress")
         self._watcher = asyncio.create_task(self._watch(monitor), name="fedgate-ingress-watch")
 
@@ -160,12 +194,16 @@ class Ingress:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
 
     async def _read(self, sock: zmq.asyncio.Socket) -> None:
         frames_read = 0
+        secured = self._clients is not None
         while True:
             parts = await sock.recv_multipart(copy=False)
             frames_read += len(parts)
@@ -187,6 +225,10 @@ class Ingress:
                 busy = f"{self._max_active} requests running"
                 await self._send(envelope, {"id": req.id, "error": "Overloaded", "message": busy})
                 continue
+            if secured:
+                # The credential's tenant, never the request's (R31): the ZAP
+                # handler set the User-Id to the key's name at the handshake.
+                req.tenant = cast(str, parts[-1].get("User-Id"))
             task = asyncio.create_task(self._serve(envelope, req))
             client = envelope[0]
             self._active[task] = client
@@ -231,6 +273,14 @@ class Ingress:
         """
         while True:
             event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] & curve.HANDSHAKE_REFUSED:
+                self.refused_handshakes += 1
+                self._gateway.refused_handshake("ingress")
+                # A refused client reconnects every few hundred ms: log its first few only.
+                if self.refused_handshakes <= 10:
+                    log.warning("ingress %s refused a connection: no CURVE key or an "
+                                "untrusted one (%s)", self.endpoint, zmq.Event(event["event"]).name)
+                continue
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             fd = int(event["value"])
@@ -302,3 +352,154 @@ class Ingress:
             return
         self.served += 1
         await self._send(envelope, done)
+
+
+class IngressError(RuntimeError):
+    """An ingress answered a request with an error (``kind``: the gateway's error type name)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+class IngressClient:
+    """A client of a gateway's :class:`Ingress` (asyncio; requests may run concurrently).
+
+    One DEALER connection; replies are matched to requests by ``id``. Against
+    an ingress that runs CURVE (``[trust] clients``) pass ``key`` (this
+    client's ``NAME.key_secret``, its public half in the gateway's clients
+    directory: NAME is the tenant) and ``gateway_key`` (the gateway's public
+    ``.key`` file). Without them, or with a key the gateway does not trust,
+    the handshake is refused and no request leaves: each one times out.
+
+    Parameters
+    ----------
+    endpoint : str
+        The ingress endpoint (``fedgate gateway --ingress``).
+    key, gateway_key : str or path, optional
+        CURVE key files (both or neither).
+    timeout : float
+        Seconds a request waits for its answer (``TimeoutError`` after).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        key: str | os.PathLike[str] | None = None,
+        gateway_key: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ValueError(f"endpoint: expected a ZeroMQ endpoint, got {endpoint!r}")
+        if (key is None) != (gateway_key is None):
+            raise ValueError(
+                f"key, gateway_key: expected both CURVE key files or neither, "
+                f"got key={key!r}, gateway_key={gateway_key!r}"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        # Read now: a missing key file is the caller's error, not a silent timeout later.
+        self._options: dict[Any, Any] = {}
+        if key is not None and gateway_key is not None:
+            self._options = curve.client_options(
+                curve.load_pair(key), curve.load_public(gateway_key)
+            )
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._encoder = msgspec.msgpack.Encoder()
+        self._seq = 0
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            self._ctx = zmq.asyncio.Context()
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            for option, value in self._options.items():
+                sock.setsockopt(option, value)
+            sock.connect(self.endpoint)
+            self._sock = sock
+            self._reader = asyncio.create_task(self._read(sock), name="fedgate-ingress-client")
+        return self._sock
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            reply = msgspec.msgpack.decode(await sock.recv())
+            if isinstance(reply, dict):
+                queue = self._waiting.get(str(reply.get("id")))
+                if queue is not None:
+                    queue.put_nowait(reply)
+
+    async def _exchange(self, fields: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        if "id" not in fields or fields["id"] is None:
+            self._seq += 1
+            fields["id"] = f"c{os.getpid()}-{self._seq}"
+        rid = fields["id"]
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._waiting[rid] = queue
+        try:
+            await self._socket().send(self._encoder.encode(fields))
+            while True:
+                try:
+                    reply = await asyncio.wait_for(queue.get(), self.timeout)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(
+                        f"ingress {self.endpoint} did not answer request {rid!r} within "
+                        f"{self.timeout:g}s (is the gateway running? does it need a client "
+                        "key: key= and gateway_key=?)"
+                    ) from None
+                if "error" in reply:
+                    raise IngressError(str(reply["error"]), str(reply.get("message", "")))
+                yield reply
+                if reply.get("done"):
+                    return
+        finally:
+            del self._waiting[rid]
+
+    async def infer(self, capability: str, input: bytes = b"", **fields: Any) -> dict[str, Any]:
+        """Run one request; return the ingress's ``done`` reply (``output``, ``node`` …).
+
+        ``fields``: the request's other keys (``privacy``, ``model``, ``id`` …,
+        :mod:`fedgate.gateway.ingress`). Raises :class:`IngressError` for an
+        error reply, ``TimeoutError`` without an answer.
+        """
+        request = {"capability": capability, "input": input, **fields, "stream": False}
+        async with contextlib.aclosing(self._exchange(request)) as replies:
+            async for reply in replies:
+                if reply.get("done"):
+                    return reply
+        raise IngressError("BadReply", "the ingress ended the request without a done reply")
+
+    async def stream(
+        self, capability: str, input: bytes = b"", **fields: Any
+    ) -> AsyncGenerator[bytes, None]:
+        """Run one request as a stream: yields each token as it arrives."""
+        request = {"capability": capability, "input": input, **fields, "stream": True}
+        async with contextlib.aclosing(self._exchange(request)) as replies:
+            async for reply in replies:
+                for token in reply.get("tokens", ()) if not reply.get("done") else ():
+                    yield token
+
+    async def close(self) -> None:
+        """Close the connection (the ingress cancels what it still runs for this client)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def __aenter__(self) -> IngressClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -78,6 +78,9 @@ class GatewayStats:
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     # Worker connections whose CURVE key is not trusted (refused at the handshake).
     refused_handshakes: int = 0
+    # Handshakes refused per endpoint ("workers", "ingress", "telemetry"): on the
+    # ingress and telemetry, a client without CURVE as well as an untrusted key.
+    refused_handshakes_by_endpoint: dict[str, int] = field(default_factory=dict)
     # Nodes retired: lost for longer than GatewayConfig.dead_grace.
     retired_nodes: int = 0
 
@@ -104,6 +107,7 @@ class GatewayCounters:
         "refused",
         "refused_by",
         "refused_handshakes",
+        "refused_handshakes_by",
         "resumes",
         "retired",
         "retries",
@@ -123,6 +127,7 @@ class GatewayCounters:
         self.refused = 0
         self.refused_by: dict[str, int] = collections.defaultdict(int)
         self.refused_handshakes = 0
+        self.refused_handshakes_by: dict[str, int] = collections.defaultdict(int)
         self.retired = 0
         # Worker connections the socket reported dropped (each triggers a liveness check).
         self.dropped_connections = 0
@@ -172,5 +177,6 @@ class GatewayCounters:
             refused_workers=self.refused,
             refused_by_reason=dict(self.refused_by),
             refused_handshakes=self.refused_handshakes,
+            refused_handshakes_by_endpoint=dict(self.refused_handshakes_by),
             retired_nodes=self.retired,
         )

@@ -1,4 +1,4 @@
-"""Who may serve: the gateway's CURVE key, its trusted worker keys, and their grants.
+"""Who may serve, ask and look: the gateway's CURVE key, the trusted keys, the grants.
 
 A worker proves who it is with its CURVE key (the link's handshake, checked by
 pyzmq's ZAP authenticator against the trusted directory); what it may do is
@@ -9,6 +9,14 @@ grant it lacks (:meth:`TrustState.check`).
 
 Each node id is granted to one key only, so a node id belongs to a key: its
 own key may restart its worker at once, another key never takes it.
+
+Who may ask and look (SPEC §5, R31): ``clients`` is a directory of client
+keys for the ingress — a client's tenant is its key's name, whatever its
+request says — and ``operators`` one of dashboard keys for telemetry. Without
+a directory that endpoint runs without CURVE, and then the gateway binds it
+only on a loopback address unless ``--insecure`` (``fedgate gateway``).
+``audit_log`` names the file of the CONFIDENTIAL and RESTRICTED dispatches
+(:mod:`fedgate.gateway.audit`).
 """
 
 from __future__ import annotations
@@ -71,11 +79,23 @@ class Trust:
         The directory of trusted worker public keys (``NAME.key`` files).
     grants : mapping of str to WorkerGrant
         By key name (the file stem in ``workers``).
+    clients : str, optional
+        The directory of trusted client public keys (the ingress runs CURVE;
+        a key's name is its client's tenant).
+    operators : str, optional
+        The directory of trusted operator public keys (telemetry runs CURVE:
+        ``fedgate top --key``).
+    audit_log : str, optional
+        The file every CONFIDENTIAL or RESTRICTED dispatch is appended to, one
+        JSON line each.
     """
 
     key: NonEmpty
     workers: NonEmpty
     grants: Mapping[str, WorkerGrant] = field(default_factory=dict)
+    clients: NonEmpty | None = None
+    operators: NonEmpty | None = None
+    audit_log: NonEmpty | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -102,20 +122,33 @@ class Trust:
                 raise ValueError(
                     f"trust.workers.{name}: no key file {name}.key in {self.workers!r}"
                 )
-        return TrustState(pair, keys, self.grants)
+        clients = curve.trusted_keys(self.clients) if self.clients is not None else None
+        operators = curve.trusted_keys(self.operators) if self.operators is not None else None
+        return TrustState(pair, keys, self.grants, clients, operators)
 
 
 class TrustState:
-    """The loaded keys and grants a running gateway checks READYs against."""
+    """The loaded keys and grants a running gateway checks READYs against.
 
-    __slots__ = ("grants", "keys", "pair")
+    ``clients`` and ``operators``: the trusted keys of the ingress and of
+    telemetry, each with its name (None: that endpoint runs without CURVE).
+    """
+
+    __slots__ = ("clients", "grants", "keys", "operators", "pair")
 
     def __init__(
-        self, pair: curve.KeyPair, keys: dict[bytes, str], grants: Mapping[str, WorkerGrant]
+        self,
+        pair: curve.KeyPair,
+        keys: dict[bytes, str],
+        grants: Mapping[str, WorkerGrant],
+        clients: dict[bytes, str] | None = None,
+        operators: dict[bytes, str] | None = None,
     ) -> None:
         self.pair = pair
         self.keys = keys
         self.grants = grants
+        self.clients = clients
+        self.operators = operators
 
     def check(self, key: bytes | None, msg: wire.Ready) -> tuple[str, str] | None:
         """None when ``key`` may announce ``msg``, else (reason code, why in words)."""

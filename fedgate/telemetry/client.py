@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ import zmq.asyncio
 
 from fedgate.telemetry import DEFAULT_ENDPOINT
 from fedgate.telemetry.snapshots import PAGE_SIZE
+from fedgate.transport import curve
 
 __all__ = ["TelemetryClient", "TelemetryError", "TelemetryTimeout"]
 
@@ -50,9 +52,21 @@ class TelemetryClient:
         The server's endpoint, e.g. ``tcp://127.0.0.1:5556``.
     timeout : float
         Seconds to wait for an answer.
+    key, gateway_key : str or path, optional
+        CURVE key files, both or neither: this operator's ``NAME.key_secret``
+        (its public half in the gateway's ``[trust] operators`` directory)
+        and the gateway's public ``.key``. A gateway with operators refuses a
+        client without them at the handshake: every request times out.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: float = 1.0,
+        *,
+        key: str | os.PathLike[str] | None = None,
+        gateway_key: str | os.PathLike[str] | None = None,
+    ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(
                 f"endpoint: expected a ZeroMQ endpoint like {DEFAULT_ENDPOINT!r}, got {endpoint!r}"
@@ -63,8 +77,19 @@ class TelemetryClient:
             or not (0 < timeout < math.inf)
         ):
             raise ValueError(f"timeout: expected finite seconds > 0, got {timeout!r}")
+        if (key is None) != (gateway_key is None):
+            raise ValueError(
+                f"key, gateway_key: expected both CURVE key files or neither, "
+                f"got key={key!r}, gateway_key={gateway_key!r}"
+            )
         self.endpoint = endpoint
         self.timeout = float(timeout)
+        # Read now: a missing key file is the caller's error, not a timeout later.
+        self._options: dict[Any, Any] = {}
+        if key is not None and gateway_key is not None:
+            self._options = curve.client_options(
+                curve.load_pair(key), curve.load_public(gateway_key)
+            )
         self._seq = 0
         self._actx: zmq.asyncio.Context | None = None
         self._asock: zmq.asyncio.Socket | None = None
@@ -92,7 +117,8 @@ class TelemetryClient:
         return TelemetryTimeout(
             f"gateway telemetry at {self.endpoint} did not answer "
             f"{command.decode(errors='replace')!r} within {self.timeout:g}s "
-            "(is the gateway running with telemetry on that endpoint?)"
+            "(is the gateway running with telemetry on that endpoint? does it need an "
+            "operator key: --key and --gateway-key?)"
         )
 
     async def request(self, command: bytes) -> dict[str, Any]:
@@ -110,6 +136,8 @@ class TelemetryClient:
                 self._actx = zmq.asyncio.Context()
             self._asock = self._actx.socket(zmq.DEALER)
             self._asock.setsockopt(zmq.LINGER, 0)
+            for option, value in self._options.items():
+                self._asock.setsockopt(option, value)
             self._asock.connect(self.endpoint)
         sock = self._asock
         rid = self._next_id()
@@ -154,6 +182,8 @@ class TelemetryClient:
                 self._ctx = zmq.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)
+            for option, value in self._options.items():
+                self._sock.setsockopt(option, value)
             self._sock.connect(self.endpoint)
         sock = self._sock
         rid = self._next_id()

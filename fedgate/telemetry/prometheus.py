@@ -100,6 +100,13 @@ class _GatewayCollector:
         for reason, count in stats["refused_by_reason"].items():
             refused.add_metric([reason], float(count))
         yield refused
+        handshakes = CounterMetricFamily(
+            "fedgate_refused_endpoint_handshakes", "Connections refused at the CURVE handshake "
+            "(no key, or an untrusted one), per endpoint", labels=["endpoint"],
+        )  # fmt: skip
+        for endpoint, count in stats.get("refused_handshakes_by_endpoint", {}).items():
+            handshakes.add_metric([endpoint], float(count))
+        yield handshakes
         per_node = stats["per_node"]
         for name, doc, key in (
             ("fedgate_node_requests", "Attempts sent to the node", "requests"),

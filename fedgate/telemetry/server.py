@@ -18,6 +18,14 @@ be left out, ``limit`` defaults to :data:`~fedgate.telemetry.snapshots.PAGE_SIZE
 
 Wraps a :class:`~fedgate.gateway.gateway.Gateway` from the outside, through
 its one :class:`~fedgate.telemetry.snapshots.Telemetry`.
+
+With ``[trust] operators = DIR`` the socket is a CURVE server (SPEC §5, R31):
+only a dashboard holding an operator key of that directory completes the
+handshake (``TelemetryClient(key=…, gateway_key=…)``, ``fedgate top --key``);
+any other is refused before a command is read, gets nothing, and is counted
+in ``stats().refused_handshakes_by_endpoint["telemetry"]``. An ``inproc://``
+endpoint (only this process reaches it) runs without CURVE. Prometheus binds
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from fedgate.telemetry.snapshots import (
     page,
     telemetry_for,
 )
+from fedgate.transport import curve
 from fedgate.transport.bind import bind_router
 
 if TYPE_CHECKING:
@@ -223,6 +232,16 @@ class TelemetryServer:
         self.registry: CollectorRegistry | None = None
         self.requests = 0
         self.errors = 0
+        self.refused_handshakes = 0  # connections refused at the CURVE handshake
+        trust = gateway.trust_state
+        self._operators = trust.operators if trust is not None else None
+        self._pair = trust.pair if trust is not None else None
+        self._auth: Any = None
+
+    @property
+    def secured(self) -> bool:
+        """Whether dashboards must present an operator key (``[trust] operators``)."""
+        return self._operators is not None and not self._bind.startswith("inproc://")
 
     @property
     def endpoint(self) -> str:
@@ -265,8 +284,19 @@ class TelemetryServer:
         self._loop = asyncio.get_running_loop()
         ctx = zmq.asyncio.Context()
         # A request is a word; anything larger is not a request worth reading.
-        options = {zmq.LINGER: 0, zmq.MAXMSGSIZE: 64 * 1024, zmq.SNDHWM: 1000}
-        sock, (self._endpoint,) = bind_router(ctx, [self._bind], what="telemetry", options=options)
+        options: dict[Any, Any] = {zmq.LINGER: 0, zmq.MAXMSGSIZE: 64 * 1024, zmq.SNDHWM: 1000}
+        if self.secured:
+            assert self._operators is not None and self._pair is not None
+            # Up before the bind: a handshake without a ZAP handler would be let in.
+            self._auth = curve.start_authenticator(ctx, self._operators, curve.OPERATOR_DOMAIN)
+            options.update(curve.server_options(self._pair, curve.OPERATOR_DOMAIN))
+        try:
+            sock, (self._endpoint,) = bind_router(ctx, [self._bind], what="telemetry",
+                                                  options=options)  # fmt: skip
+        except BaseException:
+            self._stop_auth()
+            ctx.term()
+            raise
         self._ctx, self._sock = ctx, sock
         self.telemetry.telemetry_endpoint = self._endpoint
         if self._prometheus_port is not None:
@@ -280,6 +310,11 @@ class TelemetryServer:
             asyncio.create_task(self._serve(sock), name="fedgate-telemetry"),
             asyncio.create_task(self._sampler(), name="fedgate-telemetry-sampler"),
         ]
+        if self.secured:
+            monitor = sock.get_monitor_socket(curve.HANDSHAKE_REFUSED)
+            self._tasks.append(
+                asyncio.create_task(self._refusals(monitor), name="fedgate-telemetry-refusals")
+            )
         log.info("telemetry for %s on %s", self._gateway.gateway_id, self._endpoint)
 
     async def stop(self) -> None:
@@ -294,8 +329,11 @@ class TelemetryServer:
         self._pending.clear()
         await self.cache.close()
         if self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
             self._sock.close(0)
             self._sock = None
+        self._stop_auth()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -304,6 +342,25 @@ class TelemetryServer:
             await metrics.stop()
         self.telemetry.telemetry_endpoint = None
         self.telemetry.metrics_url = None
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    async def _refusals(self, monitor: zmq.asyncio.Socket) -> None:
+        """Count the handshakes refused: a dashboard without an operator key gets nothing."""
+        try:
+            while True:
+                await monitor.recv_multipart()  # every event asked for is a refusal
+                self.refused_handshakes += 1
+                self._gateway.refused_handshake("telemetry")
+                # A refused dashboard reconnects every few hundred ms: log the first few.
+                if self.refused_handshakes <= 10:
+                    log.warning("telemetry %s refused a connection: no operator key or an "
+                                "untrusted one", self._endpoint)  # fmt: skip
+        finally:
+            monitor.close(0)
 
     # ------------------------------------------------------------ serving
 

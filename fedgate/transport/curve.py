@@ -9,11 +9,22 @@ holds the ``*.key`` files of the peers a server accepts.
 
 A CURVE server's ZAP handler sets each message's ``User-Id`` property to the
 client's public key (Z85 text): the gateway reads it from the READY frame to
-know which key announced a node (:func:`user_id`).
+know which key announced a node (:func:`user_id`). On the client ingress the
+authenticator is asked for the key's *name* instead (``names=True``): the
+User-Id is then the tenant, with no lookup per message.
+
+Each CURVE server runs in a ZAP domain of its own (:data:`WORKER_DOMAIN`,
+:data:`CLIENT_DOMAIN`, :data:`OPERATOR_DOMAIN`), and each ZeroMQ context has
+one authenticator: the gateway, the ingress and telemetry each own a context.
+A refused handshake is seen on the server socket's monitor
+(:data:`HANDSHAKE_REFUSED`): a key the authenticator does not know (ZAP
+answered 400) and a client without CURVE at all (the mechanisms differ, ZAP
+is never asked) alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +32,16 @@ from typing import Any
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 
 __all__ = [
+    "CLIENT_DOMAIN",
+    "HANDSHAKE_REFUSED",
+    "OPERATOR_DOMAIN",
+    "WORKER_DOMAIN",
     "KeyPair",
     "client_options",
+    "digest",
     "fingerprint",
     "generate",
     "load_pair",
@@ -37,6 +54,15 @@ __all__ = [
 
 # ZAP domain of the gateway's worker socket: the authenticator's rules are per domain.
 WORKER_DOMAIN = "fedgate-workers"
+CLIENT_DOMAIN = "fedgate-clients"
+OPERATOR_DOMAIN = "fedgate-operators"
+
+HANDSHAKE_REFUSED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+"""Socket monitor events of a handshake the server refused (no CURVE, an unknown key …)."""
 
 
 class KeyPair:
@@ -110,6 +136,17 @@ def fingerprint(public: bytes) -> str:
     return public[:8].decode("ascii", "replace")
 
 
+def digest(public: bytes) -> str:
+    """A public key's audit fingerprint: ``SHA256:`` and the first 16 hex digits of the key's.
+
+    Taken over the 32 raw key bytes, so ``sha256sum`` of the decoded key
+    reproduces it; 64 bits tell keys apart where the 8-character log prefix
+    (:func:`fingerprint`) is only a hint.
+    """
+    raw = zmq.utils.z85.decode(public) if len(public) == 40 else public
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
 def server_options(pair: KeyPair, domain: str = WORKER_DOMAIN) -> dict[Any, Any]:
     """Socket options making a bound socket a CURVE server in ``domain``."""
     assert pair.secret is not None
@@ -136,13 +173,16 @@ def start_authenticator(
     keys: dict[bytes, str],
     domain: str,
     on_refused: Callable[[bytes], object] | None = None,
+    *,
+    names: bool = False,
 ) -> Any:
     """Start pyzmq's asyncio ZAP authenticator on ``ctx``: CURVE clients of ``keys`` only.
 
     ``on_refused(key)`` is called per handshake refused for an untrusted key
-    (a client without CURVE fails the handshake before ZAP is asked). The
-    caller stops it (``.stop()``) before terminating ``ctx``. Must be called
-    from a running event loop.
+    (a client without CURVE fails the handshake before ZAP is asked). With
+    ``names``, a message's ``User-Id`` is its key's name (``keys[key]``)
+    rather than the key. The caller stops it (``.stop()``) before terminating
+    ``ctx``. Must be called from a running event loop.
     """
     from zmq.auth.asyncio import AsyncioAuthenticator
 
@@ -157,7 +197,12 @@ def start_authenticator(
                 on_refused(key)
             return False
 
-    auth = AsyncioAuthenticator(ctx)
+    class _Named(AsyncioAuthenticator):
+        # Asked once per connection, after the key was admitted.
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            return keys[zmq.utils.z85.encode(client_public_key)]
+
+    auth = _Named(ctx) if names else AsyncioAuthenticator(ctx)
     auth.start()
     auth.configure_curve_callback(domain, credentials_provider=_Keys())
     return auth
