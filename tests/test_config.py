@@ -532,7 +532,7 @@ def test_reload_applies_routing_settings_and_reports_the_rest() -> None:
     assert "policy: health 5" in text and "strategy: round-robin" in text
     assert "origin: ap-south-1" in text
     assert "region eu-west-1: removed" in text
-    for restart in ("binds", "breaker", "health", "gateway:"):
+    for restart in ("binds", "breaker", "health", "gateway:", "models:"):
         assert restart in text
     assert reload_gateway(gw, new, new) == []
 
