@@ -3,9 +3,11 @@ embeddings, and the HTTP answers of their errors (SPEC §6 Model names)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
+import types
 
 import pytest
 from fake_upstream import FakeUpstream, embedding
@@ -16,9 +18,11 @@ from fedgate.errors import (
     PrivacyViolationError,
     WorkerError,
 )
-from fedgate.gateway.http import _error_response, answer_of
+from fedgate.gateway.config import GatewayConfig
+from fedgate.gateway.http import HttpFront, _error_response, answer_of
 from fedgate.gateway.models import Alias, Fallback, ModelSpec, ModelTable
 from fedgate.transport.protocol import ERR_BAD_INPUT, ERR_CONTEXT_LENGTH, ERR_OVERLOADED
+from fedgate.types import Capability
 from fedgate.worker.backends.base import BackendRequest
 from fedgate.worker.backends.openai import OpenAIBackend, _status_error
 from fedgate.worker.backends.synthetic import SyntheticBackend, synthetic_embedding
@@ -215,3 +219,30 @@ async def test_the_openai_backend_asks_its_upstream_for_the_upstream_name() -> N
     assert tokens
     ((attempt),) = up.attempts
     assert (attempt.path, attempt.model) == ("/v1/chat/completions", "vendor/Llama-8B")
+
+
+async def test_every_model_of_an_alias_shares_the_one_deadline() -> None:
+    gateway = types.SimpleNamespace(
+        catalog=types.SimpleNamespace(has_model=lambda m: True),
+        config=GatewayConfig(request_timeout=10.0),
+    )
+    front = HttpFront(gateway, models=TABLE)  # type: ignore[arg-type]
+    obj = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+
+    def plan_for(headers: dict[str, str]) -> tuple[Fallback, object]:
+        request = types.SimpleNamespace(headers=headers)
+        return front._plan(request, obj, b"{}", "rid", Capability.GENERATE)  # type: ignore[arg-type,return-value]
+
+    # No deadline header: the first model gets none (the gateway's own), a later
+    # one what is left of request_timeout.
+    plan, build = plan_for({})
+    assert build(plan.next()).deadline is None  # type: ignore[operator]
+    await asyncio.sleep(0.05)
+    left = build(plan.next()).deadline  # type: ignore[operator]
+    assert left is not None and 0 < left <= 10.0 - 0.05
+    # A header deadline already spent by the first model: the next one is not tried.
+    plan, build = plan_for({"x-fedgate-deadline-ms": "20"})
+    assert build(plan.next()).deadline == 0.02  # type: ignore[operator]
+    await asyncio.sleep(0.03)
+    with pytest.raises(DeadlineExceededError, match="deadline passed before model"):
+        build(plan.next())  # type: ignore[operator]
