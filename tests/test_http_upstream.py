@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from fake_upstream import FakeUpstream, answer, embedding
 from procs import Fleet
 
@@ -31,6 +32,8 @@ from fedgate import (
 )
 from fedgate.federation.policy import CostPolicy
 from fedgate.gateway.http import HttpConfig, HttpFront
+from fedgate.gateway.models import Alias, ModelSpec, ModelTable
+from fedgate.worker.backends.synthetic import synthetic_output
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
@@ -130,3 +133,68 @@ async def test_embeddings_through_an_openai_worker(tmp_path: Path) -> None:
         assert got.model == "m"
         ((attempt),) = up.attempts
         assert (attempt.path, attempt.model) == ("/v1/embeddings", "up-cheap")
+
+
+async def test_an_upstreams_context_length_error_moves_an_alias_to_a_larger_model(
+    tmp_path: Path,
+) -> None:
+    # An upstream that finds every prompt too long, as OpenAI and vLLM say it.
+    asked: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        asked.append((await request.json())["model"])
+        error = {"message": "This model's maximum context length is 8 tokens",
+                 "type": "invalid_request_error", "param": "messages",
+                 "code": "context_length_exceeded"}  # fmt: skip
+        return web.json_response({"error": error}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    table = ModelTable(
+        (Alias("chat", ("small", "big")),), (ModelSpec("small", 8), ModelSpec("big", 4096))
+    )
+    gateway = (
+        GatewayBuilder()
+        .bind("tcp://127.0.0.1:*")
+        .config(GatewayConfig(request_timeout=10.0, retry_delay=0.05))
+        .health(HealthChecker(HealthConfig(heartbeat_interval=HB, heartbeat_liveness=10)))
+        .build()
+    )
+    try:
+        front = HttpFront(gateway, HttpConfig(listen="127.0.0.1:0"), models=table)
+        async with gateway, front:
+            with Fleet(gateway.endpoints[0], heartbeat_interval=HB, log_dir=tmp_path) as fleet:
+                for node in ("small-1", "small-2"):  # two nodes: neither is asked twice
+                    fleet.start(node, REGION, *OPENAI, "--base-url", f"http://127.0.0.1:{port}",
+                                "--upstream-model", "vendor/small", model="small")  # fmt: skip
+                fleet.start("big-1", REGION, model="big")
+                client = openai.AsyncOpenAI(base_url=f"{front.url}/v1", api_key="t",
+                                            max_retries=0)  # fmt: skip
+                try:
+                    await fleet.wait_registered(gateway, "small-1", "small-2", "big-1")
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model="chat", messages=MESSAGES, max_tokens=5
+                    )
+                    done = raw.parse()
+                    assert done.model == "big" and raw.headers["x-fedgate-node"] == "big-1"
+                    assert done.choices[0].message.content == synthetic_output(done.id, 5).decode()
+                    assert asked == ["vendor/small"]  # one attempt on the small model, ever
+                    # Asked by its catalog name, the small model answers with the upstream's
+                    # own reason, as OpenAI's typed error.
+                    with pytest.raises(openai.BadRequestError) as info:
+                        await client.chat.completions.create(model="small", messages=MESSAGES)
+                    assert info.value.code == "context_length_exceeded"
+                    assert "maximum context length is 8 tokens" in info.value.message
+                    assert asked == ["vendor/small"] * 2
+                except BaseException:
+                    print(fleet.logs())
+                    raise
+                finally:
+                    await client.close()
+    finally:
+        await runner.cleanup()
