@@ -12,6 +12,9 @@ every key)::
     [breaker]      the BreakerConfig keys
     [health]       the HealthConfig keys
     [http]         the OpenAI-compatible front door: listen, max_body_bytes, idle_timeout
+    [aliases.NAME] models: the catalog models a public model name tries, in order
+    [models.NAME]  context_window: a catalog model's context window in tokens (the
+                   alias fallback moves a too-long request to a larger one)
     [worker]       one worker's settings (gateways, node, region, models, …)
     [worker.options]  its backend's options
     [trust]        key (the gateway's CURVE secret key file), trusted (the directory
@@ -89,6 +92,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 if TYPE_CHECKING:
     from fedgate.gateway import Gateway, GatewayConfig
     from fedgate.gateway.config import HttpConfig
+    from fedgate.gateway.models import ModelTable
     from fedgate.gateway.trust import Trust
     from fedgate.worker.process import WorkerConfig
 
@@ -110,7 +114,19 @@ __all__ = [
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where a gateway binds when neither the file nor ``--bind`` says."""
 
-TABLES = ("gateway", "retry", "regions", "policy", "breaker", "health", "http", "worker", "trust")
+TABLES = (
+    "gateway",
+    "retry",
+    "regions",
+    "policy",
+    "breaker",
+    "health",
+    "http",
+    "aliases",
+    "models",
+    "worker",
+    "trust",
+)
 """The top-level tables a configuration file may have."""
 
 _POLICY_KINDS: dict[str, type[Policy]] = {
@@ -216,6 +232,12 @@ def _default_gateway_config() -> GatewayConfig:
     return GatewayConfig()
 
 
+def _default_model_table() -> ModelTable:
+    from fedgate.gateway.models import ModelTable
+
+    return ModelTable()
+
+
 @dataclass(frozen=True)
 class FedgateConfig:
     """A validated configuration (see the module docstring for the file format).
@@ -249,6 +271,9 @@ class FedgateConfig:
         Health and heartbeat settings.
     http : HttpConfig or None
         The OpenAI-compatible HTTP front door (None: not served).
+    models : ModelTable
+        ``[aliases.*]`` and ``[models.*]``: public model names with their
+        fallbacks, and the catalog models' context windows.
     worker : mapping
         The ``[worker]`` keys given (checked), for :func:`worker_config`.
     trust : Trust or None
@@ -271,6 +296,7 @@ class FedgateConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     http: HttpConfig | None = None
+    models: ModelTable = field(default_factory=_default_model_table)
     worker: Mapping[str, Any] = field(default_factory=dict)
     trust: Trust | None = None
     source: str | None = None
@@ -322,6 +348,13 @@ class FedgateConfig:
         out["health"] = {f.name: getattr(self.health, f.name) for f in fields(self.health)}
         if self.http is not None:
             out["http"] = {f.name: getattr(self.http, f.name) for f in fields(self.http)}
+        if self.models.aliases:
+            out["aliases"] = {a.name: {"models": list(a.models)} for a in self.models.aliases}
+        if self.models.models:
+            out["models"] = {
+                m.name: {} if m.context_window is None else {"context_window": m.context_window}
+                for m in self.models.models
+            }
         if self.worker:
             worker = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.worker.items()}
             if "options" in worker:
@@ -526,6 +559,37 @@ def _trust_table(data: Any, source: str | None) -> Trust:
         raise ConfigError(f"trust.{where}", why) from None
 
 
+def _model_tables(aliases: Any, models: Any) -> ModelTable:
+    """``[aliases.NAME] models = [...]`` and ``[models.NAME] context_window = N``."""
+    from fedgate.gateway.models import Alias, ModelSpec, ModelTable
+
+    rows: list[Alias] = []
+    for name, row in _table("aliases", aliases).items():
+        where = f"aliases.{name}"
+        table = _table(where, row)
+        for key in table:
+            if key != "models":
+                raise _unknown(f"{where}.{key}", ["models"])
+        if "models" not in table:
+            raise ConfigError(f"{where}.models", "missing; an alias lists its catalog models")
+        values = {"name": name, "models": _listed(table["models"])}
+        rows.append(_build(Alias, {"name": where, "models": f"{where}.models"}, values, where))
+    specs: list[ModelSpec] = []
+    for name, row in _table("models", models).items():
+        where = f"models.{name}"
+        table = _table(where, row)
+        for key in table:
+            if key != "context_window":
+                raise _unknown(f"{where}.{key}", ["context_window"])
+        paths = {"name": where, "context_window": f"{where}.context_window"}
+        specs.append(_build(ModelSpec, paths, {"name": name, **table}, where))
+    try:
+        return ModelTable(tuple(rows), tuple(specs))
+    except ValueError as exc:
+        where, _, why = str(exc).partition(": ")
+        raise ConfigError(where, why) from None
+
+
 def _listed(value: Any) -> Any:
     # TOML lets a one-item list be a bare string.
     return [value] if isinstance(value, str) else value
@@ -613,6 +677,8 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
         from fedgate.gateway.config import HttpConfig
 
         out["http"] = _simple_table("http", HttpConfig, data["http"])
+    if "aliases" in data or "models" in data:
+        out["models"] = _model_tables(data.get("aliases", {}), data.get("models", {}))
     if "worker" in data:
         out["worker"] = _worker_table(data["worker"])
         beat = out["worker"].get("heartbeat_interval")
@@ -807,7 +873,7 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
             router.set_region(Region(region.id))
             notes.append(f"region {region.id}: removed (clearance INTERNAL)")
     for name in ("binds", "telemetry", "ingress", "prometheus_port", "gateway_id", "gateway",
-                 "breaker", "health", "trust"):  # fmt: skip
+                 "breaker", "health", "trust", "models"):  # fmt: skip
         if getattr(new, name) != getattr(current, name):
             notes.append(f"{name}: changed in the file; takes effect after a restart")
     return notes

@@ -10,6 +10,10 @@ per chunk. A chat request whose last message is the assistant's (a prefill)
 is continued from the words that message already holds, so a stream cut on
 one upstream and continued on another reads as one answer.
 
+``POST /v1/embeddings`` (after the same status faults) answers OpenAI's
+body with :func:`embedding` of each input text, as floats or, with
+``encoding_format = "base64"``, as little-endian float32.
+
 Every request is logged as an :class:`Attempt` (monotonic time, model, the
 fault it met) before it is answered, so a test asserts on how the gateway
 behaved towards this upstream: how many attempts, how far apart.
@@ -33,12 +37,14 @@ Fault modes (``FakeUpstream(fault=…)``):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import struct
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["WORDS", "Attempt", "FakeUpstream", "answer"]
+__all__ = ["WORDS", "Attempt", "FakeUpstream", "answer", "embedding"]
 
 WORDS = 60
 FAULTS = frozenset(
@@ -64,6 +70,11 @@ FAULTS = frozenset(
 def answer(start: int = 0, end: int = WORDS) -> str:
     """The text of words ``start`` … ``end - 1`` of every answer."""
     return "".join(f"w{i} " for i in range(start, end))
+
+
+def embedding(text: str, index: int) -> list[float]:
+    """The fake upstream's vector for input ``index``, ``text`` (exact in float32)."""
+    return [float(len(text)), float(index), 0.25]
 
 
 @dataclass
@@ -136,7 +147,8 @@ class FakeUpstream:
             k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)
         }
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
+        paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+        if method != "POST" or path not in paths:
             await _respond(writer, 404, {"error": {"message": "not found", "code": "not_found"}})
             return
         req = json.loads(body)
@@ -167,6 +179,9 @@ class FakeUpstream:
             )
             err = {"message": message, "type": "invalid_request_error", "code": f"fake_{status}"}
             await _respond(writer, status, {"error": err})
+            return
+        if path == "/v1/embeddings":
+            await _respond(writer, 200, _embeddings(req))
             return
         start = len(prefill.split())
         chat = path.endswith("chat/completions")
@@ -210,6 +225,24 @@ class FakeUpstream:
         writer.write(_event(chat, "", "stop"))
         writer.write(b"data: [DONE]\n\n")
         await writer.drain()
+
+
+def _embeddings(req: dict[str, object]) -> dict[str, object]:
+    texts = req.get("input")
+    texts = [texts] if isinstance(texts, str) else list(texts)  # type: ignore[arg-type]
+    data = []
+    for i, text in enumerate(texts):
+        vector: object = embedding(str(text), i)
+        if req.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack("<3f", *embedding(str(text), i))).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    used = sum(len(str(t)) for t in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": req.get("model"),
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }
 
 
 def _prefill(req: dict[str, object]) -> str:

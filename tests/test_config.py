@@ -211,6 +211,8 @@ UNKNOWN = [
     # Gone with SPEC §2's "who excludes a node": failures are the breaker's.
     ("[health]\nunhealthy_cooldown = 5", "health.unhealthy_cooldown", "expected one of"),
     ("[http]\nlisten_on = 'x'", "http.listen_on", "expected one of"),
+    ("[aliases.chat]\nmodel = ['a']", "aliases.chat.model", "expected one of models"),
+    ("[models.a]\ncontext = 8", "models.a.context", "expected one of context_window"),
     ("[policy.latency]\nscale = 1", "policy.latency.scale", "latency_scale, weight"),
     ("[breaker]\nthreshold = 3", "breaker.threshold", "failure_threshold"),
     ("[health]\ninterval = 1", "health.interval", "heartbeat_interval"),
@@ -323,6 +325,13 @@ BAD = [
     ("[http]\nlisten = '127.0.0.1:70000'", "http.listen", "70000"),
     ("[http]\nmax_body_bytes = 10", "http.max_body_bytes", "10"),
     ("[http]\nidle_timeout = 0", "http.idle_timeout", "0"),
+    ("[aliases.chat]\nmodels = []", "aliases.chat.models", "[]"),
+    ("[aliases.chat]\nmodels = ['a', 'a']", "aliases.chat.models[1]", "'a' twice"),
+    ("[aliases.chat]\nmodels = ['chat']", "aliases.chat.models", "itself"),
+    ("[aliases.a]\nmodels = ['b']\n[aliases.b]\nmodels = ['c']", "aliases.a.models", "'b'"),
+    ("[aliases.chat]\n", "aliases.chat.models", "missing"),
+    ("[models.a]\ncontext_window = 0", "models.a.context_window", "0"),
+    ("[models.a]\ncontext_window = 'big'", "models.a.context_window", "'big'"),
     ("[health]\nrecovery_threshold = -2", "health.recovery_threshold", "-2"),
     ("[health]\ndegraded_latency = 0", "health.degraded_latency", "0"),
     ("[health]\ndegraded_latency = nan", "health.degraded_latency", "nan"),
@@ -523,7 +532,7 @@ def test_reload_applies_routing_settings_and_reports_the_rest() -> None:
     assert "policy: health 5" in text and "strategy: round-robin" in text
     assert "origin: ap-south-1" in text
     assert "region eu-west-1: removed" in text
-    for restart in ("binds", "breaker", "health", "gateway:"):
+    for restart in ("binds", "breaker", "health", "gateway:", "models:"):
         assert restart in text
     assert reload_gateway(gw, new, new) == []
 

@@ -452,9 +452,12 @@ async def test_a_stream_whose_worker_is_sigkilled_resumes_for_the_sdk(tmp_path: 
             **chat(400), stream=True
         ) as response:
             serving = response.headers["x-fedgate-node"]
+            assert response.headers["x-fedgate-attempts"] == "1"
             rid = None
+            last = None
             async for part in await response.parse():
                 rid = part.id
+                last = part
                 text.append(part.choices[0].delta.content or "")
                 if len(text) == 3:
                     fleet.kill(serving)  # SIGKILL mid-stream
@@ -462,6 +465,12 @@ async def test_a_stream_whose_worker_is_sigkilled_resumes_for_the_sdk(tmp_path: 
         assert rid is not None
         assert "".join(text) == synthetic_output(rid, 400).decode()
         assert gw.stats().resumes >= 1
+        # The headers went out with the first chunk and name the node that died; the
+        # last chunk names the node that finished.
+        assert last is not None and last.choices[0].finish_reason == "stop"
+        served = (last.model_extra or {})["x_fedgate"]
+        survivor = ({"a", "b"} - {serving}).pop()
+        assert served == {"node": survivor, "region": "us-west-2", "attempts": 2, "model": MODEL}
         await client.close()
 
 

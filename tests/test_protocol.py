@@ -301,7 +301,7 @@ def test_unknown_tag_and_extra_fields_are_rejected() -> None:
 
 def test_error_codes_classification() -> None:
     assert {"internal", "backend", "crash", "deadline", "stall"} == NODE_CAUSED
-    not_node = {"bad_input", "unsupported", "overloaded", "cancelled", "shutdown"}
+    not_node = {"bad_input", "unsupported", "overloaded", "cancelled", "shutdown", "context_length"}
     assert NODE_CAUSED | not_node == ERROR_CODES
     for code in NODE_CAUSED:
         assert protocol.is_node_caused(code)

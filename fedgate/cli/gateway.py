@@ -505,7 +505,9 @@ async def _serve(
                 from fedgate.gateway.http import HttpFront
 
                 assert telemetry is not None
-                door = HttpFront(gateway, cfg.http, metrics=telemetry.prometheus_text)
+                door = HttpFront(
+                    gateway, cfg.http, metrics=telemetry.prometheus_text, models=cfg.models
+                )
                 await door.start()
                 http = door
         except OSError as exc:

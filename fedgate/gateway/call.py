@@ -419,7 +419,8 @@ class Call:
                 if wake is not None:
                     return wake
                 self.lifecycle.to(_S.FAILED)
-                raise self._final_error(exc) from exc
+                cooling = self._cooling_error(exc) if self.env.cooldown else None
+                raise self._final_error(cooling or exc) from exc
             node = decision.node_id
             worker = env.registry.by_node.get(node)
             if worker is None or not worker.alive:
@@ -436,6 +437,39 @@ class Call:
             self.attempts += 1
             tried.add(node)
             return worker, decision.score, admission
+
+    def _cooling_error(self, exc: FederationError) -> WorkerError | None:
+        """When only nodes cooling past the deadline could serve: "busy", and for how long.
+
+        The caller then learns when to come back (the front door's
+        ``Retry-After``) instead of a bare "no capacity". The first cooling
+        node the router accepts on its own, earliest first, says how long.
+        """
+        env = self.env
+        loop = env.loop
+        assert loop is not None
+        now = loop.time()
+        cooling = sorted(
+            (until, node)
+            for node, until in env.cooldown.items()
+            if until > now and node not in self.tried
+        )
+        exclude = self.tried | {node for _, node in cooling}
+        for until, node in cooling:
+            try:
+                decision = env.router.route(self.request, exclude=exclude - {node})
+            except FederationError:
+                continue
+            if decision.node_id == node:
+                return WorkerError(
+                    f"request {self.request.request_id!r}: every node that could serve it "
+                    f"is cooling down (node {node} asked not to be sent requests for "
+                    f"{until - now:.1f}s more, past the deadline): {exc}",
+                    code=wire.ERR_OVERLOADED,
+                    node_caused=False,
+                    retry_after=until - now,
+                )
+        return None
 
     async def _wait_for_capacity(self, full: BackpressureError) -> None:
         """Wait in the bounded admission queue for a slot, within the deadline.
@@ -612,8 +646,10 @@ class Call:
         """The failure a worker's Error frame reports."""
         code = msg.code
         text = f"node {self.node} failed request {self.request.request_id!r}: {code}: {msg.message}"
-        if code == wire.ERR_BAD_INPUT:
-            # The caller's input: never the node's fault, and no other node will like it more.
+        if code == wire.ERR_BAD_INPUT or code == wire.ERR_CONTEXT_LENGTH:
+            # The caller's input: never the node's fault, and no other node of this model
+            # will like it more (a longer context window is another model: the front
+            # door's alias fallback, fedgate.gateway.models).
             return Failure(
                 WorkerError(text, code=code, node_caused=False), False, False, answered=True
             )
@@ -622,9 +658,9 @@ class Call:
             self._cool(self.node, msg.retry_after)
         if code == wire.ERR_DEADLINE:
             return Failure(DeadlineExceededError(text), node_caused, False, answered=True)
-        return Failure(
-            WorkerError(text, code=code, node_caused=node_caused), node_caused, True, answered=True
-        )
+        # retry_after travels on: a caller told "every node is busy" learns for how long.
+        error = WorkerError(text, code=code, node_caused=node_caused, retry_after=msg.retry_after)
+        return Failure(error, node_caused, True, answered=True)
 
     def _cool(self, node: NodeId, retry_after: float) -> None:
         """Leave an overloaded node alone: for its Retry-After, or a jittered backoff."""

@@ -6,10 +6,13 @@
                         │  bounded body (413), keep-alive idle timeout,
                         │  a client that goes away cancels its handler
                         ├─ POST /v1/chat/completions, /v1/completions
-                        │     body + x-fedgate-* headers → InferenceRequest
+                        │     body + x-fedgate-* headers → InferenceRequest per model tried
                         │     stream=false: Gateway.infer()        → one JSON answer + usage
                         │     stream=true:  Gateway.stream_call()  → SSE chunks … data: [DONE]
+                        ├─ POST /v1/embeddings  capability "embed"; the worker's answer is
+                        │     OpenAI's JSON body (its vectors), passed on
                         ├─ GET /v1/models      the live catalog (regions, capabilities)
+                        │     and the aliases (with their models)
                         └─ GET /healthz, /readyz, /metrics
 
 The request's JSON body goes to the worker unchanged as its input, so a
@@ -18,8 +21,23 @@ request id is the answer's ``id``; a synthetic worker's tokens derive from
 it (:func:`fedgate.worker.backends.synthetic.synthetic_token`), so a client
 can check each one.
 
+The ``model`` a client names is a catalog model or a public alias
+(:mod:`fedgate.gateway.models`): an alias tries its models in order, and a
+context-length error moves to a model with a larger context window. The
+answer's ``model`` field, the ``x-fedgate-model`` header and the last
+stream chunk's ``x_fedgate`` object name the catalog model that answered.
+
+Which node answered: the headers ``x-fedgate-node``, ``-region`` and
+``-attempts``. A stream sends them with its first chunk, so when a node dies
+mid-stream and another finishes it, the headers name the first; the last
+chunk (the one with ``finish_reason``) carries ``x_fedgate: {"node",
+"region", "attempts", "model"}`` of the node that finished.
+
 Errors are OpenAI's body ``{"error": {"message", "type", "param", "code"}}``
-with a status that says what happened (:func:`status_of`). A stream waits for
+with a status that says what happened (:func:`status_of`; :func:`answer_of`
+adds the model-name errors: ``context_length_exceeded`` is 400, and a node
+that said it is busy for a while, when no other could answer, is 503 with
+``Retry-After``). A stream waits for
 its first chunk before it answers, so anything that fails before the first
 token is still a plain HTTP error; after it an error is an in-band SSE event
 (``data: {"error": …}``) and the stream ends without ``[DONE]``, never a
@@ -35,9 +53,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -56,13 +75,22 @@ from fedgate.errors import (
     WorkerError,
 )
 from fedgate.gateway.config import HttpConfig, listen_address
+from fedgate.gateway.models import Fallback, ModelTable, is_context_error
 from fedgate.transport import protocol as wire
-from fedgate.types import Capability, InferenceRequest, ModelId, PrivacyLevel, QoSRequirements
+from fedgate.types import (
+    Capability,
+    InferenceRequest,
+    InferenceResponse,
+    ModelId,
+    PrivacyLevel,
+    QoSRequirements,
+)
 
 if TYPE_CHECKING:
+    from fedgate.gateway.call import Call
     from fedgate.gateway.gateway import Gateway
 
-__all__ = ["HttpConfig", "HttpFront", "status_of"]
+__all__ = ["HttpConfig", "HttpFront", "answer_of", "status_of"]
 
 log = logging.getLogger("fedgate.http")
 
@@ -73,9 +101,10 @@ class HttpError(Exception):
     """An answer in OpenAI's error body with ``status``."""
 
     def __init__(self, status: int, message: str, kind: str, code: str | None = None,
-                 param: str | None = None) -> None:  # fmt: skip
+                 param: str | None = None, retry_after: float = 0.0) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.kind, self.code, self.param = status, kind, code, param
+        self.retry_after = retry_after  # seconds; > 0: sent as Retry-After
 
     def body(self) -> dict[str, Any]:
         return {
@@ -125,8 +154,34 @@ def status_of(exc: BaseException) -> HttpError:
     return HttpError(500, f"internal error: {type(exc).__name__}", "server_error", "internal")
 
 
+def answer_of(exc: BaseException) -> HttpError:
+    """:func:`status_of`, and the errors of model names and busy nodes.
+
+    A context-length error is OpenAI's 400 ``context_length_exceeded``. A
+    node's ``overloaded`` error reaches the caller only when no other node
+    answered (each busy node cools down, and the request waits for one inside
+    its deadline): 503, with ``Retry-After`` when the node said how long.
+    """
+    if is_context_error(exc):
+        return HttpError(
+            400, str(exc), "invalid_request_error", "context_length_exceeded", "messages"
+        )
+    if isinstance(exc, WorkerError) and exc.code == wire.ERR_OVERLOADED:
+        return HttpError(
+            503, str(exc), "service_unavailable", "overloaded", retry_after=exc.retry_after
+        )
+    return status_of(exc)
+
+
 def _error_response(err: HttpError) -> web.Response:
-    return web.Response(status=err.status, body=json.dumps(err.body()).encode(), content_type=_JSON)
+    headers = None
+    if err.retry_after > 0:
+        # Whole seconds (RFC 9110), rounded up: never earlier than the node asked.
+        headers = {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
+    return web.Response(
+        status=err.status, body=json.dumps(err.body()).encode(), content_type=_JSON,
+        headers=headers,
+    )  # fmt: skip
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -205,7 +260,9 @@ class HttpFront:
     """Serve the OpenAI API of ``gateway`` on ``config.listen`` (``async with front:``).
 
     ``metrics`` renders Prometheus text for ``/metrics`` (the telemetry layer
-    passes it in: it sits above the gateway).
+    passes it in: it sits above the gateway). ``models`` holds the aliases and
+    context windows (``[aliases.*]``, ``[models.*]``); by default every name
+    is a catalog model.
     """
 
     def __init__(
@@ -214,9 +271,11 @@ class HttpFront:
         config: HttpConfig | None = None,
         *,
         metrics: Callable[[], Awaitable[bytes]] | None = None,
+        models: ModelTable | None = None,
     ) -> None:
         self.gateway = gateway
         self.config = config or HttpConfig()
+        self.models = models or ModelTable()
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -304,28 +363,53 @@ class HttpFront:
                 meta = catalog.metadata(model)
             except KeyError:  # deregistered between the two reads
                 continue
+            row = {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "fedgate",
+                "regions": list(meta.regions),
+                "capabilities": sorted(meta.capabilities),
+                "nodes": len(meta.deployments),
+            }
+            window = self.models.window(model)
+            if window is not None:
+                row["context_window"] = window
+            data.append(row)
+        for alias in self.models.aliases:
+            # An alias is listed whether or not its models are up: it is a name
+            # clients may use; live_models says which would answer now.
             data.append(
                 {
-                    "id": model,
+                    "id": alias.name,
                     "object": "model",
                     "created": 0,
                     "owned_by": "fedgate",
-                    "regions": list(meta.regions),
-                    "capabilities": sorted(meta.capabilities),
-                    "nodes": len(meta.deployments),
+                    "alias": True,
+                    "models": list(alias.models),
+                    "live_models": [m for m in alias.models if catalog.has_model(ModelId(m))],
                 }
             )
         return web.json_response({"object": "list", "data": data})
 
     async def _embeddings(self, request: web.Request) -> web.Response:
-        return _error_response(
-            HttpError(
-                404,
-                "embeddings are not served yet: no backend returns vectors "
-                "(the synthetic backend produces tokens only)",
-                "not_found_error",
-                "not_implemented",
-            )
+        self.requests += 1
+        rid = f"emb-{secrets.token_hex(12)}"
+        try:
+            obj, raw = await self._body(request, kind="embeddings")
+            plan, build = self._plan(request, obj, raw, rid, Capability.EMBED)
+            resp, model = await self._unary(plan, build)
+            body = _embedding_body(resp.output, resp.node_id)
+        except asyncio.CancelledError:
+            self.disconnects += 1
+            raise
+        except Exception as exc:  # every failure is an answer, typed
+            return _error_response(answer_of(exc))
+        body["model"] = model
+        return web.Response(
+            body=json.dumps(body).encode(),
+            content_type=_JSON,
+            headers=_served(resp.node_id, resp.region_id, resp.attempts, rid, model),
         )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -334,7 +418,7 @@ class HttpFront:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, chat=False)
 
-    async def _body(self, request: web.Request, *, chat: bool) -> tuple[dict[str, Any], bytes]:
+    async def _body(self, request: web.Request, *, kind: str) -> tuple[dict[str, Any], bytes]:
         try:
             # A body that trickles in is a slow client holding a connection:
             # it gets the idle timeout, as a request head does.
@@ -367,10 +451,18 @@ class HttpFront:
         model = obj.get("model")
         if not isinstance(model, str) or not model:
             raise _bad("model: expected a model name", "model")
-        if chat:
+        if kind == "chat":
             messages = obj.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise _bad("messages: expected a non-empty list of messages", "messages")
+        elif kind == "embeddings":
+            texts = obj.get("input")
+            if not (isinstance(texts, str) or (isinstance(texts, list) and texts)):
+                raise _bad(
+                    "input: expected a string or a non-empty list of strings, "
+                    f"got {json.dumps(texts)[:100]}",
+                    "input",
+                )
         elif "prompt" not in obj:
             raise _bad("prompt: required", "prompt")
         stream = obj.get("stream", False)
@@ -378,46 +470,126 @@ class HttpFront:
             raise _bad("stream: expected true or false", "stream")
         return obj, raw
 
-    def _request(self, request: web.Request, obj: dict[str, Any], raw: bytes, rid: str
-                 ) -> InferenceRequest:  # fmt: skip
+    def _plan(
+        self,
+        request: web.Request,
+        obj: dict[str, Any],
+        raw: bytes,
+        rid: str,
+        capability: Capability,
+    ) -> tuple[Fallback, Callable[[str], InferenceRequest]]:
+        """The models the request may try, and the request for each of them.
+
+        Every model shares the request's one deadline: the first gets it as
+        the client set it, a later one what is left of it.
+        """
         headers = request.headers
         tenant = tenant_from_headers(headers)
         qos, origin, deadline = qos_from_headers(headers)
-        model = obj["model"]
-        if not self.gateway.catalog.has_model(ModelId(model)):
+        catalog = self.gateway.catalog
+        plan = Fallback(self.models, obj["model"], lambda m: catalog.has_model(ModelId(m)))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        budget = deadline if deadline is not None else self.gateway.config.request_timeout
+
+        def build(model: str) -> InferenceRequest:
+            left = deadline
+            if len(plan.tried) > 1:
+                left = budget - (loop.time() - started)
+                if left <= 0:
+                    last = plan.errors[-1][1] if plan.errors else None
+                    raise DeadlineExceededError(
+                        f"request {rid!r}: deadline passed before model {model!r} could be "
+                        f"tried (after {', '.join(plan.tried[:-1])}): {last}"
+                    )
+            try:
+                return InferenceRequest(
+                    capability,
+                    raw,
+                    qos=qos,
+                    request_id=rid,
+                    tenant_id=tenant,
+                    model=ModelId(model),
+                    deadline=left,
+                    origin=origin,  # type: ignore[arg-type]
+                )
+            except (TypeError, ValueError) as exc:
+                raise _bad(str(exc)) from None
+
+        return plan, build
+
+    def _first_model(self, plan: Fallback) -> str:
+        model = plan.next()
+        if model is not None:
+            return model
+        name = plan.name
+        if self.models.is_alias(name):
+            models = ", ".join(self.models.candidates(name))
             raise HttpError(
-                404, f"model {model!r} is not served by any live worker", "not_found_error",
-                "model_not_found", "model",
+                503, f"model {name!r}: no live worker serves any of its models ({models})",
+                "service_unavailable", "no_capacity", "model",
             )  # fmt: skip
-        try:
-            return InferenceRequest(
-                Capability.GENERATE,
-                raw,
-                qos=qos,
-                request_id=rid,
-                tenant_id=tenant,
-                model=ModelId(model),
-                deadline=deadline,
-                origin=origin,  # type: ignore[arg-type]
-            )
-        except (TypeError, ValueError) as exc:
-            raise _bad(str(exc)) from None
+        raise HttpError(
+            404, f"model {name!r} is not served by any live worker", "not_found_error",
+            "model_not_found", "model",
+        )  # fmt: skip
+
+    def _next_model(self, plan: Fallback, model: str, exc: FederationError) -> str:
+        """The model after ``model`` failed with ``exc``; raises the caller's error if none."""
+        if not plan.failed(model, exc):
+            raise exc
+        following = plan.next()
+        if following is None:
+            raise plan.final_error(exc) from exc
+        log.debug("model %s: %s; trying %s", model, exc, following)
+        return following
+
+    async def _unary(
+        self, plan: Fallback, build: Callable[[str], InferenceRequest]
+    ) -> tuple[InferenceResponse, str]:
+        """The first answer among the plan's models, and the model that gave it."""
+        model = self._first_model(plan)
+        while True:
+            try:
+                return await self.gateway.infer(build(model)), model
+            except FederationError as exc:
+                model = self._next_model(plan, model, exc)
+
+    async def _first_chunk(
+        self, plan: Fallback, build: Callable[[str], InferenceRequest]
+    ) -> tuple[Call, AsyncGenerator[list[bytes], None], list[bytes], str]:
+        """Open the stream of the first model that produces a chunk (the commit point)."""
+        model = self._first_model(plan)
+        while True:
+            call, chunks = self.gateway.stream_call(build(model))
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                return call, chunks, [], model
+            except FederationError as exc:
+                await chunks.aclose()
+                model = self._next_model(plan, model, exc)
+            except BaseException:
+                await chunks.aclose()
+                raise
+            else:
+                return call, chunks, first, model
 
     async def _serve(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         self.requests += 1
         prefix = "chatcmpl" if chat else "cmpl"
         rid = f"{prefix}-{secrets.token_hex(12)}"
         try:
-            obj, raw = await self._body(request, chat=chat)
-            req = self._request(request, obj, raw, rid)
+            obj, raw = await self._body(request, kind="chat" if chat else "completions")
+            plan, build = self._plan(request, obj, raw, rid, Capability.GENERATE)
             if obj.get("stream", False):
-                return await self._stream(request, req, obj, chat=chat)
-            resp = await self.gateway.infer(req)
+                return await self._stream(request, plan, build, rid, obj, chat=chat)
+            resp, model = await self._unary(plan, build)
         except asyncio.CancelledError:
             self.disconnects += 1
             raise
         except Exception as exc:  # every failure is an answer, typed
-            return _error_response(status_of(exc))
+            return _error_response(answer_of(exc))
         text = resp.output.decode("utf-8", "replace")
         prompt_tokens = _chat_text(obj)
         if chat:
@@ -432,7 +604,7 @@ class HttpFront:
             "id": rid,
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
-            "model": obj["model"],
+            "model": model,
             "choices": [choice],
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -443,17 +615,31 @@ class HttpFront:
         return web.Response(
             body=json.dumps(body).encode(),
             content_type=_JSON,
-            headers=_served(resp.node_id, resp.region_id, resp.attempts, rid),
+            headers=_served(resp.node_id, resp.region_id, resp.attempts, rid, model),
         )
 
     async def _stream(
-        self, request: web.Request, req: InferenceRequest, obj: dict[str, Any], *, chat: bool
+        self,
+        request: web.Request,
+        plan: Fallback,
+        build: Callable[[str], InferenceRequest],
+        rid: str,
+        obj: dict[str, Any],
+        *,
+        chat: bool,
     ) -> web.StreamResponse:
-        call, chunks = self.gateway.stream_call(req)
-        rid = req.request_id
         created = int(time.time())
-        model = obj["model"]
         kind = "chat.completion.chunk" if chat else "text_completion"
+        # The first chunk before the status line: a request that fails before any
+        # token is a plain HTTP error (or moves to the alias's next model), and the
+        # headers can name the node.
+        try:
+            call, chunks, first, model = await self._first_chunk(plan, build)
+        except asyncio.CancelledError:
+            self.disconnects += 1
+            raise
+        except Exception as exc:
+            return _error_response(answer_of(exc))
 
         def event(tokens: list[bytes] | None, finish: str | None = None, first: bool = False
                   ) -> bytes:  # fmt: skip
@@ -465,27 +651,21 @@ class HttpFront:
                 choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-            payload = {"id": rid, "object": kind, "created": created, "model": model,
-                       "choices": [choice]}  # fmt: skip
+            payload: dict[str, Any] = {"id": rid, "object": kind, "created": created,
+                                       "model": model, "choices": [choice]}  # fmt: skip
+            if finish is not None:
+                # The headers named the first node; after a mid-stream resume
+                # another one finished, and this is where a client can see it.
+                payload["x_fedgate"] = {"node": call.node, "region": call.region,
+                                        "attempts": call.attempts, "model": model}  # fmt: skip
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
         async with contextlib.aclosing(chunks):
-            # The first chunk before the status line: a request that fails before
-            # any token is a plain HTTP error, and the headers can name the node.
-            try:
-                first = await chunks.__anext__()
-            except StopAsyncIteration:
-                first = []
-            except asyncio.CancelledError:
-                self.disconnects += 1
-                raise
-            except Exception as exc:
-                return _error_response(status_of(exc))
             response = web.StreamResponse(
                 headers={
                     "Content-Type": "text/event-stream",
                     "Cache-Control": "no-cache",
-                    **_served(call.node, call.region, call.attempts, rid),
+                    **_served(call.node, call.region, call.attempts, rid, model),
                 }
             )
             await response.prepare(request)
@@ -515,7 +695,7 @@ class HttpFront:
                 self.disconnects += 1
                 return response
             except Exception as exc:
-                err = status_of(exc)
+                err = answer_of(exc)
                 body = err.body()
                 body["error"]["status"] = err.status
                 with contextlib.suppress(ConnectionError):
@@ -525,10 +705,25 @@ class HttpFront:
             return response
 
 
-def _served(node: str, region: str, attempts: int, rid: str) -> dict[str, str]:
+def _served(node: str, region: str, attempts: int, rid: str, model: str) -> dict[str, str]:
     return {
         "x-fedgate-node": node,
         "x-fedgate-region": region,
         "x-fedgate-attempts": str(attempts),
+        "x-fedgate-model": model,
         "x-request-id": rid,
     }
+
+
+def _embedding_body(output: bytes, node: str) -> dict[str, Any]:
+    """The worker's answer to an embeddings request: OpenAI's JSON body, checked."""
+    try:
+        body = json.loads(output)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise HttpError(
+            502, f"node {node} answered an embeddings request with something other than "
+            f"OpenAI's body ({output[:100]!r})", "server_error", "bad_worker_answer",
+        )  # fmt: skip
+    return body

@@ -74,6 +74,7 @@ __all__ = [
     "ERR_BACKEND",
     "ERR_BAD_INPUT",
     "ERR_CANCELLED",
+    "ERR_CONTEXT_LENGTH",
     "ERR_CRASH",
     "ERR_DEADLINE",
     "ERR_INTERNAL",
@@ -138,6 +139,9 @@ ERR_UNSUPPORTED: _Final = "unsupported"  # capability / model / resume not serve
 ERR_OVERLOADED: _Final = "overloaded"  # max concurrency reached: try another node
 ERR_CANCELLED: _Final = "cancelled"  # acknowledges the gateway's Cancel
 ERR_SHUTDOWN: _Final = "shutdown"  # the worker is draining and did not finish this one
+# The input is longer than this model's context window: no node of the same model will
+# take it, a model with a larger window may (an upstream's context_length_exceeded).
+ERR_CONTEXT_LENGTH: _Final = "context_length"
 
 NODE_CAUSED: _Final[frozenset[str]] = frozenset(
     {ERR_INTERNAL, ERR_BACKEND, ERR_CRASH, ERR_DEADLINE, ERR_STALL}
@@ -145,7 +149,14 @@ NODE_CAUSED: _Final[frozenset[str]] = frozenset(
 """Codes that count against the node's health and breaker."""
 
 ERROR_CODES: _Final[frozenset[str]] = NODE_CAUSED | frozenset(
-    {ERR_BAD_INPUT, ERR_UNSUPPORTED, ERR_OVERLOADED, ERR_CANCELLED, ERR_SHUTDOWN}
+    {
+        ERR_BAD_INPUT,
+        ERR_UNSUPPORTED,
+        ERR_OVERLOADED,
+        ERR_CANCELLED,
+        ERR_SHUTDOWN,
+        ERR_CONTEXT_LENGTH,
+    }
 )
 """Every code this version defines; a receiver treats any other code as node-caused."""
 

@@ -19,9 +19,21 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from fedgate.errors import WorkerError
-from fedgate.transport.protocol import ERR_BACKEND, ERR_BAD_INPUT, ERR_UNSUPPORTED
+from fedgate.transport.protocol import (
+    ERR_BACKEND,
+    ERR_BAD_INPUT,
+    ERR_CONTEXT_LENGTH,
+    ERR_UNSUPPORTED,
+)
 
-__all__ = ["Backend", "BackendRequest", "backend_failure", "bad_input", "unsupported"]
+__all__ = [
+    "Backend",
+    "BackendRequest",
+    "backend_failure",
+    "bad_input",
+    "context_too_long",
+    "unsupported",
+]
 
 
 class BackendRequest(msgspec.Struct, frozen=True, gc=False):
@@ -85,6 +97,11 @@ class Backend(Protocol):
 def bad_input(message: str) -> WorkerError:
     """The request's input is invalid for this backend (does not count against the node)."""
     return WorkerError(message, code=ERR_BAD_INPUT, node_caused=False)
+
+
+def context_too_long(message: str) -> WorkerError:
+    """The input is longer than the model's context window (a larger model may take it)."""
+    return WorkerError(message, code=ERR_CONTEXT_LENGTH, node_caused=False)
 
 
 def unsupported(message: str) -> WorkerError:

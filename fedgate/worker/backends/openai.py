@@ -12,6 +12,9 @@ user message.
 
 Errors, by class (SPEC §2 Gateway, R24):
 
+* HTTP 400 with the code ``context_length_exceeded`` is the input being too
+  long for this model (``context_length``: a model with a larger context
+  window may take it, no node of this one will).
 * HTTP 400, 413 and 422 are the caller's input (``bad_input``, never the
   node's fault): the upstream's status, error code and message travel in the
   error's text unchanged, so the caller reads the upstream's own reason.
@@ -26,6 +29,10 @@ Errors, by class (SPEC §2 Gateway, R24):
   is misconfigured, and that should count against it.
 
 Generations cannot be resumed mid-stream, so ``resumable`` is False.
+
+Embeddings: a request for capability ``embed`` is POSTed (not streamed) to
+``{base_url}/v1/embeddings`` with its ``model`` set as above, and the
+upstream's JSON answer is the worker's answer, unchanged.
 """
 
 from __future__ import annotations
@@ -42,7 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 from fedgate.errors import WorkerError
 from fedgate.transport.protocol import ERR_OVERLOADED, ERR_STALL
-from fedgate.worker.backends.base import BackendRequest, backend_failure, bad_input
+from fedgate.worker.backends.base import (
+    BackendRequest,
+    backend_failure,
+    bad_input,
+    context_too_long,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -53,6 +65,7 @@ _BAD_INPUT_STATUSES = frozenset({400, 413, 422})
 _BUSY_STATUSES = frozenset({429, 503})
 _MAX_RETRY_AFTER = 3600.0
 _DETAIL_BYTES = 512
+_CONTEXT_CODE = "context_length_exceeded"  # OpenAI's (and vLLM's) code for a too-long input
 
 
 class OpenAIBackend:
@@ -176,6 +189,9 @@ class OpenAIBackend:
         request and then says nothing is as silent as one that never answers);
         once tokens flow, each read must come within ``stall_timeout``.
         """
+        if req.capability == "embed":
+            yield [await self.embed(req)]
+            return
         path, body = self.request_body(req)
         url = self.base_url + path
         # The HTTP exchange runs in a task of its own, so that a timeout here never
@@ -274,6 +290,45 @@ class OpenAIBackend:
         except httpx.HTTPError as exc:
             raise backend_failure(f"openai: {url}: {type(exc).__name__}: {exc}") from None
 
+    async def embed(self, req: BackendRequest) -> bytes:
+        """POST ``req``'s embeddings body to the upstream; its JSON answer, as bytes."""
+        import httpx
+
+        try:
+            body = json.loads(req.input) if req.input.lstrip()[:1] == b"{" else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            try:
+                body = {"input": req.input.decode("utf-8")}
+            except UnicodeDecodeError as exc:
+                raise bad_input(
+                    f"openai: expected UTF-8 text or a JSON object, got {exc}"
+                ) from None
+        model = self.upstream_model or req.model or body.get("model")
+        if not model:
+            raise bad_input("openai: expected a model (request model, --upstream-model or body)")
+        body["model"] = model
+        url = self.base_url + "/v1/embeddings"
+        try:
+            resp = await self._http().post(
+                "/v1/embeddings", json=body, headers={"Accept": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise backend_failure(f"openai: {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            detail = resp.content[:_DETAIL_BYTES].decode("utf-8", "replace")
+            raise _status_error(resp.status_code, url, detail, resp.headers.get("retry-after"))
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise backend_failure(
+                f"openai: {url} answered without OpenAI's embeddings body: {resp.content[:200]!r}"
+            )
+        return resp.content
+
     async def aclose(self) -> None:
         """Close the connection pool."""
         if self._client is not None:
@@ -291,6 +346,8 @@ def _status_error(status: int, url: str, detail: str, retry_after: str | None) -
         # The upstream's own reason and code, as it said them.
         reason = f"{err.get('message')} (code {err.get('code')})"
     message = f"openai: {url} answered HTTP {status}: {reason}"
+    if status == 400 and isinstance(err, dict) and err.get("code") == _CONTEXT_CODE:
+        return context_too_long(message)
     if status in _BAD_INPUT_STATUSES:
         return bad_input(message)
     if status in _BUSY_STATUSES:

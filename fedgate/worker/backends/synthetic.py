@@ -22,15 +22,29 @@ attempt, so a resumed attempt fails K tokens after its resume point):
 - ``slow=FACTOR``: multiply every delay;
 - ``block-loop=SECONDS``: block the event loop with ``time.sleep`` once, on
   the first request (the worker stays connected but stops heartbeating).
+
+Context window (``--context-window N``): a request whose prompt and output
+together need more than N tokens fails with code ``context_length`` (as an
+upstream's ``context_length_exceeded``), before any token. A prompt costs
+:func:`prompt_tokens` tokens: one per 4 characters of its text, rounded up.
+
+Embeddings: a request for capability ``embed`` (an OpenAI ``/v1/embeddings``
+body, or plain text) is answered at once with one token, the JSON body of
+OpenAI's answer, whose vectors are :func:`synthetic_embedding` of each input
+text: :data:`EMBED_DIMENSIONS` numbers (or the request's ``dimensions``),
+derived from the text alone, so any client can check them. ``encoding_format
+= "base64"`` gives them as little-endian float32, as OpenAI does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import math
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -38,9 +52,15 @@ from hashlib import blake2b
 from typing import Any
 
 from fedgate.errors import WorkerError
-from fedgate.worker.backends.base import BackendRequest, backend_failure, bad_input
+from fedgate.worker.backends.base import (
+    BackendRequest,
+    backend_failure,
+    bad_input,
+    context_too_long,
+)
 
 __all__ = [
+    "EMBED_DIMENSIONS",
     "FAULT_KINDS",
     "MAX_CHUNK_TOKENS",
     "MAX_TOKENS",
@@ -50,6 +70,8 @@ __all__ = [
     "create",
     "options_from_args",
     "parse_fault",
+    "prompt_tokens",
+    "synthetic_embedding",
     "synthetic_output",
     "synthetic_token",
     "synthetic_tokens",
@@ -61,7 +83,16 @@ MAX_TOKENS = 65536
 MAX_CHUNK_TOKENS = 256
 """Most tokens yielded in one chunk (one Partial frame)."""
 
+EMBED_DIMENSIONS = 16
+"""Length of a synthetic embedding when the request does not ask for ``dimensions``."""
+
+MAX_EMBED_DIMENSIONS = 4096
+MAX_EMBED_INPUTS = 2048  # OpenAI's own limit on the texts of one request
+MAX_CONTEXT_WINDOW = 1 << 30
+
 FAULT_KINDS = ("fail-after", "stall-after", "crash-after", "slow", "block-loop")
+
+_EMBED = "embed"  # the capability name (fedgate.types.Capability.EMBED)
 
 # After yielding the K-th token the worker has queued its frame in libzmq; the
 # I/O thread needs a moment to write it before the process dies, or a test
@@ -87,6 +118,58 @@ def synthetic_tokens(request_id: str, start: int, stop: int) -> list[bytes]:
 def synthetic_output(request_id: str, tokens: int, start: int = 0) -> bytes:
     """The concatenated output a non-stream request of ``tokens`` tokens receives."""
     return b"".join(synthetic_tokens(request_id, start, tokens))
+
+
+def synthetic_embedding(text: str, dimensions: int = EMBED_DIMENSIONS) -> list[float]:
+    """The embedding of ``text``: ``dimensions`` numbers in (-1, 1), derived from the text.
+
+    Each is ``(2b - 255) / 256`` for a byte ``b`` of a BLAKE2b stream of the
+    text, so it is exact in float32 and survives OpenAI's base64 encoding.
+
+    >>> synthetic_embedding("hello", 3)
+    [-0.85546875, 0.29296875, -0.22265625]
+    """
+    out: list[float] = []
+    block = 0
+    while len(out) < dimensions:
+        digest = blake2b(f"{block}\x00{text}".encode(), digest_size=64).digest()
+        out.extend((2 * b - 255) / 256 for b in digest)
+        block += 1
+    return out[:dimensions]
+
+
+def _text_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def prompt_tokens(obj: Any) -> int:
+    """The prompt size in tokens of an OpenAI body (chat, completion or embeddings) or text.
+
+    One token per 4 characters of text, rounded up, per message or input: the
+    same rough rule the HTTP front door reports in ``usage``.
+    """
+    if isinstance(obj, str):
+        return _text_tokens(obj)
+    if not isinstance(obj, dict):
+        return 0
+    total = 0
+    messages = obj.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                total += _text_tokens(content)
+            elif isinstance(content, list):  # content parts: their text
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        total += _text_tokens(part["text"])
+    for key in ("prompt", "input"):
+        value = obj.get(key)
+        if isinstance(value, str):
+            total += _text_tokens(value)
+        elif isinstance(value, list):
+            total += sum(_text_tokens(v) for v in value if isinstance(v, str))
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +246,9 @@ class SyntheticBackend:
         Tokens per second after the first; 0 produces all at once.
     faults : iterable of Fault or str
         Injected faults (see the module docstring).
+    context_window : int, optional
+        Most tokens a request's prompt and output may need together; a longer
+        one fails with code ``context_length`` (None: no limit).
     """
 
     resumable = True
@@ -173,8 +259,14 @@ class SyntheticBackend:
         ttft: float = 0.0,
         token_rate: float = 0.0,
         faults: Iterable[Fault | str] = (),
+        context_window: int | None = None,
     ) -> None:
         _check_number("tokens", tokens, integer=True, upper=MAX_TOKENS)
+        if context_window is not None:
+            _check_number("context_window", context_window, integer=True, upper=MAX_CONTEXT_WINDOW)
+            if context_window < 1:
+                raise ValueError(f"context_window: expected an int >= 1, got {context_window!r}")
+        self.context_window = context_window
         _check_number("ttft", ttft, upper=86400.0)
         _check_number("token_rate", token_rate, upper=1e9)
         self.tokens = tokens
@@ -200,20 +292,30 @@ class SyntheticBackend:
         faults = ", ".join(str(f) for f in self.faults)
         return (
             f"SyntheticBackend(tokens={self.tokens}, ttft={self.ttft}, "
-            f"token_rate={self.token_rate}, faults=[{faults}])"
+            f"token_rate={self.token_rate}, faults=[{faults}], "
+            f"context_window={self.context_window})"
         )
 
     def length(self, req: BackendRequest) -> int:
-        """Total tokens of the generation for ``req`` (resume point not subtracted)."""
-        data = req.input
-        if data.lstrip()[:1] != b"{":  # cheap: bytes.lstrip returns itself when unchanged
-            return self.tokens
-        try:
-            obj = json.loads(data)
-        except ValueError:  # not JSON after all: plain input, default length
-            return self.tokens
-        if not isinstance(obj, dict):
-            return self.tokens
+        """Total tokens of the generation for ``req`` (resume point not subtracted).
+
+        Raises the ``context_length`` error when the prompt and this many
+        tokens do not fit the context window.
+        """
+        obj = _json_object(req.input)
+        total = self.tokens if obj is None else self._requested(obj)
+        window = self.context_window
+        if window is not None:
+            prompt = prompt_tokens(obj if obj is not None else _text(req.input))
+            if prompt + total > window:
+                raise context_too_long(
+                    f"synthetic: this model's maximum context length is {window} tokens; "
+                    f"the request needs {prompt + total} ({prompt} in the prompt, "
+                    f"{total} to generate)"
+                )
+        return total
+
+    def _requested(self, obj: dict[str, Any]) -> int:
         # An OpenAI chat request (the HTTP front door passes its body unchanged)
         # may name its length either way; the newer name wins, as OpenAI's does.
         key = "max_completion_tokens" if "max_completion_tokens" in obj else "max_tokens"
@@ -223,6 +325,58 @@ class SyntheticBackend:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise bad_input(f"synthetic: {key}: expected an int >= 0, got {n!r}")
         return min(n, MAX_TOKENS)
+
+    def embed(self, req: BackendRequest) -> bytes:
+        """OpenAI's ``/v1/embeddings`` answer for ``req``, as JSON bytes."""
+        obj = _json_object(req.input)
+        if obj is None:
+            obj = {"input": _text(req.input)}
+        texts = obj.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if (
+            not isinstance(texts, list)
+            or not 1 <= len(texts) <= MAX_EMBED_INPUTS
+            or not all(isinstance(t, str) for t in texts)
+        ):
+            raise bad_input(
+                f"synthetic: input: expected a string or a list of 1 to {MAX_EMBED_INPUTS} "
+                f"strings, got {json.dumps(texts)[:200]}"
+            )
+        dims = obj.get("dimensions", EMBED_DIMENSIONS)
+        if isinstance(dims, bool) or not isinstance(dims, int) or not (
+            1 <= dims <= MAX_EMBED_DIMENSIONS
+        ):
+            raise bad_input(
+                f"synthetic: dimensions: expected an int in [1, {MAX_EMBED_DIMENSIONS}], "
+                f"got {dims!r}"
+            )
+        fmt = obj.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise bad_input(f"synthetic: encoding_format: expected float or base64, got {fmt!r}")
+        used = prompt_tokens({"input": texts})
+        window = self.context_window
+        if window is not None:
+            for t in texts:
+                if _text_tokens(t) > window:
+                    raise context_too_long(
+                        f"synthetic: this model's maximum context length is {window} tokens; "
+                        f"an input needs {_text_tokens(t)}"
+                    )
+        data = []
+        for i, text in enumerate(texts):
+            vector = synthetic_embedding(text, dims)
+            value: Any = vector
+            if fmt == "base64":
+                value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode("ascii")
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": req.model or obj.get("model") or "synthetic",
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
+        return json.dumps(answer).encode()
 
     def complete(self, req: BackendRequest) -> list[list[bytes]] | None:
         """The chunks :meth:`generate` would yield, when it would yield them without waiting.
@@ -235,6 +389,11 @@ class SyntheticBackend:
         """
         if self.ttft or self.token_rate or self._after or self._block_seconds:
             return None
+        if req.capability == _EMBED:
+            try:
+                return [[self.embed(req)]]
+            except WorkerError:
+                return None  # generate() reports it, typed
         try:
             total = self.length(req)
         except WorkerError:
@@ -249,6 +408,12 @@ class SyntheticBackend:
 
     async def generate(self, req: BackendRequest) -> AsyncIterator[list[bytes]]:
         """Yield the tokens of ``req`` from ``req.resume_from``, in due-time chunks."""
+        if req.capability == _EMBED:
+            # One answer, no tokens to pace: only the process-level faults apply.
+            if self._after.get("crash-after") == 0:
+                os._exit(1)
+            yield [self.embed(req)]
+            return
         total = self.length(req)
         start = req.resume_from
         if start > total:
@@ -312,6 +477,21 @@ class SyntheticBackend:
         """Nothing to release."""
 
 
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    """``data`` as a JSON object, or None when it is not one (plain input)."""
+    if data.lstrip()[:1] != b"{":  # cheap: bytes.lstrip returns itself when unchanged
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError:  # not JSON after all: plain input
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
 def create(**options: Any) -> SyntheticBackend:
     """Build a :class:`SyntheticBackend` from keyword options (the registry's factory)."""
     return SyntheticBackend(**options)
@@ -341,6 +521,18 @@ def _token_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if not 0 <= value <= MAX_TOKENS:
         raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_TOKENS}], got {text!r}")
+    return value
+
+
+def _context_window(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_CONTEXT_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [1, {MAX_CONTEXT_WINDOW}], got {text!r}"
+        )
     return value
 
 
@@ -381,6 +573,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='output length (default 16); a JSON input {"max_tokens": N} overrides it',
     )
     group.add_argument(
+        "--context-window",
+        type=_context_window,
+        default=None,
+        metavar="TOKENS",
+        help="refuse a request whose prompt (4 characters a token) and output need more "
+        "tokens, with code context_length (default: no limit), e.g. --context-window 4096",
+    )
+    group.add_argument(
         "--fault",
         type=_fault,
         action="append",
@@ -399,6 +599,7 @@ OPTION_FLAGS: dict[str, str] = {
     "token_rate": "--token-rate",
     "tokens": "--tokens",
     "fault": "--fault",
+    "context_window": "--context-window",
 }
 
 
@@ -413,4 +614,6 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         options["tokens"] = args.tokens
     if args.fault:
         options["faults"] = tuple(args.fault)
+    if getattr(args, "context_window", None) is not None:
+        options["context_window"] = args.context_window
     return options
