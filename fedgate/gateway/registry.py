@@ -41,6 +41,7 @@ class Worker:
     __slots__ = (
         "alive",
         "attempts",
+        "continuable",
         "cost",
         "gpu",
         "identity",
@@ -68,6 +69,7 @@ class Worker:
         self.cost = msg.cost
         self.max_concurrency = msg.max_concurrency
         self.resumable = msg.resumable
+        self.continuable = msg.continuable  # continues a stream from its delivered text
         self.pid = msg.pid
         self.alive = True
         self.lost_at = 0.0  # health clock reading when it was lost
