@@ -12,11 +12,16 @@ by scripted workers (``scripted.py``).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
+from inproc import federation
 from scripted import Federation, req, scripted_federation, tok, toks, until
 
 from fedgate import GatewayConfig, NodeId, StreamInterruptedError
 from fedgate.transport import protocol as wire
+from fedgate.worker.backends.base import BackendRequest, backend_failure
 
 PLAIN = {"resumable": False}
 CONTINUABLE = {"resumable": False, "continuable": True}
@@ -142,3 +147,46 @@ async def test_past_the_stream_buffer_bound_a_stream_is_not_continued() -> None:
         with pytest.raises(StreamInterruptedError, match=r"after 5 tokens.*past what a contin"):
             await reading
         assert fed["b"].requests == []
+
+
+# ------------------------------------------------- real workers, in process
+
+
+class _Words:
+    """Ten words, continued from the delivered text; fails after ``cut`` words when set."""
+
+    resumable = False
+    continuable = True
+
+    def __init__(self, cut: int | None = None) -> None:
+        self.cut = cut
+        self.seen: list[tuple[int, bytes]] = []  # (resume_from, delivered) per request
+
+    async def generate(self, request: BackendRequest) -> AsyncIterator[list[bytes]]:
+        self.seen.append((request.resume_from, request.delivered))
+        start = len(request.delivered.split())
+        for i in range(start, 10):
+            if i == self.cut:
+                raise backend_failure("upstream ended the stream without [DONE] (truncated)")
+            yield [b"w%d " % i]
+            await asyncio.sleep(0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_worker_with_a_continuable_backend_continues_a_stream_cut_elsewhere() -> None:
+    cutter, continuer = _Words(cut=4), _Words()
+    async with federation(
+        {"node": "a", "backend_obj": cutter}, {"node": "b", "backend_obj": continuer}
+    ) as (gw, _):
+        assert {w["node"] for w in gw.workers()} == {"a", "b"}
+        for _ in range(5):  # the first attempt goes to a: b's breaker is open until then
+            gw.breaker.record_failure(NodeId("b"))
+        agen = gw.infer_stream(req("inproc-1"))
+        got = [await agen.__anext__()]
+        gw.breaker.reset(NodeId("b"))
+        got += [t async for t in agen]
+    assert b"".join(got) == b"".join(b"w%d " % i for i in range(10))
+    assert cutter.seen == [(0, b"")]
+    assert continuer.seen == [(4, b"w0 w1 w2 w3 ")]  # numbered from 4, from the text
