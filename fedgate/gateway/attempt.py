@@ -223,7 +223,7 @@ class Attempts:
         now = loop.time()
         remaining = call.deadline - now
         req = call.request
-        delivered = call.delivered_for(worker)
+        delivered = call.delivered_for(worker) if call.next_index else b""
         frame = wire.encode(
             wire.Request(
                 call.rid,

@@ -65,7 +65,8 @@ the tokens delivered so far (``Request.delivered``), and its tokens are
 numbered from ``resume_from`` like a resumed node's, so fencing by attempt
 and trimming by index are the same for both. Any other node is left out.
 
-So the call keeps each token it hands on while the stream lasts, within
+So the call keeps each token it hands on while the stream lasts (once any
+continuable worker has registered: until then nobody could use them), within
 the stream's own bounds: at most ``stream_buffer`` tokens and
 ``stream_buffer_bytes`` bytes, and no more than a REQUEST frame holds
 beside the input (``max_frame_bytes``). Past the bound it stops keeping
@@ -89,7 +90,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import random
 import time
 from collections import deque
@@ -216,6 +216,7 @@ class Call:
         "kept",
         "kept_bytes",
         "kept_room",
+        "kept_tokens",
         "last_error",
         "lifecycle",
         "next_index",
@@ -262,13 +263,15 @@ class Call:
         self.retrying = False
         self.tenant: NodeStats | None = None
         # A stream keeps the tokens it delivered, for a continuable node to continue
-        # from (see "A stream continues …"); None once past the bound, or not a stream.
-        self.kept: list[list[bytes]] | None = None
+        # from (see "A stream continues …"); None once past the bound, when not a
+        # stream, or while no continuable worker ever registered (nobody to use them).
+        self.kept: list[bytes] | None = None
         self.kept_bytes = 0
-        self.kept_room = 0
-        if stream:
+        self.kept_room = self.kept_tokens = 0
+        if stream and env.registry.continuable:
             config = env.config
             self.kept = []
+            self.kept_tokens = config.stream_buffer
             self.kept_room = min(
                 config.stream_buffer_bytes,
                 config.max_frame_bytes - len(request.input) - _FRAME_MARGIN,
@@ -446,7 +449,7 @@ class Call:
         kept = self.kept
         if not self.next_index or kept is None or worker.resumable or not worker.continuable:
             return b""
-        return b"".join(itertools.chain.from_iterable(kept))
+        return b"".join(kept)
 
     def _cooled_at(self) -> float | None:
         """When the first cooling node this request has not tried is free, if before the
@@ -661,9 +664,11 @@ class Call:
         self.next_index = end
         kept = self.kept
         if kept is not None:
-            kept.append(tokens)
-            self.kept_bytes += sum(map(len, tokens))
-            if self.kept_bytes > self.kept_room or end > self.env.config.stream_buffer:
+            # Joined per frame: bytes are no work for the garbage collector, lists are.
+            text = b"".join(tokens)
+            kept.append(text)
+            self.kept_bytes += len(text)
+            if self.kept_bytes > self.kept_room or end > self.kept_tokens:
                 self.kept = None  # past the bound: no continuation, an interruption ends it
         return tokens
 
@@ -815,10 +820,10 @@ class Call:
         """Why no node continued an interrupted stream, when a continuation was possible."""
         if self.not_continued:
             return f" (not continued: node {', '.join(self.not_continued)} could not continue it)"
-        if self.kept is None:
+        if self.kept is None and self.kept_tokens:
             return (
                 f" (not continued: {self.kept_bytes} bytes delivered, past what a "
-                f"continuation carries: {self.kept_room} bytes, {self.env.config.stream_buffer} "
+                f"continuation carries: {self.kept_room} bytes, {self.kept_tokens} "
                 "tokens)"
             )
         return ""

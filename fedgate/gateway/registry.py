@@ -103,6 +103,9 @@ class Registry:
         self.pump: Pump | None = None
         self.by_identity: dict[bytes, Worker] = {}
         self.by_node: dict[NodeId, Worker] = {}
+        # Whether a continuable worker ever registered: until one has, streams do
+        # not keep their delivered text (gateway/call.py), which no node could use.
+        self.continuable = False
 
     def alive(self) -> int:
         return sum(1 for w in self.by_node.values() if w.alive)
@@ -191,6 +194,8 @@ class Registry:
             worker.attempts = current.attempts  # a re-announce keeps its in-flight work
         self.by_identity[identity] = worker
         self.by_node[node] = worker
+        if worker.continuable:
+            self.continuable = True
         stale_models = set(self.catalog.models_on(node)) - set(worker.models)
         for model in stale_models:
             self.catalog.deregister_sync(model, node)
