@@ -114,7 +114,7 @@ async def test_a_refused_continuation_ends_with_the_real_cause(refusal: str) -> 
         text = str(info.value)
         assert "interrupted after 3 tokens" in text and "without [DONE]" in text
         assert "node b could not continue it" in text
-        assert "400" not in text and "prefill" not in text
+        assert "HTTP 400" not in text and "prefill" not in text
         assert got == toks(0, 3)  # nothing shortened silently, nothing added
         # Not b's fault: its health and breaker are untouched.
         assert fed.gw.health.status(NodeId("b")).consecutive_failures == 0

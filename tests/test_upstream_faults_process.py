@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import openai
 import pytest
 from fake_upstream import WORDS, FakeUpstream, answer
 from procs import Fleet
@@ -39,6 +40,7 @@ from fedgate import (
     WorkerError,
 )
 from fedgate.federation.policy import CostPolicy
+from fedgate.gateway.http import HttpConfig, HttpFront
 from fedgate.routing._jit import warm_up
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
@@ -51,6 +53,9 @@ LIVENESS = 30
 REGION = "eu-west-1"
 RETRY_DELAY = 0.1  # GatewayConfig's default: the first backoff step of an overloaded node
 TIMEOUTS = ("--first-token-timeout", "1", "--stall-timeout", "1")
+# The fallback's upstream is never silent: its timeouts only have to outlast a loaded
+# machine (a refused prefill once took over 1 s to come back, and failed as silence).
+FALLBACK_TIMEOUTS = ("--first-token-timeout", "10", "--stall-timeout", "10")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,7 +88,7 @@ async def pair(
                 fleet.start("cheap", REGION, *backend, "--base-url", bad.base_url, "--cost",
                             "0.1", *TIMEOUTS)  # fmt: skip
                 fleet.start("dear", REGION, *backend, "--base-url", good.base_url, "--cost",
-                            "10", *TIMEOUTS)  # fmt: skip
+                            "10", *FALLBACK_TIMEOUTS)  # fmt: skip
                 try:
                     await fleet.wait_registered(gateway, "cheap", "dear")
                     yield gateway, bad, good
@@ -217,7 +222,7 @@ async def test_r24_refused_prefill_ends_with_the_real_cause_never_shortened(
         assert b"".join(got).decode() == answer(0, k)  # nothing silently shortened or added
         assert f"interrupted after {k} tokens" in err and CAUSE[fault] in err, err
         assert "node dear could not continue it" in err, err
-        assert "400" not in err and "prefill" not in err, err  # never the refusal itself
+        assert "HTTP 400" not in err and "prefill" not in err, err  # never the refusal itself
         assert [a.outcome for a in bad.attempts] == [f"{fault}@{k}"]
         # The fallback was asked once, with the delivered text, and refused it.
         assert [(a.outcome, a.prefill) for a in good.attempts] == [("400-prefill", answer(0, k))]
@@ -241,3 +246,44 @@ async def test_r24_callers_fault_is_not_retried_and_keeps_its_reason(
         assert f"HTTP {status}" in str(err)
         assert f"fake upstream rejects this input ({status}) (code fake_{status})" in str(err)
         assert len(bad.attempts) == 1 and good.attempts == []
+
+
+# ------------------------------------------------ the same, through the front door
+
+
+async def sse_text(front: HttpFront, parts: list[str]) -> str:
+    """One streamed chat through the HTTP front door and the openai SDK: its text
+    (each content delta is appended to ``parts`` as it arrives)."""
+    client = openai.AsyncOpenAI(base_url=f"{front.url}/v1", api_key="t", max_retries=0)
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "say 60 words"}], stream=True
+    )
+    try:
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+    finally:
+        await client.close()
+    return "".join(parts)
+
+
+async def test_r24_http_caller_reads_one_answer_or_the_cut_in_band(tmp_path: Path) -> None:
+    async with pair(tmp_path, "cut", k=40) as (gw, _bad, good):
+        async with HttpFront(gw, HttpConfig(listen="127.0.0.1:0")) as front:
+            assert await sse_text(front, []) == answer()
+        assert [a.prefill for a in good.attempts] == [answer(0, 40)]
+        # The caller's JSON body went through whole: the prefill follows its messages.
+        assert good.attempts[0].body["messages"] == [
+            {"role": "user", "content": "say 60 words"},
+            {"role": "assistant", "content": answer(0, 40)},
+        ]
+    async with pair(tmp_path, "cut", "prefill-refused", k=40) as (gw, _bad, good):
+        async with HttpFront(gw, HttpConfig(listen="127.0.0.1:0")) as front:
+            parts: list[str] = []
+            with pytest.raises(openai.APIError) as info:
+                await sse_text(front, parts)
+        assert "".join(parts) == answer(0, 40)  # nothing silently shortened or added
+        err = str(info.value)
+        assert "interrupted after 40 tokens" in err and "without [DONE]" in err, err
+        assert "HTTP 400" not in err and "prefill" not in err, err
+        assert [a.outcome for a in good.attempts] == ["400-prefill"]
