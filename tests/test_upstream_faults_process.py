@@ -245,6 +245,7 @@ async def test_r24_callers_fault_is_not_retried_and_keeps_its_reason(
         assert err.code == "bad_input" and not err.node_caused
         assert f"HTTP {status}" in str(err)
         assert f"fake upstream rejects this input ({status}) (code fake_{status})" in str(err)
+        assert err.upstream_code == f"fake_{status}"  # its own field, across the wire
         assert len(bad.attempts) == 1 and good.attempts == []
 
 
