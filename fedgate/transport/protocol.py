@@ -16,7 +16,8 @@ A conversation::
     W: Ready ─────────────▶ G      (repeated every heartbeat interval until Welcome)
     W ◀───────────── Welcome: G    (or Refuse: the worker exits with status 3)
     W: Heartbeat ─────────▶ G      (every interval, from the worker's own event loop)
-    W ◀───────────── Request: G    (rid, attempt, remaining deadline, resume_from)
+    W ◀───────────── Request: G    (rid, attempt, remaining deadline, resume_from,
+                                    the text delivered when a continuable W continues it)
     W: Partial … Partial ─▶ G      (index of the first token of each frame)
     W: Final | Error ─────▶ G      (exactly one per accepted Request)
     W ◀────────────── Cancel: G    (the worker answers Error "cancelled")
