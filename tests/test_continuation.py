@@ -121,6 +121,22 @@ async def test_a_refused_continuation_ends_with_the_real_cause(refusal: str) -> 
         assert fed.gw.health.status(NodeId("a")).consecutive_failures == 1
 
 
+async def test_a_continuation_that_fails_is_named_after_the_cut_never_instead() -> None:
+    async with scripted_federation(("a", PLAIN), ("b", CONTINUABLE), config=CONFIG) as fed:
+        got, reading = fed.stream(req("cont-7"))
+        await cut_after(fed, "a", got, 3)
+        second, r2 = await fed.next_request()
+        await second.error(r2, wire.ERR_BACKEND, "sent no first token within 1s")
+        with pytest.raises(StreamInterruptedError) as info:
+            await reading
+        text = str(info.value)
+        assert text.index("without [DONE]") < text.index("; continuing it failed: ") < text.index(
+            "sent no first token"
+        ), text
+        # A real failure of b's: it counts against b, unlike a refusal.
+        assert fed.gw.health.status(NodeId("b")).consecutive_failures == 1
+
+
 async def test_a_refusal_moves_the_continuation_to_another_continuable_node() -> None:
     nodes = (("a", PLAIN), ("b", CONTINUABLE), ("c", CONTINUABLE))
     async with scripted_federation(*nodes, config=CONFIG) as fed:

@@ -79,7 +79,9 @@ was refused is the delivered text) is nobody's fault: no health or breaker
 entry, and another continuable node may try. The caller hears of the
 interruption that asked for the continuation, never of the refusal: its
 :class:`StreamInterruptedError` names the original cause (the cut, the
-stall, the malformed event) and the nodes that could not continue it. A
+stall, the malformed event) and the nodes that could not continue it; a
+continuation that failed otherwise (a timeout, a cut of its own before any
+new token) is named after the cut, never instead of it. A
 continued stream's usage is what the caller received: every token
 delivered, from all attempts, counted once (``InferenceResponse.tokens``,
 the HTTP ``completion_tokens``); the prompt is the caller's own, never the
@@ -210,6 +212,8 @@ class Call:
 
     __slots__ = (
         "attempts",
+        "cut",
+        "cut_at",
         "deadline",
         "env",
         "first_token_at",
@@ -277,6 +281,10 @@ class Call:
                 config.max_frame_bytes - len(request.input) - _FRAME_MARGIN,
             )
         self.not_continued: list[str] | None = None  # nodes that could not continue it
+        # The failure that last cut the stream (tokens had arrived since the one
+        # before): what the caller is told, whatever later continuations met.
+        self.cut: Exception | None = None
+        self.cut_at = 0
 
     def response(self) -> InferenceResponse:
         loop = self.env.loop
@@ -614,6 +622,8 @@ class Call:
             self.not_continued.append(node)
             error = self.last_error
         self.last_error = error
+        if self.next_index > self.cut_at:
+            self.cut, self.cut_at = error, self.next_index
         if failure.node_caused:
             env.health.report_failure(node)
             env.breaker.record_failure(node)
@@ -836,9 +846,12 @@ class Call:
             and self.next_index > 0
             and not isinstance(error, (StreamInterruptedError, BackpressureError))
         ):
+            last = self.last_error or error
+            cut = self.cut or last
+            then = "" if last is cut else f"; continuing it failed: {last}"
             out = StreamInterruptedError(
                 f"stream {self.request.request_id!r} interrupted after {self.next_index} tokens: "
-                f"{self.last_error or error}{self._why_not_continued()}"
+                f"{cut}{self._why_not_continued()}{then}"
             )
             out.__cause__ = error
             return out
