@@ -84,7 +84,8 @@ class WorkerError(FederationError):
     ``code`` is the wire error code; ``node_caused`` says whether it counts
     against the node's health and breaker. ``retry_after`` (seconds, 0 when
     unknown) is how long the node asked not to be asked again, e.g. an
-    upstream's ``Retry-After``.
+    upstream's ``Retry-After``. ``upstream_code`` is the error code the node's
+    upstream gave (an OpenAI error body's ``code``), ``""`` when none.
     """
 
     def __init__(
@@ -94,11 +95,13 @@ class WorkerError(FederationError):
         code: str = "internal",
         node_caused: bool = True,
         retry_after: float = 0.0,
+        upstream_code: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
         self.node_caused = node_caused
         self.retry_after = retry_after
+        self.upstream_code = upstream_code
 
 
 class RegistrationError(FederationError):

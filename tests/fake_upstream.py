@@ -8,7 +8,8 @@ under test are real processes; only the upstream lives in the test).
 The answer to any request is ``WORDS`` words, ``"w0 w1 … w59 "``, one word
 per chunk. A chat request whose last message is the assistant's (a prefill)
 is continued from the words that message already holds, so a stream cut on
-one upstream and continued on another reads as one answer.
+one upstream and continued on another reads as one answer; so is a
+completions prompt holding the answer's start (from ``w0`` on).
 
 ``POST /v1/embeddings`` (after the same status faults) answers OpenAI's
 body with :func:`embedding` of each input text, as floats or, with
@@ -87,6 +88,7 @@ class Attempt:
     stream: bool
     outcome: str  # the fault it met ("ok", "429", "cut@20", …)
     prefill: str = ""  # the assistant text it was asked to continue
+    body: dict[str, object] = field(default_factory=dict)  # the request's JSON body
 
 
 @dataclass
@@ -161,7 +163,7 @@ class FakeUpstream:
             fault = "400-prefill" if prefill else "ok"
         outcome = f"{fault}@{self.k}" if fault in ("stall", "cut", "malformed") else fault
         self.attempts.append(
-            Attempt(time.monotonic(), str(req.get("model")), path, stream, outcome, prefill)
+            Attempt(time.monotonic(), str(req.get("model")), path, stream, outcome, prefill, req)
         )
         if fault == "reset":
             return  # closed before any header
@@ -251,6 +253,9 @@ def _prefill(req: dict[str, object]) -> str:
         last = messages[-1]
         if isinstance(last, dict) and last.get("role") == "assistant":
             return str(last.get("content") or "")
+    prompt = req.get("prompt")
+    if isinstance(prompt, str) and "w0 " in prompt:
+        return prompt[prompt.index("w0 ") :]
     return ""
 
 

@@ -53,12 +53,14 @@ class ScriptedWorker:
         *,
         cost: float = 1.0,
         resumable: bool = True,
+        continuable: bool = False,
         heartbeat_interval: float = 1.0,
     ) -> None:
         self.node = node
         self.worker_id = wire.new_worker_id()
         self.cost = cost
         self.resumable = resumable
+        self.continuable = continuable
         self.heartbeat_interval = heartbeat_interval
         self.received: list[wire.GatewayMessage] = []  # every frame the gateway sent, in order
         self._inbox = inbox
@@ -104,6 +106,7 @@ class ScriptedWorker:
                 self.heartbeat_interval,
                 0,
                 "scripted",
+                self.continuable,
             )
         )
         await until(lambda: any(isinstance(m, wire.Welcome) for m in self.received), "Welcome")
@@ -118,8 +121,10 @@ class ScriptedWorker:
     async def final(self, req: wire.Request, tokens: int, output: bytes = b"") -> None:
         await self.send(wire.Final(req.rid, req.attempt, tokens, output))
 
-    async def error(self, req: wire.Request, code: str = wire.ERR_BACKEND) -> None:
-        await self.send(wire.error(req.rid, req.attempt, code, f"scripted {code}"))
+    async def error(
+        self, req: wire.Request, code: str = wire.ERR_BACKEND, message: str = ""
+    ) -> None:
+        await self.send(wire.error(req.rid, req.attempt, code, message or f"scripted {code}"))
 
     async def close(self) -> None:
         self._reader.cancel()

@@ -45,6 +45,16 @@ def test_each_error_has_its_status_and_openai_body(exc: Exception, status: int, 
         assert "bug" not in body["message"]
 
 
+def test_an_upstreams_own_error_code_reaches_the_caller_unchanged() -> None:
+    upstream = WorkerError(
+        "HTTP 400: too long", code="bad_input", node_caused=False,
+        upstream_code="context_length_exceeded",
+    )  # fmt: skip
+    assert status_of(upstream).body()["error"]["code"] == "context_length_exceeded"
+    ours = WorkerError("not UTF-8", code="bad_input", node_caused=False)
+    assert status_of(ours).body()["error"]["code"] == "bad_input"
+
+
 def test_qos_headers() -> None:
     qos, origin, deadline = qos_from_headers(
         {

@@ -8,6 +8,7 @@ Retry-After it carries, and that no fault ends as a short success.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,13 @@ import pytest
 from fake_upstream import WORDS, FakeUpstream, answer
 
 from fedgate.errors import WorkerError
-from fedgate.transport.protocol import ERR_BACKEND, ERR_BAD_INPUT, ERR_OVERLOADED, ERR_STALL
+from fedgate.transport.protocol import (
+    ERR_BACKEND,
+    ERR_BAD_INPUT,
+    ERR_CANNOT_CONTINUE,
+    ERR_OVERLOADED,
+    ERR_STALL,
+)
 from fedgate.worker.backends.base import BackendRequest
 from fedgate.worker.backends.openai import OpenAIBackend, _seconds
 
@@ -92,6 +99,7 @@ async def test_the_callers_fault_keeps_the_upstreams_status_reason_and_code(stat
         f"HTTP {status}: fake upstream rejects this input ({status}) (code fake_{status})"
         in str(err)
     )
+    assert err.upstream_code == f"fake_{status}"  # a field of its own, not only in the text
 
 
 async def test_no_first_token_fails_at_first_token_timeout() -> None:
@@ -137,3 +145,101 @@ def test_good_events_before_a_malformed_one_in_the_same_read_are_kept() -> None:
     assert parser.error is not None and parser.error.code == ERR_BACKEND
     assert "malformed event" in str(parser.error)
     assert parser.feed(good) == []  # nothing after the bad event is read
+
+
+# ------------------------------------------------ continuing a stream (prefill)
+
+
+def continuation(data: bytes, delivered: str) -> BackendRequest:
+    """The request a worker builds for a stream continued after ``delivered``."""
+    return BackendRequest(
+        "r", "generate", data, model="m", resume_from=len(delivered.split()),
+        delivered=delivered.encode(),
+    )  # fmt: skip
+
+
+async def continued(up: FakeUpstream, request: BackendRequest) -> list[bytes]:
+    b = backend(up)
+    out: list[bytes] = []
+    try:
+        async for chunk in b.generate(request):
+            out.extend(chunk)
+    finally:
+        await b.aclose()
+    return out
+
+
+async def test_a_chat_continues_from_an_assistant_prefill_with_vllms_hints() -> None:
+    assert OpenAIBackend.continuable is True and OpenAIBackend.resumable is False
+    async with FakeUpstream("ok") as up:
+        tokens = await continued(up, continuation(b"say 60 words", answer(0, 40)))
+    assert b"".join(tokens).decode() == answer(40)  # only what follows, nothing repeated
+    (seen,) = up.attempts
+    assert seen.prefill == answer(0, 40)
+    assert seen.body["messages"] == [
+        {"role": "user", "content": "say 60 words"},
+        {"role": "assistant", "content": answer(0, 40)},
+    ]
+    assert (seen.body["continue_final_message"], seen.body["add_generation_prompt"]) == (
+        True,
+        False,
+    )
+
+
+async def test_the_callers_own_prefill_is_extended_not_repeated() -> None:
+    user, own = {"role": "user", "content": "go"}, {"role": "assistant", "content": "w0 "}
+    body = json.dumps({"messages": [user, own]}).encode()
+    async with FakeUpstream("ok") as up:
+        tokens = await continued(up, continuation(body, answer(1, 10)))
+    assert b"".join(tokens).decode() == answer(10)
+    messages = up.attempts[0].body["messages"]
+    assert isinstance(messages, list) and len(messages) == 2
+    assert messages[-1] == {"role": "assistant", "content": answer(0, 10)}
+
+
+async def test_a_completion_continues_from_its_prompt_and_text() -> None:
+    body = b'{"prompt": "count: ", "max_tokens": 60}'
+    async with FakeUpstream("ok") as up:
+        tokens = await continued(up, continuation(body, answer(0, 25)))
+    assert b"".join(tokens).decode() == answer(25)
+    seen = up.attempts[0]
+    assert seen.path == "/v1/completions" and seen.body["prompt"] == "count: " + answer(0, 25)
+    assert seen.body["max_tokens"] == 35  # what is left of the caller's limit
+
+
+async def test_a_continuation_past_its_max_tokens_ends_without_asking() -> None:
+    body = b'{"prompt": "count: ", "max_tokens": 20}'
+    async with FakeUpstream("ok") as up:
+        tokens = await continued(up, continuation(body, answer(0, 20)))
+    assert tokens == [] and up.attempts == []
+
+
+async def test_a_refused_prefill_is_cannot_continue_and_nobodys_fault() -> None:
+    async with FakeUpstream("prefill-refused") as up:
+        # Not a continuation: the same upstream answers in full.
+        assert b"".join(await run(backend(up))).decode() == answer()
+        with pytest.raises(WorkerError) as info:
+            await continued(up, continuation(b"say 60 words", answer(0, 40)))
+    err = info.value
+    assert (err.code, err.node_caused, err.upstream_code) == (
+        ERR_CANNOT_CONTINUE,
+        False,
+        "fake_400",
+    )
+    assert [a.outcome for a in up.attempts] == ["ok", "400-prefill"]
+    assert up.attempts[1].prefill == answer(0, 40)
+
+
+async def test_a_continuation_that_cannot_be_sent_is_cannot_continue() -> None:
+    async with FakeUpstream("ok") as up:
+        for data, delivered in (
+            (b'{"prompt": ["a", "b"]}', b"w0 "),  # a batch prompt: no one text to extend
+            (b"say 60 words", b"w0 \xe2\x82"),  # not UTF-8: cut inside a character
+        ):
+            request = BackendRequest(
+                "r", "generate", data, model="m", resume_from=1, delivered=delivered
+            )
+            with pytest.raises(WorkerError) as info:
+                await continued(up, request)
+            assert info.value.code == ERR_CANNOT_CONTINUE and not info.value.node_caused
+        assert up.attempts == []

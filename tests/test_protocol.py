@@ -62,6 +62,7 @@ EXAMPLES: list[protocol.Message] = [
         4242,
         "0.1.0",
     ),
+    Ready("n", "r", WID, ["m"], ["generate"], False, 1.0, 8, False, 1.0, 1, "0.2.0", True),
     Welcome("us-west-gpu-01", "gw-7"),
     Refuse("us-west-gpu-01", "node id already live with worker 0011223344556677"),
     Heartbeat("us-west-gpu-01", WID, 17, 3, 1),
@@ -79,10 +80,12 @@ EXAMPLES: list[protocol.Message] = [
         True,
     ),
     Request(RID, 0, "req-002", None, "generate", None, b"", 0.001, 0, False),
+    Request(RID, 3, "req-003", None, "generate", None, b"hi", 2.0, 40, True, b"w0 w1 \xe2\x82"),
     Partial(RID, 2, 12, [b"abcdef01 ", b"23456789 "]),
     Final(RID, 2, 40, b""),
     Final(RID, 0, 3, b"one two three"),
     Error(RID, 1, "backend", "upstream answered HTTP 500", True),
+    Error(RID, 1, "bad_input", "upstream answered HTTP 400", False, 0.0, "context_length_exceeded"),
     Cancel(RID, 2),
     Disconnect("us-west-gpu-01", WID, "stopping"),
 ]
@@ -301,7 +304,8 @@ def test_unknown_tag_and_extra_fields_are_rejected() -> None:
 
 def test_error_codes_classification() -> None:
     assert {"internal", "backend", "crash", "deadline", "stall"} == NODE_CAUSED
-    not_node = {"bad_input", "unsupported", "overloaded", "cancelled", "shutdown", "context_length"}
+    not_node = {"bad_input", "unsupported", "overloaded", "cancelled", "shutdown"}
+    not_node |= {"context_length", "cannot_continue"}
     assert NODE_CAUSED | not_node == ERROR_CODES
     for code in NODE_CAUSED:
         assert protocol.is_node_caused(code)
@@ -540,3 +544,90 @@ def test_error_retry_after_travels_and_a_five_field_error_still_decodes() -> Non
         frame = protocol.encode(protocol.Error("r", 1, protocol.ERR_OVERLOADED, "x", False, bad))
         with pytest.raises(protocol.ProtocolError):
             protocol.decode_worker_message(frame)
+
+
+# --- fields appended since version 1 shipped: what older peers read -----------
+
+
+class _OldRequest(msgspec.Struct, array_like=True, forbid_unknown_fields=True, tag=1):
+    rid: str
+    attempt: int
+    request_id: str
+    tenant: str | None
+    capability: str
+    model: str | None
+    input: bytes
+    deadline: float
+    resume_from: int = 0
+    stream: bool = True
+
+
+class _OldReady(msgspec.Struct, array_like=True, forbid_unknown_fields=True, tag=7):
+    node: str
+    region: str
+    worker_id: str
+    models: list[str]
+    capabilities: list[str]
+    gpu: bool
+    cost: float
+    max_concurrency: int
+    resumable: bool
+    heartbeat_interval: float
+    pid: int
+    version: str
+
+
+class _OldError(msgspec.Struct, array_like=True, forbid_unknown_fields=True, tag=4):
+    rid: str
+    attempt: int
+    code: str
+    message: str
+    node_caused: bool
+
+
+_OLD = msgspec.msgpack.Decoder(_OldRequest | _OldReady | _OldError)
+
+
+def test_new_fields_at_their_defaults_are_left_off_for_older_peers() -> None:
+    """An older peer (the structs as version 1 first shipped them) reads every message that
+    does not use a field appended since; one that uses it is longer, and it refuses that."""
+    plain = Request(RID, 2, "r", None, "generate", None, b"x", 1.0, 5, False)
+    old = _OLD.decode(encode(plain)[1:])
+    assert isinstance(old, _OldRequest) and (old.resume_from, old.stream) == (5, False)
+    ready = Ready("n", "r", WID, ["m"], ["generate"], False, 1.0, 8, True, 1.0, 1, "v")
+    assert isinstance(_OLD.decode(encode(ready)[1:]), _OldReady)
+    error = Error(RID, 1, "backend", "boom", True)
+    assert _OLD.decode(encode(error)[1:]) == _OldError(RID, 1, "backend", "boom", True)
+    # The new side reads the short forms back whole.
+    for msg in (plain, ready, error):
+        assert decode(encode(msg)) == msg
+    # Used, a new field travels, and an older peer refuses the frame (never misreads it).
+    for used in (
+        Request(RID, 2, "r", None, "generate", None, b"x", 1.0, 5, True, b"w0 "),
+        Ready("n", "r", WID, ["m"], ["generate"], False, 1.0, 8, False, 1.0, 1, "v", True),
+        Error(RID, 1, "overloaded", "429", False, 2.5),
+        Error(RID, 1, "bad_input", "400", False, 0.0, "fake_400"),
+    ):
+        assert decode(encode(used)) == used
+        with pytest.raises(msgspec.ValidationError):
+            _OLD.decode(encode(used)[1:])
+    # retry_after set, upstream_code default: only the code is left off.
+    assert len(msgspec.msgpack.decode(encode(Error(RID, 1, "x", "m", False, 1.0))[1:])) == 7
+
+
+def test_messages_with_optional_fields_stay_fixarrays() -> None:
+    # encode() rewrites the one-byte fixarray header when it leaves fields off.
+    for cls in protocol._OPTIONAL_TAIL:
+        assert len(cls.__struct_fields__) + 1 <= 15, cls
+        for name, default, size in protocol._OPTIONAL_TAIL[cls]:
+            assert len(msgspec.msgpack.encode(default)) == size, (cls, name)
+
+
+def test_continuation_fields_are_bounded_and_typed() -> None:
+    base: list[object] = [1, RID, 0, "r", None, "generate", None, b"", 1.0, 3, True]
+    with pytest.raises(ProtocolError, match="'delivered'"):
+        decode(b"\x01" + msgspec.msgpack.encode([*base, "text, not bytes"]))
+    error: list[object] = [4, RID, 0, "bad_input", "m", False, 0.0]
+    with pytest.raises(ProtocolError, match="'upstream_code'"):
+        decode(b"\x01" + msgspec.msgpack.encode([*error, "c" * 129]))
+    assert not protocol.is_node_caused(protocol.ERR_CANNOT_CONTINUE)

@@ -107,6 +107,7 @@ class Attempt:
         "buffered_bytes",
         "cancelled",
         "closed",
+        "continuing",
         "deadline",
         "inbox",
         "last_frame",
@@ -136,6 +137,7 @@ class Attempt:
         self.closed = False
         self.cancelled = False  # a CANCEL went to the worker
         self.sent = False  # its REQUEST has left (set by the pump)
+        self.continuing = False  # its REQUEST carried the delivered text (a continuation)
 
     def push(self, event: Any) -> None:
         self.inbox.append(event)
@@ -221,6 +223,7 @@ class Attempts:
         now = loop.time()
         remaining = call.deadline - now
         req = call.request
+        delivered = call.delivered_for(worker) if call.next_index else b""
         frame = wire.encode(
             wire.Request(
                 call.rid,
@@ -233,8 +236,10 @@ class Attempts:
                 remaining,
                 call.next_index,
                 call.stream,
+                delivered,
             )
         )
+        att.continuing = bool(delivered)
         att.started = att.last_frame = now
         att.deadline = call.deadline
         # The REQUEST first, the bookkeeping after: no reply is read before this

@@ -53,6 +53,39 @@ otherwise a backoff that doubles with each overload in a row, from
 gateways do not come back in step: at most one attempt per node per backoff
 step. A success on the node ends its streak. A request that finds every
 eligible node cooling waits for the first to cool, inside its deadline.
+
+A stream continues from what it delivered (SPEC §2 Gateway, R24)
+----------------------------------------------------------------
+Past its first token a stream may only move to a node that cannot repeat
+or skip what the caller already has. A *resumable* node replays the
+generation exactly from ``resume_from``. A *continuable* node (its Ready
+says so: the ``openai`` backend, whose upstream continues an assistant
+message) cannot, but continues the text: its REQUEST carries the bytes of
+the tokens delivered so far (``Request.delivered``), and its tokens are
+numbered from ``resume_from`` like a resumed node's, so fencing by attempt
+and trimming by index are the same for both. Any other node is left out.
+
+So the call keeps each token it hands on while the stream lasts (once any
+continuable worker has registered: until then nobody could use them), within
+the stream's own bounds: at most ``stream_buffer`` tokens and
+``stream_buffer_bytes`` bytes, and no more than a REQUEST frame holds
+beside the input (``max_frame_bytes``). Past the bound it stops keeping
+them, continuable nodes are left out, and an interruption ends the stream
+with :class:`StreamInterruptedError` naming the cut and the bound.
+
+A continuation the node refuses (``cannot_continue``, or ``bad_input`` on a
+continuation: the input was good, another node streamed from it, so what
+was refused is the delivered text) is nobody's fault: no health or breaker
+entry, and another continuable node may try. The caller hears of the
+interruption that asked for the continuation, never of the refusal: its
+:class:`StreamInterruptedError` names the original cause (the cut, the
+stall, the malformed event) and the nodes that could not continue it; a
+continuation that failed otherwise (a timeout, a cut of its own before any
+new token) is named after the cut, never instead of it. A
+continued stream's usage is what the caller received: every token
+delivered, from all attempts, counted once (``InferenceResponse.tokens``,
+the HTTP ``completion_tokens``); the prompt is the caller's own, never the
+delivered text sent back as a prefill.
 """
 
 from __future__ import annotations
@@ -90,6 +123,9 @@ __all__ = ["MAX_COOLDOWN", "Call", "CallEnv", "Failure"]
 
 MAX_COOLDOWN = 30.0
 """Longest backoff of a node overloaded many times in a row, in seconds."""
+
+_FRAME_MARGIN = 4096
+"""Bytes a Request frame holds besides its input and delivered text (ids, deadline, …)."""
 
 _S = RequestState
 
@@ -163,6 +199,8 @@ class Failure(NamedTuple):
     retryable: bool  # another node may still serve the request
     stranded: bool = False  # the node is gone: the request moves, uncharged to the budget
     answered: bool = False  # the worker's own Error: its side is done, nothing to cancel
+    # A continuation the node could not take: the stream's cause stays the interruption.
+    secondary: bool = False
 
 
 class Call:
@@ -177,13 +215,20 @@ class Call:
 
     __slots__ = (
         "attempts",
+        "cut",
+        "cut_at",
         "deadline",
         "env",
         "first_token_at",
+        "kept",
+        "kept_bytes",
+        "kept_room",
+        "kept_tokens",
         "last_error",
         "lifecycle",
         "next_index",
         "node",
+        "not_continued",
         "output",
         "region",
         "request",
@@ -224,6 +269,25 @@ class Call:
         self.score = 0.0
         self.retrying = False
         self.tenant: NodeStats | None = None
+        # A stream keeps the tokens it delivered, for a continuable node to continue
+        # from (see "A stream continues …"); None once past the bound, when not a
+        # stream, or while no continuable worker ever registered (nobody to use them).
+        self.kept: list[bytes] | None = None
+        self.kept_bytes = 0
+        self.kept_room = self.kept_tokens = 0
+        if stream and env.registry.continuable:
+            config = env.config
+            self.kept = []
+            self.kept_tokens = config.stream_buffer
+            self.kept_room = min(
+                config.stream_buffer_bytes,
+                config.max_frame_bytes - len(request.input) - _FRAME_MARGIN,
+            )
+        self.not_continued: list[str] | None = None  # nodes that could not continue it
+        # The failure that last cut the stream (tokens had arrived since the one
+        # before): what the caller is told, whatever later continuations met.
+        self.cut: Exception | None = None
+        self.cut_at = 0
 
     def response(self) -> InferenceResponse:
         loop = self.env.loop
@@ -377,8 +441,26 @@ class Call:
                 exclude = exclude | cooling
         if not self.stream or self.next_index == 0:
             return exclude
-        # Past the commit point only a node that can continue the generation may serve.
-        return exclude | {w.node for w in self.env.registry.by_node.values() if not w.resumable}
+        # Past the commit point only a node that can resume the generation may serve,
+        # or one that can continue it from the delivered text while that is kept.
+        kept = self.kept is not None
+        return exclude | {
+            w.node
+            for w in self.env.registry.by_node.values()
+            if not (w.resumable or (kept and w.continuable))
+        }
+
+    def delivered_for(self, worker: Worker) -> bytes:
+        """The text a continuation on ``worker`` starts from; ``b""`` when it is none.
+
+        Only a worker that cannot resume but can continue gets it (a resumable
+        one reproduces the tokens itself; any other never serves past the
+        commit point, see :meth:`_exclude`).
+        """
+        kept = self.kept
+        if not self.next_index or kept is None or worker.resumable or not worker.continuable:
+            return b""
+        return b"".join(kept)
 
     def _cooled_at(self) -> float | None:
         """When the first cooling node this request has not tried is free, if before the
@@ -542,7 +624,7 @@ class Call:
                 self.lifecycle.to(_S.STREAMING)
             return fresh
         if kind is wire.Error:
-            return self._worker_error(event)
+            return self._worker_error(event, att)
         return self._local_error(event, self.node)  # crash, stall, deadline, overflow, shutdown
 
     def _end_attempt(
@@ -571,7 +653,16 @@ class Call:
         assert loop is not None
         lc = self.lifecycle
         error = failure.error
+        if failure.secondary and self.last_error is not None:
+            # The node could not continue the stream: what the caller must hear
+            # about is still the interruption that asked for the continuation.
+            if self.not_continued is None:
+                self.not_continued = []
+            self.not_continued.append(node)
+            error = self.last_error
         self.last_error = error
+        if self.next_index > self.cut_at:
+            self.cut, self.cut_at = error, self.next_index
         if failure.node_caused:
             env.health.report_failure(node)
             env.breaker.record_failure(node)
@@ -620,6 +711,14 @@ class Call:
         if start < self.next_index:
             tokens = tokens[self.next_index - start :]
         self.next_index = end
+        kept = self.kept
+        if kept is not None:
+            # Joined per frame: bytes are no work for the garbage collector, lists are.
+            text = b"".join(tokens)
+            kept.append(text)
+            self.kept_bytes += len(text)
+            if self.kept_bytes > self.kept_room or end > self.kept_tokens:
+                self.kept = None  # past the bound: no continuation, an interruption ends it
         return tokens
 
     def _succeeded(self, node: NodeId, attempt_started: float) -> None:
@@ -642,16 +741,36 @@ class Call:
         if self.first_token_at >= 0:
             counters.latency.record(1, self.first_token_at - self.started)
 
-    def _worker_error(self, msg: wire.Error) -> Failure:
+    def _worker_error(self, msg: wire.Error, att: Attempt) -> Failure:
         """The failure a worker's Error frame reports."""
         code = msg.code
         text = f"node {self.node} failed request {self.request.request_id!r}: {code}: {msg.message}"
+        upstream = msg.upstream_code
+        if att.continuing and code in (
+            wire.ERR_CANNOT_CONTINUE, wire.ERR_BAD_INPUT, wire.ERR_CONTEXT_LENGTH
+        ):
+            # A node already streamed from this input, so what this one refused is the
+            # delivered text (an upstream that takes no prefill, or a prefill that no
+            # longer fits): nobody's fault, another continuable node may take it, and the
+            # caller hears of the interruption.
+            return Failure(
+                WorkerError(
+                    text, code=wire.ERR_CANNOT_CONTINUE, node_caused=False, upstream_code=upstream
+                ),
+                False,
+                True,
+                answered=True,
+                secondary=True,
+            )
         if code == wire.ERR_BAD_INPUT or code == wire.ERR_CONTEXT_LENGTH:
             # The caller's input: never the node's fault, and no other node of this model
             # will like it more (a longer context window is another model: the front
             # door's alias fallback, fedgate.gateway.models).
             return Failure(
-                WorkerError(text, code=code, node_caused=False), False, False, answered=True
+                WorkerError(text, code=code, node_caused=False, upstream_code=upstream),
+                False,
+                False,
+                answered=True,
             )
         node_caused = msg.node_caused or wire.is_node_caused(code)
         if code == wire.ERR_OVERLOADED:
@@ -659,7 +778,13 @@ class Call:
         if code == wire.ERR_DEADLINE:
             return Failure(DeadlineExceededError(text), node_caused, False, answered=True)
         # retry_after travels on: a caller told "every node is busy" learns for how long.
-        error = WorkerError(text, code=code, node_caused=node_caused, retry_after=msg.retry_after)
+        error = WorkerError(
+            text,
+            code=code,
+            node_caused=node_caused,
+            retry_after=msg.retry_after,
+            upstream_code=upstream,
+        )
         return Failure(error, node_caused, True, answered=True)
 
     def _cool(self, node: NodeId, retry_after: float) -> None:
@@ -748,6 +873,18 @@ class Call:
                 with contextlib.suppress(ValueError):
                     waiters.remove(fut)
 
+    def _why_not_continued(self) -> str:
+        """Why no node continued an interrupted stream, when a continuation was possible."""
+        if self.not_continued:
+            return f" (not continued: node {', '.join(self.not_continued)} could not continue it)"
+        if self.kept is None and self.kept_tokens:
+            return (
+                f" (not continued: {self.kept_bytes} bytes delivered, past what a "
+                f"continuation carries: {self.kept_room} bytes, {self.kept_tokens} "
+                "tokens)"
+            )
+        return ""
+
     def _final_error(self, error: Exception) -> Exception:
         """The error a caller sees: past the commit point, an explicit stream interruption."""
         # Backpressure is the reader's own doing, not the node's: it stays typed as such.
@@ -756,9 +893,12 @@ class Call:
             and self.next_index > 0
             and not isinstance(error, (StreamInterruptedError, BackpressureError))
         ):
+            last = self.last_error or error
+            cut = self.cut or last
+            then = "" if last is cut else f"; continuing it failed: {last}"
             out = StreamInterruptedError(
                 f"stream {self.request.request_id!r} interrupted after {self.next_index} tokens: "
-                f"{self.last_error or error}"
+                f"{cut}{self._why_not_continued()}{then}"
             )
             out.__cause__ = error
             return out

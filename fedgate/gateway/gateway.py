@@ -290,7 +290,9 @@ class Gateway:
 
         Before the first token a failed node is replaced transparently; after
         it, the stream resumes on another node from the next token index when
-        a resumable node is left, or ends with :class:`StreamInterruptedError`.
+        a resumable node is left, or continues on a continuable one from the
+        text already delivered, or ends with :class:`StreamInterruptedError`
+        naming the cause.
         Stopping the iteration cancels the work on the worker.
         """
         call = self._call(request, stream=True)

@@ -133,7 +133,8 @@ def status_of(exc: BaseException) -> HttpError:
         return HttpError(504, str(exc), "timeout_error", "deadline_exceeded")
     if isinstance(exc, WorkerError):
         if exc.code in (wire.ERR_BAD_INPUT, wire.ERR_UNSUPPORTED):
-            return HttpError(400, str(exc), "invalid_request_error", exc.code)
+            # An upstream's own code (context_length_exceeded …) reaches the caller as it said it.
+            return HttpError(400, str(exc), "invalid_request_error", exc.upstream_code or exc.code)
         return HttpError(502, str(exc), "server_error", exc.code)
     if isinstance(exc, StreamInterruptedError):
         return HttpError(502, str(exc), "server_error", "stream_interrupted")

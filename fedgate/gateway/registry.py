@@ -41,6 +41,7 @@ class Worker:
     __slots__ = (
         "alive",
         "attempts",
+        "continuable",
         "cost",
         "gpu",
         "identity",
@@ -68,6 +69,7 @@ class Worker:
         self.cost = msg.cost
         self.max_concurrency = msg.max_concurrency
         self.resumable = msg.resumable
+        self.continuable = msg.continuable  # continues a stream from its delivered text
         self.pid = msg.pid
         self.alive = True
         self.lost_at = 0.0  # health clock reading when it was lost
@@ -101,6 +103,9 @@ class Registry:
         self.pump: Pump | None = None
         self.by_identity: dict[bytes, Worker] = {}
         self.by_node: dict[NodeId, Worker] = {}
+        # Whether a continuable worker ever registered: until one has, streams do
+        # not keep their delivered text (gateway/call.py), which no node could use.
+        self.continuable = False
 
     def alive(self) -> int:
         return sum(1 for w in self.by_node.values() if w.alive)
@@ -189,6 +194,8 @@ class Registry:
             worker.attempts = current.attempts  # a re-announce keeps its in-flight work
         self.by_identity[identity] = worker
         self.by_node[node] = worker
+        if worker.continuable:
+            self.continuable = True
         stale_models = set(self.catalog.models_on(node)) - set(worker.models)
         for model in stale_models:
             self.catalog.deregister_sync(model, node)

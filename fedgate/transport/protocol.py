@@ -16,7 +16,8 @@ A conversation::
     W: Ready ─────────────▶ G      (repeated every heartbeat interval until Welcome)
     W ◀───────────── Welcome: G    (or Refuse: the worker exits with status 3)
     W: Heartbeat ─────────▶ G      (every interval, from the worker's own event loop)
-    W ◀───────────── Request: G    (rid, attempt, remaining deadline, resume_from)
+    W ◀───────────── Request: G    (rid, attempt, remaining deadline, resume_from,
+                                    the text delivered when a continuable W continues it)
     W: Partial … Partial ─▶ G      (index of the first token of each frame)
     W: Final | Error ─────▶ G      (exactly one per accepted Request)
     W ◀────────────── Cancel: G    (the worker answers Error "cancelled")
@@ -75,6 +76,7 @@ __all__ = [
     "ERR_BAD_INPUT",
     "ERR_CANCELLED",
     "ERR_CONTEXT_LENGTH",
+    "ERR_CANNOT_CONTINUE",
     "ERR_CRASH",
     "ERR_DEADLINE",
     "ERR_INTERNAL",
@@ -114,7 +116,17 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: _Final = 1
-"""The first byte of every frame. Any change to a struct's fields bumps it."""
+"""The first byte of every frame.
+
+A change an older peer would misread bumps it. A field appended to a message
+with a default does not: :func:`encode` leaves such fields off the frame while
+they hold their defaults (see :data:`_OPTIONAL_TAIL`), so an older peer reads
+every message that does not use them, and a newer peer reads an older peer's
+shorter message with the defaults filled in. A message that does use one is
+sent only to a peer that announced it understands it (a ``delivered`` text
+only to a worker whose Ready said ``continuable``); the rest (a ``continuable``
+Ready, an Error carrying ``retry_after`` or ``upstream_code``) reaches only an
+upgraded gateway, so gateways upgrade first."""
 
 MAX_FRAME_BYTES: _Final = 16 * 1024 * 1024
 """Default largest frame accepted (version byte included); checked before decoding."""
@@ -142,6 +154,10 @@ ERR_SHUTDOWN: _Final = "shutdown"  # the worker is draining and did not finish t
 # The input is longer than this model's context window: no node of the same model will
 # take it, a model with a larger window may (an upstream's context_length_exceeded).
 ERR_CONTEXT_LENGTH: _Final = "context_length"
+# A continuation (Request.delivered) the backend's upstream would not take, e.g. a
+# server that refuses an assistant prefill: nobody's fault; the stream's real cause
+# of failure is the interruption that asked for the continuation.
+ERR_CANNOT_CONTINUE: _Final = "cannot_continue"
 
 NODE_CAUSED: _Final[frozenset[str]] = frozenset(
     {ERR_INTERNAL, ERR_BACKEND, ERR_CRASH, ERR_DEADLINE, ERR_STALL}
@@ -156,6 +172,7 @@ ERROR_CODES: _Final[frozenset[str]] = NODE_CAUSED | frozenset(
         ERR_CANCELLED,
         ERR_SHUTDOWN,
         ERR_CONTEXT_LENGTH,
+        ERR_CANNOT_CONTINUE,
     }
 )
 """Every code this version defines; a receiver treats any other code as node-caused."""
@@ -180,6 +197,7 @@ CapabilityName = Annotated[str, msgspec.Meta(pattern=_limits.CAPABILITY_PATTERN)
 # looks it up in the set it announced (whose names Ready validated) anyway.
 CapabilityRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+UpstreamCode = Annotated[str, msgspec.Meta(max_length=128)]
 Text = Annotated[str, msgspec.Meta(max_length=8192)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 # NaN fails every comparison, so gt/ge bounds also reject it; le bounds reject inf.
@@ -203,7 +221,12 @@ class Request(_Msg, tag=1):
     ``rid`` is the gateway's unguessable wire id for the request (the same on
     every attempt); ``request_id`` is the caller's id. ``deadline`` is the time
     REMAINING for this attempt, in seconds (clocks are not shared). A stream
-    resumed on another node starts at token ``resume_from``.
+    resumed on another node starts at token ``resume_from``. A stream
+    *continued* on a node that cannot resume but can continue a text (its
+    Ready said ``continuable``) also carries ``delivered``: the bytes of the
+    ``resume_from`` tokens the caller already has, for the backend to continue
+    from; its tokens are still numbered from ``resume_from``. Sent only to a
+    continuable worker, and only non-empty then.
     """
 
     rid: WireRid
@@ -216,6 +239,7 @@ class Request(_Msg, tag=1):
     deadline: Seconds
     resume_from: Count = 0
     stream: bool = True
+    delivered: bytes = b""
 
 
 class Partial(_Msg, tag=2):
@@ -245,9 +269,10 @@ class Error(_Msg, tag=4):
     """worker → gateway: the attempt failed; ``node_caused`` says whether it counts.
 
     ``retry_after`` (seconds) is how long the node asks not to be sent another
-    request (an upstream's ``Retry-After``); 0 when it did not say. A five-field
-    Error from an older worker still decodes (the field takes its default); an
-    older gateway rejects this six-field one, so gateways upgrade first.
+    request (an upstream's ``Retry-After``); 0 when it did not say.
+    ``upstream_code`` is the error code the node's upstream gave (an OpenAI
+    error body's ``code``), ``""`` when none: the caller reads it unchanged.
+    Both are left off the frame at their defaults (see :data:`PROTOCOL_VERSION`).
     """
 
     rid: WireRid
@@ -256,6 +281,7 @@ class Error(_Msg, tag=4):
     message: Text
     node_caused: bool
     retry_after: RetryAfter = 0.0
+    upstream_code: UpstreamCode = ""
 
 
 class Cancel(_Msg, tag=5):
@@ -284,7 +310,13 @@ class Heartbeat(_Msg, tag=6):
 
 
 class Ready(_Msg, tag=7):
-    """worker → gateway: announce (or re-announce) what this worker serves."""
+    """worker → gateway: announce (or re-announce) what this worker serves.
+
+    ``resumable``: its backend reproduces a generation exactly from any token
+    index. ``continuable``: it cannot, but it can continue a stream from the
+    text already delivered (Request.delivered), as an OpenAI-compatible
+    server continues an assistant message.
+    """
 
     node: Id
     region: Id
@@ -298,6 +330,7 @@ class Ready(_Msg, tag=7):
     heartbeat_interval: Interval
     pid: Count
     version: Annotated[str, msgspec.Meta(max_length=64)]
+    continuable: bool = False
 
     def __post_init__(self) -> None:
         for name in ("models", "capabilities"):
@@ -338,6 +371,16 @@ class Disconnect(_Msg, tag=11):
 WorkerMessage: TypeAlias = Union[Ready, Heartbeat, Partial, Final, Error, Disconnect]  # noqa: UP007
 GatewayMessage: TypeAlias = Union[Welcome, Refuse, Reannounce, Request, Cancel]  # noqa: UP007
 Message: TypeAlias = Union[WorkerMessage, GatewayMessage]  # noqa: UP007
+
+_OPTIONAL_TAIL: dict[type[_Msg], tuple[tuple[str, object, int], ...]] = {
+    Request: (("delivered", b"", 2),),
+    Ready: (("continuable", False, 1),),
+    Error: (("upstream_code", "", 1), ("retry_after", 0.0, 9)),
+}
+"""Per message, the fields appended since it first shipped, LAST first: (name,
+default, the default's encoded size). :func:`encode` leaves off the run of
+them, from the end, that hold their defaults (every one of these messages is a
+fixarray: a one-byte header counting its items)."""
 
 _ENCODER = msgspec.msgpack.Encoder()
 _encode_body = _ENCODER.encode
@@ -380,9 +423,41 @@ def encode(msg: Message) -> bytes:
     Returns
     -------
     bytes
-        The frame to send.
+        The frame to send. Fields appended to the message since it first
+        shipped are left off while they hold their defaults, so that older
+        peers read it (see :data:`PROTOCOL_VERSION`).
     """
+    kind = type(msg)
+    if kind is Partial:  # the frame per token chunk: nothing optional, nothing to check
+        return _PREFIX + _encode_body(msg)
+    if kind in _OPTIONAL_TAIL:
+        if kind is Request:  # once per attempt: its own short path
+            body = _encode_body(msg)
+            if msg.delivered:  # type: ignore[union-attr]
+                return _PREFIX + body
+            if len(body) <= _COPY_MAX:
+                return _REQUEST_SHORT + body[1:-2]
+            return b"".join((_REQUEST_SHORT, memoryview(body)[1:-2]))
+        return _encode_short(msg)
     return _PREFIX + _encode_body(msg)
+
+
+# The version byte and the fixarray header of a Request without ``delivered``.
+_REQUEST_SHORT = bytes((PROTOCOL_VERSION, 0x90 + len(Request.__struct_fields__)))
+
+
+def _encode_short(msg: Message) -> bytes:
+    body = _encode_body(msg)
+    dropped = cut = 0
+    for name, default, size in _OPTIONAL_TAIL[type(msg)]:
+        value = getattr(msg, name)
+        if type(value) is not type(default) or value != default:
+            break
+        dropped += 1
+        cut += size
+    if not dropped:
+        return _PREFIX + body
+    return b"".join((_PREFIX, bytes((body[0] - dropped,)), memoryview(body)[1 : len(body) - cut]))
 
 
 def _decode(frame: object, max_frame_bytes: int, decode_body: object, what: str) -> object:

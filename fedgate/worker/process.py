@@ -299,6 +299,8 @@ class Worker:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: asyncio.Future[None] | None = None
+        # Continues a stream interrupted elsewhere from its delivered text (Backend docs).
+        self._continuable = bool(getattr(self.backend, "continuable", False))
 
     def __repr__(self) -> str:
         return f"Worker(node={self.config.node!r}, worker_id={self.worker_id!r})"
@@ -407,6 +409,7 @@ class Worker:
                     cfg.heartbeat_interval,
                     os.getpid(),
                     __version__,
+                    self._continuable,
                 )
             )
             log.info(
@@ -683,6 +686,7 @@ class Worker:
             msg.model if msg.model is not None else self._default_model,
             msg.resume_from,
             msg.stream,
+            msg.delivered,
         )
         # Inline when the backend has the whole answer now and the socket is not
         # backed up (then the reply must wait its turn, which takes a task):
@@ -732,7 +736,8 @@ class Worker:
                 f"node {self.config.node} does not serve model {msg.model!r} "
                 f"(serves {', '.join(self.config.models)})"
             )
-        if msg.resume_from and not self.backend.resumable:
+        continues = self._continuable and msg.delivered
+        if msg.resume_from and not self.backend.resumable and not continues:
             return f"node {self.config.node}'s backend cannot resume a generation"
         return None
 
@@ -806,6 +811,7 @@ class Worker:
                 str(exc)[:_MESSAGE_CHARS],
                 exc.node_caused,
                 min(max(float(exc.retry_after), 0.0), 3600.0),
+                str(getattr(exc, "upstream_code", "") or "")[:128],
             )
         except Exception as exc:
             reply = error(

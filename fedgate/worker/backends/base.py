@@ -23,6 +23,7 @@ from fedgate.transport.protocol import (
     ERR_BACKEND,
     ERR_BAD_INPUT,
     ERR_CONTEXT_LENGTH,
+    ERR_CANNOT_CONTINUE,
     ERR_UNSUPPORTED,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "backend_failure",
     "bad_input",
     "context_too_long",
+    "cannot_continue",
     "unsupported",
 ]
 
@@ -60,6 +62,10 @@ class BackendRequest(msgspec.Struct, frozen=True, gc=False):
         delivered by another node. Only resumable backends see values > 0.
     stream : bool
         Whether the caller streams (informational: the worker batches either way).
+    delivered : bytes
+        For a continuation (a continuable backend, ``resume_from > 0``): the
+        bytes of the ``resume_from`` tokens already delivered, to continue
+        from; ``b""`` otherwise.
     """
 
     request_id: str
@@ -69,6 +75,7 @@ class BackendRequest(msgspec.Struct, frozen=True, gc=False):
     model: str | None = None
     resume_from: int = 0
     stream: bool = True
+    delivered: bytes = b""
 
 
 @runtime_checkable
@@ -81,6 +88,13 @@ class Backend(Protocol):
     must release what it holds when closed (``aclose`` on the generator).
     ``resumable`` says whether ``resume_from > 0`` reproduces exactly the tokens
     an uninterrupted run would have produced from that index.
+
+    A backend that cannot resume may still *continue*: with a class attribute
+    ``continuable = True`` (optional; absent means False) it is sent streams
+    interrupted elsewhere, with ``req.delivered`` holding the text the caller
+    already has, and yields what follows that text (its tokens numbered from
+    ``resume_from`` by the worker). A continuation its model refuses is
+    :func:`cannot_continue`.
     """
 
     resumable: bool
@@ -94,9 +108,16 @@ class Backend(Protocol):
         ...
 
 
-def bad_input(message: str) -> WorkerError:
+def bad_input(message: str, upstream_code: str = "") -> WorkerError:
     """The request's input is invalid for this backend (does not count against the node)."""
-    return WorkerError(message, code=ERR_BAD_INPUT, node_caused=False)
+    return WorkerError(message, code=ERR_BAD_INPUT, node_caused=False, upstream_code=upstream_code)
+
+
+def cannot_continue(message: str, upstream_code: str = "") -> WorkerError:
+    """The backend will not continue this stream from its delivered text (nobody's fault)."""
+    return WorkerError(
+        message, code=ERR_CANNOT_CONTINUE, node_caused=False, upstream_code=upstream_code
+    )
 
 
 def context_too_long(message: str) -> WorkerError:

@@ -16,8 +16,9 @@ Errors, by class (SPEC §2 Gateway, R24):
   long for this model (``context_length``: a model with a larger context
   window may take it, no node of this one will).
 * HTTP 400, 413 and 422 are the caller's input (``bad_input``, never the
-  node's fault): the upstream's status, error code and message travel in the
-  error's text unchanged, so the caller reads the upstream's own reason.
+  node's fault): the upstream's status and message travel in the error's
+  text unchanged, and its error code in the error's ``upstream_code``, so the
+  caller reads the upstream's own reason and code.
 * 429 and 503 say the upstream is busy (``overloaded``: try another node),
   carrying the upstream's ``Retry-After`` in seconds when it sent one, so the
   gateway does not ask this node again before then.
@@ -28,7 +29,32 @@ Errors, by class (SPEC §2 Gateway, R24):
   short success. A worker whose key or model name is wrong (401, 403, 404)
   is misconfigured, and that should count against it.
 
-Generations cannot be resumed mid-stream, so ``resumable`` is False.
+Continuing a stream (SPEC §2 Gateway, R24)
+-------------------------------------------
+A generation cannot be *resumed* (replayed exactly from a token index), so
+``resumable`` is False; but it can be *continued*: ``continuable`` is True,
+and a stream cut, stalled or corrupted on another node after its first token
+comes here with the text the caller already has (``req.delivered``). The
+upstream is asked to continue it:
+
+* a chat request gets that text as a final assistant message (a *prefill*;
+  appended to the caller's own final assistant message when there is one),
+  with vLLM's ``continue_final_message: true, add_generation_prompt: false``.
+  Without them vLLM would open a new assistant turn and answer afresh after
+  the text, which the caller would read as a duplicated answer; llama.cpp's
+  server and Ollama continue a final assistant message anyway and ignore the
+  two fields, and a server that rejects unknown fields rejects the
+  continuation, which ends as below rather than as a wrong answer;
+* a completions request gets the text appended to its prompt (a prompt that
+  is not one string cannot be continued);
+* ``max_tokens`` / ``max_completion_tokens`` shrink by the tokens already
+  delivered (one content delta is one token), and a stream already at its
+  limit ends at once.
+
+Every 400, 413 or 422 on a continuation is ``cannot_continue`` (the input was
+good: another node streamed from it, so what was refused is the prefill):
+nobody's fault, and the gateway reports the interruption that asked for the
+continuation to the caller, never the refusal.
 
 Embeddings: a request for capability ``embed`` is POSTed (not streamed) to
 ``{base_url}/v1/embeddings`` with its ``model`` set as above, and the
@@ -54,6 +80,7 @@ from fedgate.worker.backends.base import (
     backend_failure,
     bad_input,
     context_too_long,
+    cannot_continue,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +120,7 @@ class OpenAIBackend:
     """
 
     resumable = False
+    continuable = True
 
     def __init__(
         self,
@@ -153,7 +181,11 @@ class OpenAIBackend:
         return self._client
 
     def request_body(self, req: BackendRequest) -> tuple[str, dict[str, Any]]:
-        """The endpoint path and JSON body for ``req``; raises ``bad_input`` when unusable."""
+        """The endpoint path and JSON body for ``req``; raises ``bad_input`` when unusable.
+
+        For a continuation (``req.delivered``) the body asks to continue that
+        text, and a ``max_tokens`` it leaves at 0 means nothing is left to ask.
+        """
         data = req.input
         body: dict[str, Any] | None = None
         if data.lstrip()[:1] == b"{":
@@ -177,10 +209,14 @@ class OpenAIBackend:
         body["model"] = model
         body["stream"] = True
         if "messages" in body:
-            return "/v1/chat/completions", body
-        if "prompt" in body:
-            return "/v1/completions", body
-        raise bad_input('openai: expected a JSON body with "messages" or "prompt"')
+            path = "/v1/chat/completions"
+        elif "prompt" in body:
+            path = "/v1/completions"
+        else:
+            raise bad_input('openai: expected a JSON body with "messages" or "prompt"')
+        if req.delivered:
+            _continue_from(body, req.delivered, req.resume_from)
+        return path, body
 
     async def generate(self, req: BackendRequest) -> AsyncIterator[list[bytes]]:
         """Yield the upstream's content deltas; every network read becomes one chunk.
@@ -194,11 +230,14 @@ class OpenAIBackend:
             return
         path, body = self.request_body(req)
         url = self.base_url + path
+        continuing = bool(req.delivered)
+        if continuing and any(body.get(name) == 0 for name in _LIMITS):
+            return  # a continuation of a stream that had reached its max_tokens: done
         # The HTTP exchange runs in a task of its own, so that a timeout here never
         # cancels httpx midway through a read in this task; it hands over what it
         # read through a queue (a finished or failed read ends with its outcome).
         queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue()
-        reader = asyncio.ensure_future(self._read_into(queue, path, body, url))
+        reader = asyncio.ensure_future(self._read_into(queue, path, body, url, continuing))
         loop = asyncio.get_running_loop()
         first_by = (
             None if self.first_token_timeout is None else loop.time() + self.first_token_timeout
@@ -246,16 +285,19 @@ class OpenAIBackend:
         path: str,
         body: dict[str, Any],
         url: str,
+        continuing: bool,
     ) -> None:
         try:
-            async for tokens in self._reads(path, body, url):
+            async for tokens in self._reads(path, body, url, continuing):
                 queue.put_nowait(tokens)
         except Exception as exc:
             queue.put_nowait(exc)
         else:
             queue.put_nowait(None)
 
-    async def _reads(self, path: str, body: dict[str, Any], url: str) -> AsyncIterator[list[bytes]]:
+    async def _reads(
+        self, path: str, body: dict[str, Any], url: str, continuing: bool
+    ) -> AsyncIterator[list[bytes]]:
         """The upstream's tokens, one list per network read that held any."""
         import httpx
 
@@ -265,7 +307,7 @@ class OpenAIBackend:
                 if resp.status_code >= 400:
                     detail = (await resp.aread())[:_DETAIL_BYTES].decode("utf-8", "replace")
                     raise _status_error(
-                        resp.status_code, url, detail, resp.headers.get("retry-after")
+                        resp.status_code, url, detail, resp.headers.get("retry-after"), continuing
                     )
                 parser = _SSEParser()
                 async for text in resp.aiter_text():
@@ -336,28 +378,74 @@ class OpenAIBackend:
             await client.aclose()
 
 
-def _status_error(status: int, url: str, detail: str, retry_after: str | None) -> WorkerError:
+_LIMITS = ("max_tokens", "max_completion_tokens")
+
+
+def _continue_from(body: dict[str, Any], delivered: bytes, resume_from: int) -> None:
+    """Make ``body`` ask the upstream to continue ``delivered`` (see the module docstring)."""
+    try:
+        text = delivered.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise cannot_continue(f"openai: the delivered text is not UTF-8 ({exc})") from None
+    messages = body.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list):
+            raise cannot_continue("openai: cannot continue a chat whose messages are not a list")
+        last = messages[-1] if messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            # The caller's own prefill: the delivered text follows it.
+            prefill = {**last, "content": f"{last.get('content') or ''}{text}"}
+            body["messages"] = [*messages[:-1], prefill]
+        else:
+            body["messages"] = [*messages, {"role": "assistant", "content": text}]
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise cannot_continue("openai: cannot continue a completion whose prompt is not text")
+        body["prompt"] = prompt + text
+    for name in _LIMITS:
+        limit = body.get(name)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            body[name] = max(limit - resume_from, 0)  # 0: nothing left, nothing is sent
+
+
+def _status_error(
+    status: int, url: str, detail: str, retry_after: str | None, continuing: bool = False
+) -> WorkerError:
     reason = detail.strip()
     try:
         err = json.loads(detail).get("error")
     except (ValueError, AttributeError):
         err = None
+    code = ""
     if isinstance(err, dict) and err.get("message"):
         # The upstream's own reason and code, as it said them.
         reason = f"{err.get('message')} (code {err.get('code')})"
+        if err.get("code") is not None:
+            code = str(err.get("code"))[:128]
     message = f"openai: {url} answered HTTP {status}: {reason}"
-    if status == 400 and isinstance(err, dict) and err.get("code") == _CONTEXT_CODE:
+    if status == 400 and code == _CONTEXT_CODE and not continuing:
         return context_too_long(message)
     if status in _BAD_INPUT_STATUSES:
-        return bad_input(message)
+        if continuing:
+            # The input was good (another node streamed from it): the prefill was refused.
+            return cannot_continue(
+                f"openai: {url} would not continue the stream (HTTP {status}: {reason})", code
+            )
+        return bad_input(message, code)
     if status in _BUSY_STATUSES:
         return WorkerError(
             message,
             code=ERR_OVERLOADED,
             node_caused=False,
             retry_after=_seconds(retry_after),
+            upstream_code=code,
         )
-    return backend_failure(message)
+    failure = backend_failure(message)
+    failure.upstream_code = code
+    return failure
 
 
 def _seconds(retry_after: str | None) -> float:
