@@ -18,6 +18,9 @@ every key)::
                    of trusted worker public keys); paths relative to the file
     [trust.grants.NAME]  per worker key NAME (trusted/NAME.key): nodes, region,
                    gpu, min_cost, max_cost — what that key may announce
+    [tenants.NAME] per tenant: api_keys (HTTP bearer keys), max_concurrent,
+                   requests_per_s, request_burst, tokens_per_s, token_burst,
+                   weight; [tenants.default] for tenants without a table
 
 :func:`load_config` reads and checks everything and returns a
 :class:`FedgateConfig`; nothing is bound or started until every key passed. An
@@ -87,6 +90,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 if TYPE_CHECKING:
     from fedgate.gateway import Gateway, GatewayConfig
     from fedgate.gateway.config import HttpConfig
+    from fedgate.gateway.tenants import Tenants
     from fedgate.gateway.trust import Trust
     from fedgate.worker.process import WorkerConfig
 
@@ -108,7 +112,10 @@ __all__ = [
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where a gateway binds when neither the file nor ``--bind`` says."""
 
-TABLES = ("gateway", "retry", "regions", "policy", "breaker", "health", "http", "worker", "trust")
+TABLES = (
+    "gateway", "retry", "regions", "policy", "breaker", "health", "http", "worker", "trust",
+    "tenants",
+)
 """The top-level tables a configuration file may have."""
 
 _POLICY_KINDS: dict[str, type[Policy]] = {
@@ -252,6 +259,9 @@ class FedgateConfig:
     trust : Trust or None
         ``[trust]``: CURVE on the worker link and the worker keys' grants
         (None: no authentication, and the gateway binds loopback only).
+    tenants : Tenants or None
+        ``[tenants]``: API keys, quotas and fair-share weights per tenant
+        (None: no API keys, no quotas, every tenant weight 1).
     source : str or None
         The file it was read from.
     """
@@ -271,6 +281,7 @@ class FedgateConfig:
     http: HttpConfig | None = None
     worker: Mapping[str, Any] = field(default_factory=dict)
     trust: Trust | None = None
+    tenants: Tenants | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -336,6 +347,15 @@ class FedgateConfig:
                     }
                     for name, g in self.trust.grants.items()
                 },
+            }
+        if self.tenants is not None:
+            out["tenants"] = {
+                name: {
+                    f.name: (list(v) if isinstance(v, tuple) else v)
+                    for f in fields(lim)
+                    if (v := getattr(lim, f.name)) is not None
+                }
+                for name, lim in self.tenants.tenants.items()
             }
         return out
 
@@ -519,6 +539,28 @@ def _trust_table(data: Any, source: str | None) -> Trust:
         raise ConfigError(f"trust.{where}", why) from None
 
 
+def _tenants_table(data: Any) -> Tenants:
+    from fedgate.gateway.tenants import TenantLimits, Tenants
+
+    table = _table("tenants", data)
+    known = [f.name for f in fields(TenantLimits)]
+    tenants = {}
+    for name, row in table.items():
+        where = f"tenants.{name}"
+        row = dict(_table(where, row))
+        for key in row:
+            if key not in known:
+                raise _unknown(f"{where}.{key}", known)
+        if "api_keys" in row:
+            row["api_keys"] = _listed(row["api_keys"])
+        tenants[name] = _build(TenantLimits, {k: f"{where}.{k}" for k in known}, row, where)
+    try:
+        return Tenants(tenants)
+    except ValueError as exc:
+        where, _, why = str(exc).partition(": ")
+        raise ConfigError(f"tenants.{where}", why) from None
+
+
 def _listed(value: Any) -> Any:
     # TOML lets a one-item list be a bare string.
     return [value] if isinstance(value, str) else value
@@ -619,6 +661,8 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
             )
     if "trust" in data:
         out["trust"] = _trust_table(data["trust"], source)
+    if "tenants" in data:
+        out["tenants"] = _tenants_table(data["tenants"])
     return _build(FedgateConfig, _OWN_PATHS, out, "gateway")
 
 
@@ -758,7 +802,7 @@ def build_gateway(cfg: FedgateConfig) -> Gateway:
     )
     if cfg.gateway_id is not None:
         builder = builder.gateway_id(cfg.gateway_id)
-    builder = builder.trust(cfg.trust)
+    builder = builder.trust(cfg.trust).tenants(cfg.tenants)
     for endpoint in cfg.binds:
         builder = builder.bind(endpoint)
     return builder.build()
@@ -800,7 +844,7 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
             router.set_region(Region(region.id))
             notes.append(f"region {region.id}: removed (clearance INTERNAL)")
     for name in ("binds", "telemetry", "ingress", "prometheus_port", "gateway_id", "gateway",
-                 "breaker", "health", "trust"):  # fmt: skip
+                 "breaker", "health", "trust", "tenants"):  # fmt: skip
         if getattr(new, name) != getattr(current, name):
             notes.append(f"{name}: changed in the file; takes effect after a restart")
     return notes

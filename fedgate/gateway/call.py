@@ -82,6 +82,7 @@ from fedgate.gateway.attempt import Attempt, Attempts, Lost, LostCause
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.registry import Registry, Worker
 from fedgate.gateway.stats import GatewayCounters, NodeStats, RouteRecord
+from fedgate.gateway.tenants import TenantBook, Ticket
 from fedgate.routing.router import Router
 from fedgate.transport import protocol as wire
 from fedgate.types import InferenceRequest, InferenceResponse, NodeId, RegionId
@@ -117,6 +118,7 @@ class CallEnv:
         "registry",
         "rng",
         "router",
+        "tenants",
     )
 
     def __init__(
@@ -129,6 +131,7 @@ class CallEnv:
         attempts: Attempts,
         counters: GatewayCounters,
         recent_routes: deque[RouteRecord],
+        tenants: TenantBook | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -136,6 +139,8 @@ class CallEnv:
         self.breaker = breaker
         self.registry = registry
         self.attempts = attempts
+        # Quotas (admission) and the fair queue (tenants): gateway/tenants.py.
+        self.tenants = tenants if tenants is not None else TenantBook(max_queued=config.max_queued)
         # node → loop time before which it is not asked (see "A busy node …" above)
         self.cooldown: dict[NodeId, float] = {}
         self.overloads: dict[NodeId, int] = {}  # node → overloads in a row
@@ -190,6 +195,7 @@ class Call:
         "started",
         "stream",
         "tenant",
+        "ticket",
         "tried",
     )
 
@@ -221,6 +227,7 @@ class Call:
         self.score = 0.0
         self.retrying = False
         self.tenant: NodeStats | None = None
+        self.ticket: Ticket | None = None
 
     def response(self) -> InferenceResponse:
         loop = self.env.loop
@@ -328,6 +335,8 @@ class Call:
     def _begin(self) -> str:
         counters = self.env.counters
         req = self.request
+        # Tenants: over quota → QuotaExceededError, before anything is routed.
+        self.ticket = self.env.tenants.admit(req.tenant_id)
         counters.total += 1
         counters.active += 1
         if req.tenant_id:
@@ -338,6 +347,8 @@ class Call:
     def _end(self, outcome: str) -> None:
         counters = self.env.counters
         tenant = self.tenant
+        assert self.ticket is not None
+        self.env.tenants.release(self.ticket, outcome, self.next_index)  # tenants: quotas
         counters.active -= 1
         if self.retrying:
             counters.retrying -= 1
@@ -406,6 +417,11 @@ class Call:
         env = self.env
         req = self.request
         tried = self.tried
+        assert self.ticket is not None
+        if env.tenants.fair.blocks(self.ticket):  # tenants: a freed slot is promised to a waiter
+            return BackpressureError(
+                f"request {req.request_id!r}: every eligible node is busy (waiting its turn)"
+            )
         while True:
             try:
                 decision = env.router.route(req, exclude=self._exclude())
@@ -437,9 +453,11 @@ class Call:
     async def _wait_for_capacity(self, full: BackpressureError) -> None:
         """Wait in the bounded admission queue for a slot, within the deadline.
 
+        Slots are granted across tenants in weighted fair order (gateway/tenants.py).
         Raises the caller's error (``full``) when the queue is full or the deadline passes.
         """
-        if not await self.env.attempts.wait_for_capacity(self.deadline):
+        assert self.ticket is not None
+        if not await self.env.attempts.wait_for_capacity(self.ticket, self.deadline):
             self.lifecycle.to(_S.FAILED)
             raise self._final_error(full) from full
 

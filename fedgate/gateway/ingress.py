@@ -18,7 +18,9 @@ reply, done            ``{"id", "done": true, "tokens"}``; without ``stream``
                        and ``output`` (the whole answer)
 reply, error           ``{"id", "error": "<type>", "message"}``: the gateway's
                        typed errors (``PrivacyViolationError``,
-                       ``StreamInterruptedError`` …) or ``BadRequest``
+                       ``StreamInterruptedError`` …) or ``BadRequest``;
+                       ``QuotaExceededError`` adds ``tenant``, ``limit`` and
+                       ``retry_after`` (seconds)
 =====================  ======================================================
 
 A client that disconnects cancels its requests (the worker is told to stop):
@@ -42,6 +44,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from fedgate.errors import QuotaExceededError
 from fedgate.transport.bind import bind_router
 from fedgate.types import Capability, InferenceRequest, PrivacyLevel, QoSRequirements, RegionId
 
@@ -296,9 +299,10 @@ class Ingress:
             await self._send(envelope, {"id": rid, "error": "BadRequest", "message": str(exc)})
             return
         except Exception as exc:  # the gateway's typed errors go back to the client by name
-            await self._send(
-                envelope, {"id": rid, "error": type(exc).__name__, "message": str(exc)}
-            )
+            reply: dict[str, Any] = {"id": rid, "error": type(exc).__name__, "message": str(exc)}
+            if isinstance(exc, QuotaExceededError):  # tenants: when to come back, and why
+                reply.update(tenant=exc.tenant, limit=exc.limit, retry_after=exc.retry_after)
+            await self._send(envelope, reply)
             return
         self.served += 1
         await self._send(envelope, done)
