@@ -373,3 +373,20 @@ async def test_the_ingress_returns_quota_errors_typed_with_their_retry_after() -
             sock.close(0)
             await ingress.stop()
             ctx.term()
+
+
+def test_tenant_states_are_bounded_idle_unnamed_ones_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fedgate.gateway.tenants as tenants_module
+
+    monkeypatch.setattr(tenants_module, "MAX_TENANTS", 4)
+    b, _ = book(requests_per_s=1.0)
+    busy = b.admit("x0")  # in flight: kept
+    b.admit("a")  # a table of its own: kept
+    for i in range(1, 3):
+        b.release(b.admit(f"x{i}"), "ok", 0)
+    b.admit("y")  # the 5th: the idle x1 and x2 go
+    assert sorted(b.states) == ["a", "x0", "y"]
+    b.release(busy, "ok", 0)
+    assert b.states["x0"].completed == 1
