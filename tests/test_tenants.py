@@ -390,3 +390,41 @@ def test_tenant_states_are_bounded_idle_unnamed_ones_are_forgotten(
     assert sorted(b.states) == ["a", "x0", "y"]
     b.release(busy, "ok", 0)
     assert b.states["x0"].completed == 1
+
+
+async def test_a_full_ingress_still_starts_a_request_of_a_client_below_its_share() -> None:
+    # The finding: one client's 10 000 requests took every ingress slot
+    # and the other client got Overloaded on 20 of 20.
+    async with scripted_federation("n") as fed:
+        ingress = Ingress(fed.gw, "tcp://127.0.0.1:*", max_active=4)
+        await ingress.start()
+        ctx = zmq.asyncio.Context()
+        flooder, other = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        for sock in (flooder, other):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(ingress.endpoint)
+
+        async def recv(sock: zmq.asyncio.Socket) -> dict[str, Any]:
+            reply: dict[str, Any] = msgspec.msgpack.decode(await asyncio.wait_for(sock.recv(), 10))
+            return reply
+
+        try:
+            for i in range(5):
+                body = {"id": f"f{i}", "capability": "generate", "tenant": "a"}
+                await flooder.send(msgspec.msgpack.encode(body))
+            held = [await fed.next_request() for _ in range(4)]
+            overloaded = await recv(flooder)
+            assert (overloaded["id"], overloaded["error"]) == ("f4", "Overloaded")
+            await other.send(msgspec.msgpack.encode({"id": "o", "capability": "generate"}))
+            worker, request = await fed.next_request()
+            assert request.request_id == "o"  # started although 4 of 4 were running
+            await worker.final(request, 1, b"ok")
+            assert (await recv(other))["done"]
+            for worker, request in held:
+                await worker.final(request, 1, b"ok")
+            assert sorted([(await recv(flooder))["id"] for _ in held]) == ["f0", "f1", "f2", "f3"]
+        finally:
+            flooder.close(0)
+            other.close(0)
+            await ingress.stop()
+            ctx.term()
