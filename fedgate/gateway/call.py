@@ -418,7 +418,7 @@ class Call:
         req = self.request
         tried = self.tried
         assert self.ticket is not None
-        if env.tenants.fair.blocks(self.ticket):  # tenants: a freed slot is promised to a waiter
+        if env.attempts.fair.blocks(self.ticket):  # tenants: a freed slot is promised to a waiter
             return BackpressureError(
                 f"request {req.request_id!r}: every eligible node is busy (waiting its turn)"
             )
