@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +109,25 @@ async def test_api_keys_name_tenants_and_quotas_answer_429_with_a_working_retry_
         assert rows["globex"].admitted == 1 and "default" not in rows
         for sdk in (wrong, acme, globex):
             await sdk.close()
+
+        # The credential is checked before the body is read: a bad body with a
+        # wrong key is a 401, not a 400.
+        def post(key: str) -> tuple[int, dict[str, Any]]:
+            http = urllib.request.Request(
+                f"{front.url}/v1/chat/completions", data=b"{not json", method="POST",
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(http, timeout=5) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    return exc.code, json.loads(exc.read())
+
+        status, body = await asyncio.to_thread(post, "sk-wrong")
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        status, body = await asyncio.to_thread(post, "sk-globex")
+        assert status == 400
 
 
 async def test_a_gateway_process_reads_tenants_from_its_toml(tmp_path: Path) -> None:

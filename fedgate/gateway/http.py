@@ -429,6 +429,8 @@ class HttpFront:
         prefix = "chatcmpl" if chat else "cmpl"
         rid = f"{prefix}-{secrets.token_hex(12)}"
         try:
+            # The credential first: an unknown caller's body is never read (401).
+            tenant_from_headers(request.headers, self.gateway.tenants.keys)
             obj, raw = await self._body(request, chat=chat)
             req = self._request(request, obj, raw, rid)
             if obj.get("stream", False):
