@@ -40,7 +40,7 @@ Command-line flags override the file: :func:`apply_overrides` sets dotted keys
 in the parsed TOML data before it is checked, so a flag's value passes the same
 checks (its error names the flag). :func:`build_gateway` turns a config into a
 :class:`~fedgate.gateway.gateway.Gateway`; :func:`reload_gateway` applies a new config
-to a running one (policy, strategy, origin, region clearances) all or nothing.
+to a running one (policy, strategy, origin, region clearances, tenants) all or nothing.
 
 ``[policy]`` overlays a preset: ``preset = "enterprise_default"`` (the
 default: Health 2, Latency, Privacy, Locality, Cost 1) or ``"none"`` (start
@@ -812,7 +812,8 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
     """Apply ``new`` to a running gateway built from ``current``; what changed, in words.
 
     Routing settings change in place: the policy, the strategy, the origin and
-    region clearances (a region dropped from the file goes back to INTERNAL).
+    region clearances (a region dropped from the file goes back to INTERNAL);
+    so does ``[tenants]`` (API keys, quotas, weights).
     Settings that need a restart (binds, telemetry, ingress, Prometheus, gateway id,
     GatewayConfig, breaker and health settings) are left as they are and
     reported as such. ``new`` is already fully checked, so applying it cannot
@@ -843,8 +844,10 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
         if region.id not in new_ids:
             router.set_region(Region(region.id))
             notes.append(f"region {region.id}: removed (clearance INTERNAL)")
+    if new.tenants != current.tenants:  # keys, quotas, weights: at once
+        notes.extend(gateway.tenants.reconfigure(new.tenants))
     for name in ("binds", "telemetry", "ingress", "prometheus_port", "gateway_id", "gateway",
-                 "breaker", "health", "trust", "tenants"):  # fmt: skip
+                 "breaker", "health", "trust"):  # fmt: skip
         if getattr(new, name) != getattr(current, name):
             notes.append(f"{name}: changed in the file; takes effect after a restart")
     return notes

@@ -538,6 +538,10 @@ def test_reload_applies_routing_settings_and_reports_the_rest() -> None:
     assert "region eu-west-1: removed" in text
     for restart in ("binds", "breaker", "health", "gateway:"):
         assert restart in text
+    # [tenants] applies at once: the old API keys stop working, the new ones start.
+    assert "tenant acme: removed" in text and "tenant default: removed" in text
+    assert "tenant globex: added" in text
+    assert gw.tenants.keys == {"sk-globex": "globex"}
     assert reload_gateway(gw, new, new) == []
 
 

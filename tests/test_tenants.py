@@ -428,3 +428,42 @@ async def test_a_full_ingress_still_starts_a_request_of_a_client_below_its_share
             other.close(0)
             await ingress.stop()
             ctx.term()
+
+
+def test_a_reload_changes_keys_limits_and_weights_but_refills_nothing() -> None:
+    clock = ManualClock(T0)
+    b = TenantBook(
+        Tenants({"a": TenantLimits(api_keys=("k1",), requests_per_s=1.0, request_burst=4)}),
+        clock=clock,
+    )
+    held = [b.admit("a") for _ in range(3)]  # 1 request left in the bucket
+    b.admit("other")
+    notes = b.reconfigure(
+        Tenants(
+            {
+                "a": TenantLimits(
+                    api_keys=("k2",), requests_per_s=2.0, request_burst=8, max_concurrent=3,
+                    weight=2,
+                ),
+                DEFAULT: TenantLimits(requests_per_s=1.0),
+            }
+        )
+    )
+    assert notes == ["tenant a: changed (1 API keys)", "tenant default: added"]
+    assert b.keys == {"k2": "a"}
+    state = b.states["a"]
+    assert state.weight == 2 and state.in_flight == 3 and state.admitted == 3
+    # The bucket kept its level (1), not refilled to the new size (8) ...
+    err = refused(b)  # ... but 3 run and the new limit is 3
+    assert err.limit == "concurrency"
+    b.release(held[0], "ok", 0)
+    b.admit("a")
+    b.release(held[1], "ok", 0)
+    assert refused(b).limit == "requests"  # now the bucket is empty: 1 / 2 per second
+    assert refused(b).retry_after == pytest.approx(0.5)
+    # A tenant without a table takes the new default at once.
+    b.admit("other")
+    assert refused(b, "other").limit == "requests"
+    assert b.reconfigure(None) == ["tenant a: removed", "tenant default: removed"]
+    for _ in range(10):
+        b.admit("a")

@@ -3,7 +3,8 @@
 An API key of ``[tenants.NAME]`` is the tenant's credential: a wrong key is
 the SDK's ``AuthenticationError`` (401), a request over quota its
 ``RateLimitError`` (429) with a ``Retry-After`` that, when waited, admits the
-retry. A ``fedgate gateway`` process reads the same ``[tenants]`` from TOML.
+retry. A ``fedgate gateway`` process reads the same ``[tenants]`` from TOML,
+and SIGHUP rotates its keys at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -165,8 +167,28 @@ async def test_a_gateway_process_reads_tenants_from_its_toml(tmp_path: Path) -> 
             with pytest.raises(openai.AuthenticationError):
                 await asyncio.to_thread(lambda: wrong.chat.completions.create(**chat(2)))
             assert time.monotonic() - t0 < 4.0
-            sdk.close()
-            wrong.close()
+
+            # SIGHUP rotates the key at once: the old one is refused, the new one served.
+            config.write_text(config.read_text().replace('"sk-acme"', '"sk-acme-2"'))
+            gateway.send_signal(signal.SIGHUP)
+            rotated = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1",
+                                    api_key="sk-acme-2", max_retries=0)  # fmt: skip
+
+            def refused_as(sdk: openai.OpenAI, kind: type[Exception]) -> bool:
+                try:
+                    sdk.chat.completions.create(**chat(2))
+                except kind:
+                    return True
+                except openai.APIError:
+                    return False
+                return False
+
+            await wait_until(lambda: refused_as(sdk, openai.AuthenticationError), 10.0,
+                             "the old key refused after SIGHUP", every=0.1)  # fmt: skip
+            # The new key is the same tenant: its bucket was not refilled by the reload.
+            assert refused_as(rotated, openai.RateLimitError)
+            for client in (sdk, wrong, rotated):
+                client.close()
     finally:
         gateway.terminate()
         out, _ = gateway.communicate(timeout=10)

@@ -252,25 +252,28 @@ class TenantState:
 
     def __init__(self, name: str, limits: TenantLimits, now: float, own: bool) -> None:
         self.name = name
-        self.limits = limits
-        self.own = own  # a table of its own (never forgotten)
-        self.limited = limits.limited
-        self.weight = limits.weight
-        rate = limits.requests_per_s
-        self.requests = (
-            TokenBucket(rate, limits.request_burst or max(1.0, rate), now)
-            if rate is not None else None
-        )  # fmt: skip
-        rate = limits.tokens_per_s
-        self.tokens_bucket = (
-            TokenBucket(rate, limits.token_burst or rate, now) if rate is not None else None
-        )
+        self.requests: TokenBucket | None = None
+        self.tokens_bucket: TokenBucket | None = None
+        self.apply(limits, now, own)
         self.in_flight = self.waiting = 0
         self.admitted = self.completed = self.failed = self.cancelled = self.tokens = 0
         self.rejected = dict.fromkeys(LIMITS, 0)
         # Admission time of each request in flight, oldest first (for concurrency limits).
         self.starts: dict[Ticket, float] = {}
         self.avg_time: float | None = None
+
+    def apply(self, limits: TenantLimits, now: float, own: bool) -> None:
+        """Take ``limits`` (at start, or a reload): a bucket keeps its level, capped at its size."""
+        self.limits = limits
+        self.own = own  # a table of its own (never forgotten)
+        self.limited = limits.limited
+        self.weight = limits.weight
+        rate = limits.requests_per_s
+        self.requests = _rebucket(
+            self.requests, rate, limits.request_burst or max(1.0, rate or 1.0), now
+        )
+        rate = limits.tokens_per_s
+        self.tokens_bucket = _rebucket(self.tokens_bucket, rate, limits.token_burst or rate, now)
 
     def stats(self) -> TenantStats:
         return TenantStats(
@@ -285,6 +288,18 @@ class TenantState:
             tokens=self.tokens,
             rejected=dict(self.rejected),
         )
+
+
+def _rebucket(
+    old: TokenBucket | None, rate: float | None, burst: float | None, now: float
+) -> TokenBucket | None:
+    if rate is None or burst is None:
+        return None
+    new = TokenBucket(rate, burst, now)
+    if old is not None:  # a reload is no refill, nor a way out of a deficit
+        old._fill(now)
+        new.level = min(old.level, burst)
+    return new
 
 
 class Ticket:
@@ -492,7 +507,8 @@ class TenantBook:
         limits = state.limits
         wait, limit, why = 0.0, "", ""
         if limits.max_concurrent is not None and state.in_flight >= limits.max_concurrent:
-            oldest = next(iter(state.starts.values()))
+            # (Requests admitted before a reload set the limit have no start: now.)
+            oldest = next(iter(state.starts.values()), now)
             expected = state.avg_time if state.avg_time is not None else _FIRST_GUESS
             wait = max(oldest + expected - now, _MIN_SLOT_WAIT)
             limit, why = "concurrency", f"max_concurrent {limits.max_concurrent} in flight"
@@ -536,16 +552,43 @@ class TenantBook:
             state.cancelled += 1
         else:
             state.failed += 1
+        state.starts.pop(ticket, None)
         if not state.limited:
             return
         now = self.clock()
-        state.starts.pop(ticket, None)
         if state.tokens_bucket is not None and tokens:
             state.tokens_bucket.take(float(tokens), now)
         if outcome == "ok":
             took = now - ticket.started
             avg = state.avg_time
             state.avg_time = took if avg is None else 0.8 * avg + 0.2 * took
+
+    def reconfigure(self, tenants: Tenants | None) -> list[str]:
+        """Apply a new ``[tenants]`` section at once (a SIGHUP reload); what changed, in words.
+
+        API keys, limits and weights change in place; each tenant keeps its
+        counters and its requests in flight, and a bucket its level (capped at
+        a smaller size): a reload neither refills a bucket nor clears a deficit.
+        """
+        new = tenants if tenants is not None else Tenants()
+        old = self.config
+        self.config = new
+        self.keys = new.keys()
+        now = self.clock()
+        for name, state in self.states.items():
+            limits = new.limits(name)
+            if limits != state.limits or state.own != (name in new.tenants):
+                state.apply(limits, now, name in new.tenants)
+        notes = []
+        for name in sorted(set(old.tenants) | set(new.tenants)):
+            before, after = old.tenants.get(name), new.tenants.get(name)
+            if before == after:
+                continue
+            what = "added" if before is None else "removed" if after is None else "changed"
+            if before is not None and after is not None and before.api_keys != after.api_keys:
+                what += f" ({len(after.api_keys)} API keys)"
+            notes.append(f"tenant {name}: {what}")
+        return notes
 
     def stats(self) -> tuple[TenantStats, ...]:
         return tuple(st.stats() for _, st in sorted(self.states.items()))
