@@ -467,3 +467,28 @@ def test_a_reload_changes_keys_limits_and_weights_but_refills_nothing() -> None:
     assert b.reconfigure(None) == ["tenant a: removed", "tenant default: removed"]
     for _ in range(10):
         b.admit("a")
+
+
+async def test_a_rechecked_waiter_keeps_its_place_until_it_leaves_or_is_passed_over() -> None:
+    loop = asyncio.get_running_loop()
+    b = TenantBook()
+    fair = b.fair
+    first, second = b.admit("a"), b.admit("a")
+    tasks = [loop.create_task(fair.wait(t, loop, loop.time() + 60)) for t in (first, second)]
+    await asyncio.sleep(0)
+    assert first.fut is not None
+    first.fut.set_result(None)  # its re-check timer: nodes may have room
+    assert await tasks[0]
+    # Woken, not waiting, but still in line (a re-check that finds every node
+    # full waits again from the same place, at no cost).
+    assert first.queued and fair.size == 2 and b.states["a"].waiting == 1
+    fair.grant()  # passes over the one not waiting, and drops it from the line
+    assert await tasks[1] and second.granted and not first.queued and fair.size == 0
+    third = b.admit("a")
+    task = loop.create_task(fair.wait(third, loop, loop.time() + 60))
+    await asyncio.sleep(0)
+    assert third.fut is not None
+    third.fut.set_result(None)
+    assert await task and third.queued
+    b.release(third, "ok", 1)  # it routed after its re-check and ended: out of line
+    assert not third.queued and fair.size == 0

@@ -54,7 +54,7 @@ or above its share is refused (``BackpressureError``).
 from __future__ import annotations
 
 import asyncio
-import collections
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -317,6 +317,10 @@ class Ticket:
         self.fut: asyncio.Future[None] | None = None
 
 
+def _finish(ticket: Ticket) -> float:
+    return ticket.finish
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -329,7 +333,9 @@ class FairQueue:
 
     def __init__(self, max_queued: int) -> None:
         self.max_queued = max_queued
-        self.queues: dict[TenantState, collections.deque[Ticket]] = {}
+        # Each tenant's waiters in tag order (a list: a waiter back from a
+        # re-check goes back to its place by bisection, not a Python-level scan).
+        self.queues: dict[TenantState, list[Ticket]] = {}
         self.size = 0
         self.outstanding = 0  # slots granted to waiters whose task has not run yet
         self.vtime = 0.0
@@ -360,37 +366,39 @@ class FairQueue:
         state = ticket.state
         queue = self.queues.get(state)
         if queue is None:
-            queue = self.queues[state] = collections.deque()
+            queue = self.queues[state] = []
         if not queue or queue[-1].finish <= ticket.finish:
             queue.append(ticket)
-        else:  # a waiter back from a grant it could not use: its old place
-            i = 0
-            while queue[i].finish <= ticket.finish:
-                i += 1
-            queue.insert(i, ticket)
+        else:  # a waiter back from a re-check or an unusable grant: its old place
+            bisect.insort_right(queue, ticket, key=_finish)
         ticket.queued = True
         self.size += 1
-        state.waiting += 1
 
     def _dequeue(self, ticket: Ticket) -> None:
         state = ticket.state
         queue = self.queues[state]
         if queue[0] is ticket:
-            queue.popleft()
+            del queue[0]
         else:
             queue.remove(ticket)
         if not queue:
             del self.queues[state]
         ticket.queued = False
         self.size -= 1
-        state.waiting -= 1
 
     async def wait(
         self, ticket: Ticket, loop: asyncio.AbstractEventLoop, deadline: float
     ) -> bool:
-        """Wait for a granted slot or a re-check (True), or False: deadline passed or no room."""
+        """Wait for a granted slot or a re-check (True), or False: deadline passed or no room.
+
+        A waiter woken for a re-check keeps its place in the queue (it is
+        taken out by :meth:`grant` once it is no longer waiting, or by
+        :meth:`leave` when its request ends), so a re-check that finds every
+        node still full costs no queue operation.
+        """
         now = loop.time()
         if now >= deadline:
+            self.leave(ticket)
             return False
         state = ticket.state
         if ticket.start < 0:
@@ -401,29 +409,37 @@ class FairQueue:
             queue = self.queues.get(state)
             ticket.start = max(self.vtime, queue[-1].finish) if queue else self.vtime
             ticket.finish = ticket.start + 1.0 / state.weight
-        self._enqueue(ticket)
+        if not ticket.queued:
+            self._enqueue(ticket)
         fut = ticket.fut = loop.create_future()
         timer = loop.call_at(min(deadline, now + ticket.recheck), _resolve, fut)
         ticket.recheck = min(ticket.recheck * 2, _MAX_RECHECK)
+        state.waiting += 1
         try:
             await fut
         except BaseException:
             self._woken(ticket, timer)
+            self.leave(ticket)
             self.forfeit(ticket)  # cancelled while granted: the slot is the next one's
             raise
         self._woken(ticket, timer)
-        if ticket.granted and loop.time() >= deadline:
+        if loop.time() >= deadline:
+            self.leave(ticket)
             self.forfeit(ticket)
             return False
-        return loop.time() < deadline
+        return True
 
     def _woken(self, ticket: Ticket, timer: asyncio.TimerHandle) -> None:
         timer.cancel()
         ticket.fut = None
-        if ticket.queued:
-            self._dequeue(ticket)
+        ticket.state.waiting -= 1
         if ticket.granted:  # its task runs: the promise is kept now, or passed on
             self.outstanding -= 1
+
+    def leave(self, ticket: Ticket) -> None:
+        """``ticket``'s request waits no more (it ends, or gives up waiting)."""
+        if ticket.queued:
+            self._dequeue(ticket)
 
     def forfeit(self, ticket: Ticket) -> None:
         """A granted waiter leaves without routing: its slot goes to the next one."""
@@ -434,10 +450,12 @@ class FairQueue:
     def grant(self) -> None:
         """A node slot was released: promise it to the waiter with the smallest tag."""
         best: Ticket | None = None
-        for queue in self.queues.values():
-            head = queue[0]
-            if best is None or head.finish < best.finish:
-                best = head
+        for queue in list(self.queues.values()):
+            while queue and queue[0].fut is None:
+                # Not waiting now (routing after a re-check, or done): out of line.
+                self._dequeue(queue[0])
+            if queue and (best is None or queue[0].finish < best.finish):
+                best = queue[0]
         if best is None:
             return
         self._dequeue(best)
@@ -445,8 +463,8 @@ class FairQueue:
         self.outstanding += 1
         if best.start > self.vtime:
             self.vtime = best.start
-        if best.fut is not None:
-            _resolve(best.fut)
+        assert best.fut is not None
+        _resolve(best.fut)
 
 
 class TenantBook:
@@ -544,6 +562,8 @@ class TenantBook:
     def release(self, ticket: Ticket, outcome: str, tokens: int) -> None:
         """The request of ``ticket`` ended (``"ok"``, ``"failed"`` or ``"cancelled"``)."""
         state = ticket.state
+        if ticket.queued:
+            self.fair.leave(ticket)
         state.in_flight -= 1
         state.tokens += tokens
         if outcome == "ok":
