@@ -23,6 +23,9 @@ every key)::
                    (a file); paths relative to the file
     [trust.grants.NAME]  per worker key NAME (trusted/NAME.key): nodes, region,
                    gpu, min_cost, max_cost — what that key may announce
+    [tenants.NAME] per tenant: api_keys (HTTP bearer keys), max_concurrent,
+                   requests_per_s, request_burst, tokens_per_s, token_burst,
+                   weight; [tenants.default] for tenants without a table
 
 :func:`load_config` reads and checks everything and returns a
 :class:`FedgateConfig`; nothing is bound or started until every key passed. An
@@ -42,7 +45,7 @@ Command-line flags override the file: :func:`apply_overrides` sets dotted keys
 in the parsed TOML data before it is checked, so a flag's value passes the same
 checks (its error names the flag). :func:`build_gateway` turns a config into a
 :class:`~fedgate.gateway.gateway.Gateway`; :func:`reload_gateway` applies a new config
-to a running one (policy, strategy, origin, region clearances) all or nothing.
+to a running one (policy, strategy, origin, region clearances, tenants) all or nothing.
 
 ``[policy]`` overlays a preset: ``preset = "enterprise_default"`` (the
 default: Health 2, Latency, Privacy, Locality, Cost 1) or ``"none"`` (start
@@ -93,6 +96,7 @@ if TYPE_CHECKING:
     from fedgate.gateway import Gateway, GatewayConfig
     from fedgate.gateway.config import HttpConfig
     from fedgate.gateway.models import ModelTable
+    from fedgate.gateway.tenants import Tenants
     from fedgate.gateway.trust import Trust
     from fedgate.worker.process import WorkerConfig
 
@@ -126,6 +130,7 @@ TABLES = (
     "models",
     "worker",
     "trust",
+    "tenants",
 )
 """The top-level tables a configuration file may have."""
 
@@ -279,6 +284,9 @@ class FedgateConfig:
     trust : Trust or None
         ``[trust]``: CURVE on the worker link and the worker keys' grants
         (None: no authentication, and the gateway binds loopback only).
+    tenants : Tenants or None
+        ``[tenants]``: API keys, quotas and fair-share weights per tenant
+        (None: no API keys, no quotas, every tenant weight 1).
     source : str or None
         The file it was read from.
     """
@@ -299,6 +307,7 @@ class FedgateConfig:
     models: ModelTable = field(default_factory=_default_model_table)
     worker: Mapping[str, Any] = field(default_factory=dict)
     trust: Trust | None = None
+    tenants: Tenants | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -376,6 +385,15 @@ class FedgateConfig:
                 value = getattr(self.trust, key)
                 if value is not None:
                     out["trust"][key] = value
+        if self.tenants is not None:
+            out["tenants"] = {
+                name: {
+                    f.name: (list(v) if isinstance(v, tuple) else v)
+                    for f in fields(lim)
+                    if (v := getattr(lim, f.name)) is not None
+                }
+                for name, lim in self.tenants.tenants.items()
+            }
         return out
 
 
@@ -590,6 +608,28 @@ def _model_tables(aliases: Any, models: Any) -> ModelTable:
         raise ConfigError(where, why) from None
 
 
+def _tenants_table(data: Any) -> Tenants:
+    from fedgate.gateway.tenants import TenantLimits, Tenants
+
+    table = _table("tenants", data)
+    known = [f.name for f in fields(TenantLimits)]
+    tenants = {}
+    for name, row in table.items():
+        where = f"tenants.{name}"
+        row = dict(_table(where, row))
+        for key in row:
+            if key not in known:
+                raise _unknown(f"{where}.{key}", known)
+        if "api_keys" in row:
+            row["api_keys"] = _listed(row["api_keys"])
+        tenants[name] = _build(TenantLimits, {k: f"{where}.{k}" for k in known}, row, where)
+    try:
+        return Tenants(tenants)
+    except ValueError as exc:
+        where, _, why = str(exc).partition(": ")
+        raise ConfigError(f"tenants.{where}", why) from None
+
+
 def _listed(value: Any) -> Any:
     # TOML lets a one-item list be a bare string.
     return [value] if isinstance(value, str) else value
@@ -692,6 +732,8 @@ def _parse(data: Mapping[str, Any], source: str | None) -> FedgateConfig:
             )
     if "trust" in data:
         out["trust"] = _trust_table(data["trust"], source)
+    if "tenants" in data:
+        out["tenants"] = _tenants_table(data["tenants"])
     return _build(FedgateConfig, _OWN_PATHS, out, "gateway")
 
 
@@ -831,7 +873,7 @@ def build_gateway(cfg: FedgateConfig) -> Gateway:
     )
     if cfg.gateway_id is not None:
         builder = builder.gateway_id(cfg.gateway_id)
-    builder = builder.trust(cfg.trust)
+    builder = builder.trust(cfg.trust).tenants(cfg.tenants)
     for endpoint in cfg.binds:
         builder = builder.bind(endpoint)
     return builder.build()
@@ -841,7 +883,8 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
     """Apply ``new`` to a running gateway built from ``current``; what changed, in words.
 
     Routing settings change in place: the policy, the strategy, the origin and
-    region clearances (a region dropped from the file goes back to INTERNAL).
+    region clearances (a region dropped from the file goes back to INTERNAL);
+    so does ``[tenants]`` (API keys, quotas, weights).
     Settings that need a restart (binds, telemetry, ingress, Prometheus, gateway id,
     GatewayConfig, breaker and health settings) are left as they are and
     reported as such. ``new`` is already fully checked, so applying it cannot
@@ -872,6 +915,8 @@ def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig)
         if region.id not in new_ids:
             router.set_region(Region(region.id))
             notes.append(f"region {region.id}: removed (clearance INTERNAL)")
+    if new.tenants != current.tenants:  # keys, quotas, weights: at once
+        notes.extend(gateway.tenants.reconfigure(new.tenants))
     for name in ("binds", "telemetry", "ingress", "prometheus_port", "gateway_id", "gateway",
                  "breaker", "health", "trust", "models"):  # fmt: skip
         if getattr(new, name) != getattr(current, name):

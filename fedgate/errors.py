@@ -11,6 +11,7 @@
     ├── DeadlineExceededError    the request's deadline passed
     ├── CircuitOpenError         the node's breaker rejected the call locally
     ├── BackpressureError        a bounded queue is full: try again later
+    ├── QuotaExceededError       the tenant is over one of its quotas: retry after a while
     ├── StreamInterruptedError   a stream that had started could not be continued
     ├── WorkerError              the worker reported a typed error for the request
     └── RegistrationError        a worker's claim (node id, key) was refused
@@ -32,6 +33,7 @@ __all__ = [
     "NodeUnreachableError",
     "PrivacyViolationError",
     "QoSViolationError",
+    "QuotaExceededError",
     "RegistrationError",
     "StreamInterruptedError",
     "WorkerError",
@@ -72,6 +74,23 @@ class CircuitOpenError(FederationError):
 
 class BackpressureError(FederationError):
     """A bounded queue is full; nothing was dropped silently."""
+
+
+class QuotaExceededError(FederationError):
+    """The tenant is over a quota (``[tenants.NAME]``); no worker was contacted.
+
+    ``tenant`` is the tenant, ``limit`` the quota it is over
+    (``"concurrency"``, ``"requests"`` or ``"tokens"``) and ``retry_after``
+    the seconds until that quota lets a request of this tenant in: exact for
+    the request and token buckets, an estimate from the tenant's recent
+    request times for concurrency (a slot frees when a request ends).
+    """
+
+    def __init__(self, message: str, *, tenant: str, limit: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.limit = limit
+        self.retry_after = retry_after
 
 
 class StreamInterruptedError(FederationError):

@@ -55,6 +55,7 @@ from typing import Annotated, Any, Final, TypeAlias
 import msgspec
 
 __all__ = [
+    "API_KEY",
     "CAPABILITY",
     "CAPABILITY_PATTERN",
     "CONCURRENCY",
@@ -71,15 +72,18 @@ __all__ = [
     "MAX_HEARTBEAT_INTERVAL",
     "MAX_HWM",
     "MAX_ID",
+    "MAX_RATE",
     "MAX_REQUEST_ID",
     "MAX_WEIGHT",
     "MIN_FRAME_LIMIT",
     "MIN_INTERVAL",
     "NODE_NAME",
     "NON_EMPTY",
+    "ApiKeys",
     "Backoff",
     "BindEndpoint",
     "BindEndpoints",
+    "Burst",
     "CapabilityNames",
     "Concurrency",
     "ConnectEndpoint",
@@ -111,9 +115,13 @@ __all__ = [
     "Payload",
     "Period",
     "Port",
+    "Rate",
     "RequestIdent",
     "Rule",
+    "Secrets",
+    "ShareWeight",
     "Switch",
+    "TenantConcurrency",
     "Text",
     "Timeout",
     "argument_type",
@@ -151,6 +159,9 @@ MAX_CONCURRENCY: Final = 1_000_000
 
 MAX_HWM: Final = 10_000_000
 """Largest ZeroMQ high-water mark (messages queued per peer), well inside a C ``int``."""
+
+MAX_RATE: Final = 1e9
+"""Largest rate (requests or tokens per second) and bucket size a tenant's quota may name."""
 
 MIN_FRAME_LIMIT: Final = 64
 """Smallest frame limit: every wire message but a large Request, Partial or Final fits."""
@@ -479,6 +490,45 @@ class Items(Rule):
         return tuple(out)
 
 
+class Secrets(Items):
+    """:class:`Items` whose items are secrets (API keys), possibly none: an error says
+    which item and why, never the item itself (a config error is logged and shown)."""
+
+    __slots__ = ()
+
+    def __init__(self, item: Rule, *, noun: str, max_items: int = 1024) -> None:
+        super().__init__(item, noun=noun, max_items=max_items)
+        self.expected = f"a list of at most {max_items} distinct {noun}"
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise _Reject(f"expected {self.expected}, got {_typename(value)}", wrong_type=True)
+        if len(value) > self.max_items:
+            raise _Reject(f"expected {self.expected}, got {len(value)} items")
+        out: list[str] = []
+        for i, raw in enumerate(value):
+            try:
+                item = self.item.check(raw)
+            except _Reject as r:
+                what = f"a string of {len(raw)} characters" if isinstance(raw, str) else (
+                    _typename(raw))
+                raise _Reject(
+                    f"expected {self.item.expected}, got {what}",
+                    wrong_type=r.wrong_type, index=i, value="<secret>",
+                ) from None
+            if item in out:
+                raise _Reject(
+                    f"expected distinct {self.noun}, got item {out.index(item)} again",
+                    index=i, value="<secret>",
+                )
+            out.append(item)
+        return tuple(out)
+
+
+def _typename(value: Any) -> str:
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
 class Options(Rule):
     """A table of keyword options (names to values), stored read-only."""
 
@@ -579,6 +629,19 @@ BindEndpoints: TypeAlias = Annotated[
     tuple[str, ...], Items(Endpoint(bind=True), noun="endpoints", max_items=64)
 ]
 KeywordOptions: TypeAlias = Annotated[Mapping[str, Any], Options()]
+
+# Tenants (fedgate/gateway/tenants.py).
+API_KEY: Final = Text(
+    max_length=256, pattern=r"^[\x21-\x7e]+$",
+    what="an API key: 1-256 printable ASCII characters, no spaces",
+)
+ApiKeys: TypeAlias = Annotated[
+    Sequence[str], Secrets(API_KEY, noun="API keys", max_items=4096)
+]
+Rate: TypeAlias = Annotated[float, Number(gt=0.0, le=MAX_RATE, what="a rate per second")]
+Burst: TypeAlias = Annotated[float, Number(ge=1.0, le=MAX_RATE)]
+ShareWeight: TypeAlias = Annotated[float, Number(gt=0.0, le=MAX_WEIGHT)]
+TenantConcurrency: TypeAlias = Annotated[int, Number(integer=True, ge=1, le=C_INT_MAX)]
 
 
 def count(low: int, high: int) -> Number:

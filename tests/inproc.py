@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fedgate import RegionId
+from fedgate.clock import Clock, monotonic
 from fedgate.federation.breaker import CircuitBreaker
 from fedgate.federation.health import HealthChecker, HealthConfig
 from fedgate.federation.policy import CompositePolicy
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.gateway.tenants import Tenants
 from fedgate.types import Region
 from fedgate.worker.process import Worker, WorkerConfig
 
@@ -30,13 +32,17 @@ async def federation(
     origin: str | None = None,
     model: str = "m",
     options: Mapping[str, Any] | None = None,
+    tenants: Tenants | None = None,
+    tenant_clock: Clock | None = None,
 ) -> AsyncIterator[tuple[Gateway, dict[str, Worker]]]:
     """A gateway on a random loopback port and one in-process worker per node spec.
 
     A spec names ``node`` and optionally ``region``, ``models``,
     ``capabilities``, ``options`` (synthetic backend options, default
     ``options``), ``backend_obj`` (a ready backend) and any other
-    :class:`WorkerConfig` field. Yields the gateway and the workers by node.
+    :class:`WorkerConfig` field. ``tenants`` and ``tenant_clock`` set the
+    tenants' quotas and their buckets' clock. Yields the gateway and the
+    workers by node.
     """
     builder = (
         GatewayBuilder()
@@ -48,6 +54,8 @@ async def federation(
         .regions(*regions)
         .origin(RegionId(origin) if origin else None)
     )
+    if tenants is not None or tenant_clock is not None:
+        builder = builder.tenants(tenants, clock=tenant_clock or monotonic)
     if breaker is not None:
         builder = builder.circuit_breaker(breaker)
     if policy is not None:

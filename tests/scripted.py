@@ -26,6 +26,7 @@ from fedgate.clock import ManualClock
 from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
 from fedgate.federation.health import HealthChecker, HealthConfig
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
+from fedgate.gateway.tenants import Tenants
 from fedgate.transport import protocol as wire
 
 T = TypeVar("T")
@@ -55,8 +56,10 @@ class ScriptedWorker:
         resumable: bool = True,
         continuable: bool = False,
         heartbeat_interval: float = 1.0,
+        concurrency: int = 16,
     ) -> None:
         self.node = node
+        self.concurrency = concurrency
         self.worker_id = wire.new_worker_id()
         self.cost = cost
         self.resumable = resumable
@@ -101,7 +104,7 @@ class ScriptedWorker:
                 ["generate"],
                 False,
                 self.cost,
-                16,
+                self.concurrency,
                 self.resumable,
                 self.heartbeat_interval,
                 0,
@@ -211,13 +214,15 @@ async def scripted_federation(
     heartbeat_interval: float = 1.0,
     heartbeat_liveness: int = 4,
     breaker: BreakerConfig | None = None,
+    tenants: Tenants | None = None,
 ) -> AsyncIterator[Federation]:
     """A gateway on a random loopback port with one registered scripted worker per node.
 
     A node is a name or ``(name, ScriptedWorker keyword arguments)``. The
     gateway's monitor looks often (real time), but health lives on the
     federation's manual clock. With ``breaker`` the circuit breaker does too
-    (the default breaker, on real time, otherwise).
+    (the default breaker, on real time, otherwise). The ``tenants``' quota
+    buckets run on the manual clock too.
     """
     clock = ManualClock()
     health = HealthChecker(
@@ -231,6 +236,7 @@ async def scripted_federation(
             config or GatewayConfig(request_timeout=30.0, retry_delay=0.0, monitor_interval=0.005)
         )
         .health(health)
+        .tenants(tenants, clock=clock)
     )
     if breaker is not None:
         builder = builder.circuit_breaker(CircuitBreaker(breaker, clock))

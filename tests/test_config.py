@@ -378,6 +378,19 @@ BAD = [
      "max_cost = -1", "trust.grants.w.max_cost", "-1"),
     ("[trust]\nkey = 'k'\ntrusted = 't'\n[trust.grants.w]\nnodes = 'a'\nregion = 'r'\n"
      "[trust.grants.v]\nnodes = 'a'\nregion = 'r'", "trust.grants.v.nodes", "'a' granted to 'w'"),
+    ("[tenants]\na = 1", "tenants.a", "1"),
+    ("[tenants.a]\nmax_concurrent = 0", "tenants.a.max_concurrent", "0"),
+    ("[tenants.a]\nrequests_per_s = 0", "tenants.a.requests_per_s", "0"),
+    ("[tenants.a]\nrequests_per_s = 1\nrequest_burst = 0.5", "tenants.a.request_burst", "0.5"),
+    ("[tenants.a]\ntokens_per_s = inf", "tenants.a.tokens_per_s", "inf"),
+    ("[tenants.a]\ntoken_burst = 5", "tenants.a.token_burst", "alone"),
+    ("[tenants.a]\nweight = -1", "tenants.a.weight", "-1"),
+    ("[tenants.a]\napi_keys = 3", "tenants.a.api_keys", "int"),
+    ("[tenants.a]\napi_keys = ['sk a']", "tenants.a.api_keys[0]", "a string of 4 characters"),
+    # Two tenants sharing a key: the error names both (and never the key).
+    ("[tenants.a]\napi_keys = ['k1', 'sk-x']\n[tenants.b]\napi_keys = ['sk-x']",
+     "tenants.b.api_keys[0]", "a.api_keys[1] again (tenants 'a' and 'b')"),
+    ("[tenants.a]\nmax_concurent = 3", "tenants.a.max_concurent", "unknown key"),
 ]
 
 
@@ -534,6 +547,10 @@ def test_reload_applies_routing_settings_and_reports_the_rest() -> None:
     assert "region eu-west-1: removed" in text
     for restart in ("binds", "breaker", "health", "gateway:", "models:"):
         assert restart in text
+    # [tenants] applies at once: the old API keys stop working, the new ones start.
+    assert "tenant acme: removed" in text and "tenant default: removed" in text
+    assert "tenant globex: added" in text
+    assert gw.tenants.keys == {"sk-globex": "globex"}
     assert reload_gateway(gw, new, new) == []
 
 

@@ -10,6 +10,7 @@ from fedgate.errors import (
     DeadlineExceededError,
     NoCapacityError,
     PrivacyViolationError,
+    QuotaExceededError,
     StreamInterruptedError,
     WorkerError,
 )
@@ -31,6 +32,8 @@ from fedgate.validation import InvalidParameterError
         (WorkerError("input", code="bad_input", node_caused=False), 400, "invalid_request_error"),
         (WorkerError("boom", code="backend"), 502, "server_error"),
         (StreamInterruptedError("cut"), 502, "server_error"),
+        (QuotaExceededError("over", tenant="t", limit="requests", retry_after=0.2), 429,
+         "rate_limit_exceeded"),
         (RuntimeError("bug"), 500, "server_error"),
     ],
 )
@@ -93,6 +96,29 @@ def test_bearer_names_the_tenant() -> None:
         with pytest.raises(HttpError) as info:
             tenant_from_headers({"Authorization": bad})
         assert info.value.status == 401
+
+
+def test_with_api_keys_the_key_names_the_tenant_and_anything_else_is_401() -> None:
+    keys = {"sk-a1": "acme", "sk-a2": "acme", "sk-g": "globex"}
+    assert tenant_from_headers({"Authorization": "Bearer sk-a2"}, keys) == "acme"
+    assert tenant_from_headers({"Authorization": "bearer sk-g"}, keys) == "globex"
+    for headers in ({}, {"Authorization": "Bearer sk-nope"}, {"Authorization": "Bearer acme"}):
+        with pytest.raises(HttpError) as info:
+            tenant_from_headers(headers, keys)
+        err = info.value
+        assert (err.status, err.kind, err.code) == (401, "authentication_error", "invalid_api_key")
+        assert "sk-nope" not in str(err)  # a wrong key is never echoed
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(0.2, "1"), (1.0, "1"), (1.01, "2"),
+                                                      (59.5, "60")])  # fmt: skip
+def test_over_quota_is_429_with_retry_after_rounded_up(retry_after: float, header: str) -> None:
+    err = status_of(
+        QuotaExceededError("over", tenant="t", limit="tokens", retry_after=retry_after)
+    )
+    assert err.status == 429 and err.headers == {"Retry-After": header}
+    assert err.body()["error"]["type"] == "rate_limit_exceeded"
+    assert err.body()["error"]["code"] == "quota_tokens"
 
 
 def test_listen_addresses() -> None:

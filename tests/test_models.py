@@ -225,6 +225,7 @@ async def test_every_model_of_an_alias_shares_the_one_deadline() -> None:
     gateway = types.SimpleNamespace(
         catalog=types.SimpleNamespace(has_model=lambda m: True),
         config=GatewayConfig(request_timeout=10.0),
+        tenants=types.SimpleNamespace(keys={}),  # no API keys: the bearer names the tenant
     )
     front = HttpFront(gateway, models=TABLE)  # type: ignore[arg-type]
     obj = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}

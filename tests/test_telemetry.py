@@ -152,7 +152,14 @@ async def test_snapshot_of_a_real_gateway() -> None:
             "requests": 3, "successes": 3, "failures": 0, "tokens": 12
         }  # fmt: skip
         assert sum(n["requests"] for n in snap["stats"]["per_node"].values()) == 6
-        assert set(snap["stats"]) == {f for f in stats.__dataclass_fields__}
+        # Every field but ``tenants``: a top-level section of its own.
+        assert set(snap["stats"]) == {f for f in stats.__dataclass_fields__} - {"tenants"}
+        assert [t["tenant"] for t in snap["tenants"]] == ["acme", "default"]
+        assert snap["tenants"][0] == {
+            "tenant": "acme", "weight": 1.0, "in_flight": 0, "max_concurrent": None,
+            "waiting": 0, "admitted": 3, "completed": 3, "failed": 0, "tokens": 12,
+            "rejected": {"concurrency": 0, "requests": 0, "tokens": 0},
+        }  # fmt: skip
 
         # The live policy, strategy and clearances.
         policy = snap["policy"]
@@ -413,6 +420,9 @@ async def test_prometheus_endpoint_serves_gateway_metrics() -> None:
             assert 'fedgate_node_breaker_state{node="b",state="closed"} 0.0' in text
             assert 'fedgate_node_breaker_failures{node="b"} 5.0' in text
             assert 'fedgate_tenant_requests_total{outcome="ok",tenant="acme"} 3.0' in text
+            assert 'fedgate_tenant_in_flight{tenant="acme"} 0.0' in text
+            assert 'fedgate_tenant_waiting{tenant="acme"} 0.0' in text
+            assert 'fedgate_tenant_rejected_total{limit="requests",tenant="acme"} 0.0' in text
             assert 'fedgate_request_latency_seconds{quantile="0.99"}' in text
             served = [n for n in ("a", "b") if gw.health.status(n).samples]  # type: ignore[arg-type]
             assert f'fedgate_node_health_state{{node="{served[0]}",state="healthy"}} 1.0' in text

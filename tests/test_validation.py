@@ -22,6 +22,7 @@ from fedgate.federation.breaker import BreakerConfig
 from fedgate.federation.health import HealthConfig
 from fedgate.gateway import GatewayConfig
 from fedgate.gateway.config import HttpConfig
+from fedgate.gateway.tenants import TenantLimits
 from fedgate.transport import protocol as wire
 from fedgate.types import Capability, InferenceRequest, QoSRequirements, Region
 from fedgate.validation import (
@@ -194,6 +195,7 @@ def test_counts_and_sizes_have_an_upper_bound(key: str, high: int) -> None:
 
 CONFIGS: list[type] = [
     GatewayConfig,
+    TenantLimits,
     HealthConfig,
     BreakerConfig,
     WorkerConfig,
@@ -213,7 +215,7 @@ def test_every_field_declares_a_rule_and_numbers_finite_bounds(cls: type) -> Non
         except KeyError:
             # Only nested configs and the strategy (a choice) go without a rule.
             nested = ("gateway", "regions", "policy", "breaker", "health", "http", "worker",
-                      "trust", "models")  # fmt: skip
+                      "trust", "models", "tenants")  # fmt: skip
             assert f.name in (*nested, "source", "strategy"), f"{cls.__name__}.{f.name}"
             continue
         if isinstance(rule, Number):

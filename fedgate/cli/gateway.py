@@ -7,8 +7,9 @@ gateway binds, serves its telemetry for ``fedgate top``, logs worker
 registrations, node losses and breaker transitions on stderr, and runs until
 SIGTERM or SIGINT, after which it fails what is in flight, closes its sockets
 and exits 0. SIGHUP re-reads ``--config`` (flags still win): a valid file
-changes the routing policy, strategy, origin and region clearances at once; an
-invalid one is logged and changes nothing. Exit status 1: an endpoint could
+changes the routing policy, strategy, origin, region clearances and
+``[tenants]`` (API keys, quotas, weights) at once; an invalid one is logged
+and changes nothing. Exit status 1: an endpoint could
 not be bound.
 
 Clients reach a gateway process through its *ingress* (``--ingress

@@ -9,8 +9,9 @@ means for the node and the request.
 :class:`Attempts` opens and closes attempts: it encodes the REQUEST and hands
 it to the socket pump (batched per loop iteration), registers the attempt
 for the reader's fencing, watches its deadline (one FIFO behind one timer),
-sends CANCEL when a caller leaves, and keeps the bounded queue of calls
-waiting for a free node slot.
+sends CANCEL when a caller leaves, and grants each released node slot to
+the calls waiting for one, in weighted fair order across tenants (its
+:class:`~fedgate.gateway.tenants.FairQueue`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import zmq
 from fedgate.errors import BackpressureError, FederationError, NodeUnreachableError
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.stats import GatewayCounters
+from fedgate.gateway.tenants import FairQueue, Ticket
 from fedgate.routing.router import Router
 from fedgate.transport import protocol as wire
 from fedgate.transport.pump import Pump
@@ -160,11 +162,6 @@ class Attempt:
         return event
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class Attempts:
     """The open attempts of one gateway: opening, closing, deadlines, waiting for capacity.
 
@@ -172,13 +169,13 @@ class Attempts:
     """
 
     __slots__ = (
-        "_capacity_waiters",
         "_deadline_at",
         "_deadline_timer",
         "_deadlines",
         "by_rid",
         "config",
         "counters",
+        "fair",
         "loop",
         "pump",
         "registry",
@@ -186,7 +183,12 @@ class Attempts:
     )
 
     def __init__(
-        self, config: GatewayConfig, router: Router, registry: Registry, counters: GatewayCounters
+        self,
+        config: GatewayConfig,
+        router: Router,
+        registry: Registry,
+        counters: GatewayCounters,
+        fair: FairQueue | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -199,7 +201,8 @@ class Attempts:
         self._deadlines: collections.deque[Attempt] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = math.inf  # when _deadline_timer fires
-        self._capacity_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Calls waiting for a node slot, by tenant; a released slot is granted here.
+        self.fair = fair if fair is not None else FairQueue(config.max_queued)
 
     def stop(self) -> None:
         """The gateway stops: fail every open attempt, forget the deadlines."""
@@ -269,7 +272,7 @@ class Attempts:
         worker = att.worker
         if worker.attempts.pop(att.rid, None) is not None:
             self.router.release(worker.node)
-            self._wake_one()
+            self.fair.grant()
         att.closed = True  # the deadline watch and the pump skip it from now on
         if att.timer is not None:
             att.timer.cancel()
@@ -388,33 +391,10 @@ class Attempts:
                 return
 
     # --------------------------------------------------------------- capacity
-    async def wait_for_capacity(self, deadline: float) -> bool:
-        """Queue until a node slot is released (True) or the deadline / queue bound hits (False)."""
-        waiters = self._capacity_waiters
+    async def wait_for_capacity(self, ticket: Ticket, deadline: float) -> bool:
+        """Queue until a node slot is granted or a re-check is due (True), or the
+        deadline / queue bound hits (False). Slots are granted across tenants in
+        weighted fair order (:class:`~fedgate.gateway.tenants.FairQueue`)."""
         loop = self.loop
         assert loop is not None
-        now = loop.time()
-        if len(waiters) >= self.config.max_queued or now >= deadline:
-            return False
-        fut: asyncio.Future[None] = loop.create_future()
-        waiters.append(fut)
-        # A released slot may suit another capability than this request's: re-check
-        # on a short timer too, so a mismatched wake-up never strands a waiter.
-        timer = loop.call_at(min(deadline, now + 0.05), _resolve, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            if not fut.done():
-                fut.cancel()
-            with contextlib.suppress(ValueError):
-                waiters.remove(fut)
-        return loop.time() < deadline
-
-    def _wake_one(self) -> None:
-        waiters = self._capacity_waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
+        return await self.fair.wait(ticket, loop, deadline)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from fedgate.clock import Clock, monotonic
 from fedgate.federation.breaker import CircuitBreaker
 from fedgate.federation.catalog import ModelCatalog
 from fedgate.federation.health import HealthChecker
 from fedgate.federation.policy import CompositePolicy
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.gateway import Gateway
+from fedgate.gateway.tenants import TenantBook, Tenants
 from fedgate.gateway.trust import Trust
 from fedgate.routing.router import Router
 from fedgate.types import Region, RegionId
@@ -31,6 +33,8 @@ class GatewayBuilder:
         self._regions: list[Region] = []
         self._binds: list[str] = []
         self._trust: Trust | None = None
+        self._tenants: Tenants | None = None
+        self._tenant_clock: Clock = monotonic
         self._strategy = "least-latency"
         self._origin: RegionId | None = None
         self._gateway_id: str | None = None
@@ -89,6 +93,16 @@ class GatewayBuilder:
         self._trust = trust
         return self
 
+    def tenants(self, tenants: Tenants | None, *, clock: Clock = monotonic) -> GatewayBuilder:
+        """Per-tenant API keys, quotas and weights (``clock``: for the quota buckets)."""
+        if tenants is not None and not isinstance(tenants, Tenants):
+            raise TypeError(f"tenants: expected Tenants, got {tenants!r}")
+        if not callable(clock):
+            raise TypeError(f"clock: expected a callable returning seconds, got {clock!r}")
+        self._tenants = tenants
+        self._tenant_clock = clock
+        return self
+
     def build(self) -> Gateway:
         catalog = self._catalog if self._catalog is not None else ModelCatalog()
         health = self._health if self._health is not None else HealthChecker()
@@ -112,4 +126,7 @@ class GatewayBuilder:
             self._binds or ["tcp://127.0.0.1:5555"],
             gateway_id=self._gateway_id,
             trust=self._trust,
+            tenants=TenantBook(
+                self._tenants, clock=self._tenant_clock, max_queued=self._config.max_queued
+            ),
         )

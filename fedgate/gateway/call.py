@@ -115,6 +115,7 @@ from fedgate.gateway.attempt import Attempt, Attempts, Lost, LostCause
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.registry import Registry, Worker
 from fedgate.gateway.stats import GatewayCounters, NodeStats, RouteRecord
+from fedgate.gateway.tenants import TenantBook, Ticket
 from fedgate.routing.router import Router
 from fedgate.transport import protocol as wire
 from fedgate.types import InferenceRequest, InferenceResponse, NodeId, RegionId
@@ -154,6 +155,7 @@ class CallEnv:
         "registry",
         "rng",
         "router",
+        "tenants",
     )
 
     def __init__(
@@ -166,6 +168,7 @@ class CallEnv:
         attempts: Attempts,
         counters: GatewayCounters,
         recent_routes: deque[RouteRecord],
+        tenants: TenantBook | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -173,6 +176,8 @@ class CallEnv:
         self.breaker = breaker
         self.registry = registry
         self.attempts = attempts
+        # Quotas (admission) and the fair queue (tenants): gateway/tenants.py.
+        self.tenants = tenants if tenants is not None else TenantBook(max_queued=config.max_queued)
         # node → loop time before which it is not asked (see "A busy node …" above)
         self.cooldown: dict[NodeId, float] = {}
         self.overloads: dict[NodeId, int] = {}  # node → overloads in a row
@@ -238,6 +243,7 @@ class Call:
         "started",
         "stream",
         "tenant",
+        "ticket",
         "tried",
     )
 
@@ -288,6 +294,7 @@ class Call:
         # before): what the caller is told, whatever later continuations met.
         self.cut: Exception | None = None
         self.cut_at = 0
+        self.ticket: Ticket | None = None
 
     def response(self) -> InferenceResponse:
         loop = self.env.loop
@@ -395,6 +402,8 @@ class Call:
     def _begin(self) -> str:
         counters = self.env.counters
         req = self.request
+        # Tenants: over quota → QuotaExceededError, before anything is routed.
+        self.ticket = self.env.tenants.admit(req.tenant_id)
         counters.total += 1
         counters.active += 1
         if req.tenant_id:
@@ -405,6 +414,8 @@ class Call:
     def _end(self, outcome: str) -> None:
         counters = self.env.counters
         tenant = self.tenant
+        assert self.ticket is not None
+        self.env.tenants.release(self.ticket, outcome, self.next_index)  # tenants: quotas
         counters.active -= 1
         if self.retrying:
             counters.retrying -= 1
@@ -491,6 +502,11 @@ class Call:
         env = self.env
         req = self.request
         tried = self.tried
+        assert self.ticket is not None
+        if env.attempts.fair.blocks(self.ticket):  # tenants: a freed slot is promised to a waiter
+            return BackpressureError(
+                f"request {req.request_id!r}: every eligible node is busy (waiting its turn)"
+            )
         while True:
             try:
                 decision = env.router.route(req, exclude=self._exclude())
@@ -556,9 +572,11 @@ class Call:
     async def _wait_for_capacity(self, full: BackpressureError) -> None:
         """Wait in the bounded admission queue for a slot, within the deadline.
 
+        Slots are granted across tenants in weighted fair order (gateway/tenants.py).
         Raises the caller's error (``full``) when the queue is full or the deadline passes.
         """
-        if not await self.env.attempts.wait_for_capacity(self.deadline):
+        assert self.ticket is not None
+        if not await self.env.attempts.wait_for_capacity(self.ticket, self.deadline):
             self.lifecycle.to(_S.FAILED)
             raise self._final_error(full) from full
 

@@ -50,6 +50,7 @@ from fedgate.gateway.call import Call, CallEnv
 from fedgate.gateway.config import GatewayConfig
 from fedgate.gateway.registry import Registry
 from fedgate.gateway.stats import GatewayCounters, GatewayStats, RouteRecord
+from fedgate.gateway.tenants import TenantBook
 from fedgate.gateway.trust import Trust, TrustState
 from fedgate.routing.router import Router
 from fedgate.transport import curve
@@ -87,8 +88,13 @@ class Gateway:
         *,
         gateway_id: str | None = None,
         trust: Trust | None = None,
+        tenants: TenantBook | None = None,
     ) -> None:
         self.config = config
+        # Tenants: credentials → tenant, quotas, the fair queue (gateway/tenants.py).
+        self.tenants = tenants if tenants is not None else TenantBook(
+            max_queued=config.max_queued
+        )
         # Keys are read now: a missing file is a construction error, not a start failure.
         self.trust = trust
         self._trust = trust.load() if trust is not None else None
@@ -115,7 +121,9 @@ class Gateway:
         self._registry = registry = Registry(
             catalog, health, router, counters, self.gateway_id, config.dead_grace, self._trust
         )
-        self._attempts = attempts = Attempts(config, router, registry, counters)
+        self._attempts = attempts = Attempts(
+            config, router, registry, counters, self.tenants.fair
+        )
         # Read per frame: one attribute each, not a chain.
         self._by_rid = attempts.by_rid
         self._max_frame_bytes = config.max_frame_bytes
@@ -125,7 +133,8 @@ class Gateway:
             maxlen=config.recent_routes
         )
         self._env = CallEnv(
-            config, router, health, breaker, registry, attempts, counters, self.recent_routes
+            config, router, health, breaker, registry, attempts, counters, self.recent_routes,
+            self.tenants,
         )
         if trust is not None and trust.audit_log is not None:
             from fedgate.gateway.audit import AuditLog
@@ -277,6 +286,8 @@ class Gateway:
         ------
         ValueError, TypeError
             Malformed request (no worker is contacted).
+        QuotaExceededError
+            The request's tenant is over a quota (no worker is contacted).
         FederationError
             No eligible node (typed: privacy, capacity, health, QoS), the
             deadline passed, or every attempt failed.
@@ -332,6 +343,7 @@ class Gateway:
         return self._counters.snapshot(
             breaker_trips=self.breaker.trips - self._breaker_trips_at_start,
             workers=self._registry.alive(),
+            tenants=self.tenants.stats(),
         )
 
     def on_transition(self, hook: TransitionHook) -> Callable[[], None]:

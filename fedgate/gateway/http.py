@@ -56,7 +56,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -71,6 +71,7 @@ from fedgate.errors import (
     NodeUnreachableError,
     PrivacyViolationError,
     QoSViolationError,
+    QuotaExceededError,
     StreamInterruptedError,
     WorkerError,
 )
@@ -101,10 +102,12 @@ class HttpError(Exception):
     """An answer in OpenAI's error body with ``status``."""
 
     def __init__(self, status: int, message: str, kind: str, code: str | None = None,
-                 param: str | None = None, retry_after: float = 0.0) -> None:  # fmt: skip
+                 param: str | None = None, retry_after: float = 0.0,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.kind, self.code, self.param = status, kind, code, param
         self.retry_after = retry_after  # seconds; > 0: sent as Retry-After
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {
@@ -127,6 +130,11 @@ def status_of(exc: BaseException) -> HttpError:
         return exc
     if isinstance(exc, (ValueError, TypeError)):
         return _bad(str(exc))
+    if isinstance(exc, QuotaExceededError):
+        # Whole seconds, rounded up: a client that waits what it is told is admitted.
+        wait = str(max(1, math.ceil(exc.retry_after)))
+        return HttpError(429, str(exc), "rate_limit_exceeded", f"quota_{exc.limit}",
+                         headers={"Retry-After": wait})  # fmt: skip
     if isinstance(exc, PrivacyViolationError):
         return HttpError(403, str(exc), "permission_error", "no_cleared_region")
     if isinstance(exc, DeadlineExceededError):
@@ -175,10 +183,10 @@ def answer_of(exc: BaseException) -> HttpError:
 
 
 def _error_response(err: HttpError) -> web.Response:
-    headers = None
+    headers = err.headers
     if err.retry_after > 0:
         # Whole seconds (RFC 9110), rounded up: never earlier than the node asked.
-        headers = {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
+        headers = {**(headers or {}), "Retry-After": str(max(1, math.ceil(err.retry_after)))}
     return web.Response(
         status=err.status, body=json.dumps(err.body()).encode(), content_type=_JSON,
         headers=headers,
@@ -228,20 +236,31 @@ def qos_from_headers(headers: Any) -> tuple[QoSRequirements, str | None, float |
     return qos, origin, _ms(headers, "x-fedgate-deadline-ms")
 
 
-def tenant_from_headers(headers: Any) -> str | None:
-    """The tenant a request names: ``Authorization: Bearer KEY``.
+def tenant_from_headers(headers: Any, keys: Mapping[str, str] | None = None) -> str | None:
+    """The tenant of a request, from ``Authorization: Bearer KEY``.
 
-    Not yet checked against credentials: the trust issue binds keys to
-    tenants and answers 401 (bad key) and 429 (over quota) here.
+    With ``keys`` (API key → tenant: ``[tenants.NAME] api_keys``), the key
+    must be one of them and its tenant is the request's; no key or an unknown
+    one is a 401. Without keys (none declared) nothing is authenticated and
+    the bearer string names the tenant, as a label.
     """
     auth = headers.get("Authorization")
     if not auth:
+        if keys:
+            raise HttpError(401, "Authorization: expected 'Bearer KEY' with an API key",
+                            "authentication_error", "invalid_api_key")  # fmt: skip
         return None
     scheme, _, key = auth.partition(" ")
     if scheme.lower() != "bearer" or not key.strip() or len(key.strip()) > 256:
         raise HttpError(401, "Authorization: expected 'Bearer KEY' (KEY at most 256 characters)",
                         "authentication_error",
                         "invalid_api_key")  # fmt: skip
+    if keys:
+        tenant = keys.get(key.strip())
+        if tenant is None:  # never echo the key: it may be someone's typo of a real one
+            raise HttpError(401, "Incorrect API key provided", "authentication_error",
+                            "invalid_api_key")  # fmt: skip
+        return tenant
     return key.strip()
 
 
@@ -485,7 +504,7 @@ class HttpFront:
         the client set it, a later one what is left of it.
         """
         headers = request.headers
-        tenant = tenant_from_headers(headers)
+        tenant = tenant_from_headers(headers, self.gateway.tenants.keys)
         qos, origin, deadline = qos_from_headers(headers)
         catalog = self.gateway.catalog
         plan = Fallback(self.models, obj["model"], lambda m: catalog.has_model(ModelId(m)))
@@ -581,6 +600,8 @@ class HttpFront:
         prefix = "chatcmpl" if chat else "cmpl"
         rid = f"{prefix}-{secrets.token_hex(12)}"
         try:
+            # The credential first: an unknown caller's body is never read (401).
+            tenant_from_headers(request.headers, self.gateway.tenants.keys)
             obj, raw = await self._body(request, kind="chat" if chat else "completions")
             plan, build = self._plan(request, obj, raw, rid, Capability.GENERATE)
             if obj.get("stream", False):

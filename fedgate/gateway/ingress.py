@@ -18,7 +18,9 @@ reply, done            ``{"id", "done": true, "tokens"}``; without ``stream``
                        and ``output`` (the whole answer)
 reply, error           ``{"id", "error": "<type>", "message"}``: the gateway's
                        typed errors (``PrivacyViolationError``,
-                       ``StreamInterruptedError`` …) or ``BadRequest``
+                       ``StreamInterruptedError`` …) or ``BadRequest``;
+                       ``QuotaExceededError`` adds ``tenant``, ``limit`` and
+                       ``retry_after`` (seconds)
 =====================  ======================================================
 
 With ``[trust] clients = DIR`` the ingress is a CURVE server (SPEC §5, R31):
@@ -51,6 +53,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from fedgate.errors import QuotaExceededError
 from fedgate.transport import curve
 from fedgate.transport.bind import bind_router
 from fedgate.types import Capability, InferenceRequest, PrivacyLevel, QoSRequirements, RegionId
@@ -96,7 +99,8 @@ class Ingress:
     endpoint : str
         Where to bind; ``tcp://127.0.0.1:*`` picks a free port (see :attr:`endpoint`).
     max_active : int
-        Requests run at once; beyond it a request is answered ``Overloaded``.
+        Requests run at once; beyond it a request is answered ``Overloaded``,
+        unless its client runs fewer than an equal share of them.
     """
 
     def __init__(
@@ -220,7 +224,7 @@ class Ingress:
                 self.rejected += 1
                 await self._send(envelope, {"id": None, "error": "BadRequest", "message": str(exc)})
                 continue
-            if len(self._active) >= self._max_active:
+            if len(self._active) >= self._max_active and not self._below_share(envelope[0]):
                 self.rejected += 1
                 busy = f"{self._max_active} requests running"
                 await self._send(envelope, {"id": req.id, "error": "Overloaded", "message": busy})
@@ -234,6 +238,17 @@ class Ingress:
             self._active[task] = client
             self._track(client, parts[-1].get(zmq.SRCFD), task)
             task.add_done_callback(self._done)
+
+    def _below_share(self, client: bytes) -> bool:
+        """Whether ``client`` runs fewer than its share of ``max_active`` (fairness: R32).
+
+        When the ingress is full, a client below an equal share may still
+        start a request, so one client's flood cannot lock the others out
+        (the ingress then runs at most about twice ``max_active``).
+        """
+        clients = self._by_client
+        mine = len(clients.get(client, ()))
+        return mine < self._max_active / (len(clients) + (client not in clients))
 
     def _track(self, client: bytes, fd: int, task: asyncio.Task[None]) -> None:
         self._by_client.setdefault(client, set()).add(task)
@@ -346,9 +361,10 @@ class Ingress:
             await self._send(envelope, {"id": rid, "error": "BadRequest", "message": str(exc)})
             return
         except Exception as exc:  # the gateway's typed errors go back to the client by name
-            await self._send(
-                envelope, {"id": rid, "error": type(exc).__name__, "message": str(exc)}
-            )
+            reply: dict[str, Any] = {"id": rid, "error": type(exc).__name__, "message": str(exc)}
+            if isinstance(exc, QuotaExceededError):  # tenants: when to come back, and why
+                reply.update(tenant=exc.tenant, limit=exc.limit, retry_after=exc.retry_after)
+            await self._send(envelope, reply)
             return
         self.served += 1
         await self._send(envelope, done)

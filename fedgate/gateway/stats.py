@@ -16,7 +16,7 @@ import msgspec
 from fedgate._core import LatencyTable
 from fedgate.types import NodeId, RegionId
 
-__all__ = ["GatewayCounters", "GatewayStats", "NodeStats", "RouteRecord"]
+__all__ = ["GatewayCounters", "GatewayStats", "NodeStats", "RouteRecord", "TenantStats"]
 
 
 @dataclass(slots=True)
@@ -27,6 +27,27 @@ class NodeStats:
     successes: int = 0
     failures: int = 0
     tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStats:
+    """One tenant's quotas and counters (gateway/tenants.py); a telemetry ``tenants`` row.
+
+    ``admitted`` counts requests past the quotas, ``completed``/``failed``
+    those that ended so (cancelled ones are neither), ``tokens`` the output
+    tokens charged, ``rejected`` the refusals per limit.
+    """
+
+    tenant: str
+    weight: float
+    in_flight: int
+    max_concurrent: int | None
+    waiting: int
+    admitted: int
+    completed: int
+    failed: int
+    tokens: int
+    rejected: dict[str, int]
 
 
 class RouteRecord(msgspec.Struct, frozen=True, gc=False):
@@ -83,6 +104,8 @@ class GatewayStats:
     refused_handshakes_by_endpoint: dict[str, int] = field(default_factory=dict)
     # Nodes retired: lost for longer than GatewayConfig.dead_grace.
     retired_nodes: int = 0
+    # Per tenant, by name (quotas, fair-queue waiters, refusals per limit).
+    tenants: tuple[TenantStats, ...] = ()
 
 
 class GatewayCounters:
@@ -136,7 +159,9 @@ class GatewayCounters:
         # Slot 0: end-to-end latency, slot 1: time to first token (compiled ring).
         self.latency = LatencyTable(window=4096, nodes=2)
 
-    def snapshot(self, *, breaker_trips: int, workers: int) -> GatewayStats:
+    def snapshot(
+        self, *, breaker_trips: int, workers: int, tenants: tuple[TenantStats, ...] = ()
+    ) -> GatewayStats:
         """The counters as :class:`GatewayStats`, with what the gateway adds itself."""
         p50, p95, p99 = self.latency.percentiles(0)
         t50, t95, t99 = self.latency.percentiles(1)
@@ -179,4 +204,5 @@ class GatewayCounters:
             refused_handshakes=self.refused_handshakes,
             refused_handshakes_by_endpoint=dict(self.refused_handshakes_by),
             retired_nodes=self.retired,
+            tenants=tenants,
         )

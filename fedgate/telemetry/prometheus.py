@@ -126,6 +126,23 @@ class _GatewayCollector:
             per_tenant.add_metric([tenant, "ok"], float(row["successes"]))
             per_tenant.add_metric([tenant, "failed"], float(row["failures"]))
         yield per_tenant
+        tenants = snap.get("tenants", [])
+        rejected = CounterMetricFamily(
+            "fedgate_tenant_rejected", "Requests refused over a tenant quota, per limit",
+            labels=["tenant", "limit"],
+        )  # fmt: skip
+        for metric, doc, key in (
+            ("fedgate_tenant_in_flight", "Requests of the tenant in flight", "in_flight"),
+            ("fedgate_tenant_waiting", "Requests of the tenant in the fair queue", "waiting"),
+        ):
+            gauge = GaugeMetricFamily(metric, doc, labels=["tenant"])
+            for row in tenants:
+                gauge.add_metric([row["tenant"]], float(row[key]))
+            yield gauge
+        for row in tenants:
+            for limit, count in row["rejected"].items():
+                rejected.add_metric([row["tenant"], limit], float(count))
+        yield rejected
 
         health = snap["health"]
         yield _state_set("fedgate_node_health_state", "Node health (1 for the current state)",

@@ -55,8 +55,12 @@ routing        ``recent``: the gateway's last routing decisions, newest first;
                ``breakdown``: capability → candidates from
                ``router.candidates()`` for a representative request (see
                :data:`PROBE_NOTE`); ``note``
-stats          every :class:`~fedgate.gateway.stats.GatewayStats` field; ``per_node``
-               and ``per_tenant`` as dicts of counters
+stats          every :class:`~fedgate.gateway.stats.GatewayStats` field but
+               ``tenants``; ``per_node`` and ``per_tenant`` as dicts of counters
+tenants        one row per tenant, by name: tenant, weight, in_flight,
+               max_concurrent (None: unlimited), waiting (in the fair queue),
+               admitted, completed, failed, tokens, rejected (per limit:
+               concurrency, requests, tokens)
 rates          requests/ok/failed/tokens per second over the last
                ``window_s`` seconds, from counter deltas between samples
 history        the sample ring, oldest first: ``t`` (seconds, <= 0, relative
@@ -491,6 +495,8 @@ class Telemetry:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(stats):
             value = getattr(stats, f.name)
+            if f.name == "tenants":  # a top-level section of its own (_tenants)
+                continue
             if isinstance(value, dict):
                 table: dict[str, Any] = {}
                 for i, (k, v) in enumerate(sorted(value.items()), 1):
@@ -502,6 +508,27 @@ class Telemetry:
             else:
                 out[f.name] = _plain(value)
         return out
+
+    def _tenants(self, gw: Gateway, chunk: int) -> _Section[list[dict[str, Any]]]:
+        rows = []
+        for i, t in enumerate(gw.tenants.stats(), 1):
+            rows.append(
+                {
+                    "tenant": t.tenant,
+                    "weight": _num(t.weight),
+                    "in_flight": t.in_flight,
+                    "max_concurrent": t.max_concurrent,
+                    "waiting": t.waiting,
+                    "admitted": t.admitted,
+                    "completed": t.completed,
+                    "failed": t.failed,
+                    "tokens": t.tokens,
+                    "rejected": dict(t.rejected),
+                }
+            )
+            if i % chunk == 0:
+                yield
+        return rows
 
     def _policy(
         self, gw: Gateway, workers: list[dict[str, Any]], chunk: int
@@ -564,6 +591,7 @@ class Telemetry:
         breakers, transitions = yield from self._breakers(gw, chunk)
         routes = (yield from self._routing(gw, wall_now)) if routing else None
         stats = yield from self._stats(gw, chunk)
+        tenants = yield from self._tenants(gw, chunk)
         policy = yield from self._policy(gw, workers, chunk)
         history, rates = self._history()
         self._rows = self._next_rows  # only a finished snapshot's rows are reused
@@ -585,6 +613,7 @@ class Telemetry:
             "transitions": transitions,
             "routing": routes,
             "stats": stats,
+            "tenants": tenants,
             "rates": rates,
             "history": history,
             "policy": policy,

@@ -22,8 +22,8 @@ from fedgate.errors import WorkerError
 from fedgate.transport.protocol import (
     ERR_BACKEND,
     ERR_BAD_INPUT,
-    ERR_CONTEXT_LENGTH,
     ERR_CANNOT_CONTINUE,
+    ERR_CONTEXT_LENGTH,
     ERR_UNSUPPORTED,
 )
 
@@ -32,8 +32,8 @@ __all__ = [
     "BackendRequest",
     "backend_failure",
     "bad_input",
-    "context_too_long",
     "cannot_continue",
+    "context_too_long",
     "unsupported",
 ]
 

@@ -79,8 +79,8 @@ from fedgate.worker.backends.base import (
     BackendRequest,
     backend_failure,
     bad_input,
-    context_too_long,
     cannot_continue,
+    context_too_long,
 )
 
 if TYPE_CHECKING:
