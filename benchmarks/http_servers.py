@@ -115,6 +115,9 @@ async def _load(
                 t0 = time.perf_counter()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    # An error answered fast is not a request served: never counted.
+                    raise RuntimeError(f"expected HTTP 200, got {head[:300]!r}")
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line[:15].lower() == b"content-length:":

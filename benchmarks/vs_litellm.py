@@ -66,6 +66,9 @@ class OpenAIRig(Rig):
         return [
             "--region", "us-west-2", "--model", "m", "--capability", "generate",
             "--backend", "openai", "--base-url", self.base_url, "--log-level", "WARNING",
+            # Room above the 64 connections: at its limit a worker answers "overloaded",
+            # and the gateway backs off the node (seconds with no node to ask).
+            "--max-concurrency", "256",
         ]  # fmt: skip
 
 
