@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -36,7 +37,10 @@ SERVERS = {
 }
 
 
-def _serve(kind: str, port: int) -> None:
+def _serve(kind: str, port: int, body: bytes | None = None) -> None:
+    if body is not None:  # the raw server splits requests on the body it expects
+        global BODY
+        BODY = body
     if kind == "raw":
         reply = (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -93,10 +97,13 @@ def _serve(kind: str, port: int) -> None:
                     log_level="error", access_log=False, lifespan="off")  # fmt: skip
 
 
-async def _load(port: int, conns: int, seconds: float) -> tuple[list[float], float]:
+async def _load(
+    port: int, conns: int, seconds: float, body: bytes | None = None, path: bytes | None = None
+) -> tuple[list[float], float]:
+    body = BODY if body is None else body
     request = (
         b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (PATH, len(BODY), BODY)
+        b"Content-Length: %d\r\n\r\n%s" % (PATH if path is None else path, len(body), body)
     )
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -108,6 +115,9 @@ async def _load(port: int, conns: int, seconds: float) -> tuple[list[float], flo
                 t0 = time.perf_counter()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    # An error answered fast is not a request served: never counted.
+                    raise RuntimeError(f"expected HTTP 200, got {head[:300]!r}")
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line[:15].lower() == b"content-length:":
@@ -122,6 +132,57 @@ async def _load(port: int, conns: int, seconds: float) -> tuple[list[float], flo
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(conns)))
     return latencies, time.perf_counter() - t0
+
+
+_CHILD_LOAD = """
+import asyncio, json, sys
+sys.path.insert(0, {here!r})
+import http_servers as h
+lat, took = asyncio.run(h._load({port}, {conns}, {seconds}, {body!r}, {path!r}))
+print(json.dumps([lat, took]))
+"""
+
+
+async def load_in_child(
+    port: int, conns: int, seconds: float, body: bytes, path: bytes
+) -> tuple[list[float], float]:
+    """:func:`_load` in a process of its own (the server's loop stays free to serve):
+    each request's latency in seconds, and the seconds the run took."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = _CHILD_LOAD.format(
+        here=here, port=port, conns=conns, seconds=seconds, body=body, path=path
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator exited {proc.returncode}")
+    lat, took = json.loads(out)
+    return lat, took
+
+
+def start_raw_server(body: bytes) -> tuple[subprocess.Popen[bytes], int]:
+    """The generator's ceiling: canned answers to ``body``, no HTTP parsing (a process)."""
+    port = _free_port()
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import http_servers as h; "
+    code += f"h._serve('raw', {port}, {body!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        _wait(port)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port
+
+
+def summary(lat: list[float], took: float) -> tuple[float, float, float]:
+    """p50 and p99 in ms, and requests/s."""
+    lat = sorted(lat)
+    if not lat:
+        raise RuntimeError("no request completed")
+    return statistics.median(lat) * 1e3, lat[int(len(lat) * 0.99)] * 1e3, len(lat) / took
 
 
 def _free_port() -> int:

@@ -54,11 +54,12 @@ import contextlib
 import json
 import logging
 import math
-import secrets
+import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
 from fedgate.errors import (
@@ -96,6 +97,12 @@ __all__ = ["HttpConfig", "HttpFront", "answer_of", "status_of"]
 log = logging.getLogger("fedgate.http")
 
 _JSON = "application/json"
+
+# The hot path encodes and decodes with msgspec (a dependency already: the
+# wire format), several times faster than the json module for these bodies.
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_DecodeError = msgspec.DecodeError
 
 
 class HttpError(Exception):
@@ -229,11 +236,15 @@ def qos_from_headers(headers: Any) -> tuple[QoSRequirements, str | None, float |
             raise _bad(f"x-fedgate-prefer-gpu: expected true or false, got {gpu!r}")
         kwargs["prefer_gpu"] = word in _TRUE
     try:
-        qos = QoSRequirements(**kwargs) if kwargs else QoSRequirements()
+        # Most requests name no QoS: the shared (frozen) default, not validated again.
+        qos = QoSRequirements(**kwargs) if kwargs else _DEFAULT_QOS
     except (TypeError, ValueError) as exc:
         raise _bad(str(exc)) from None
     origin = headers.get("x-fedgate-origin-region") or None
     return qos, origin, _ms(headers, "x-fedgate-deadline-ms")
+
+
+_DEFAULT_QOS = QoSRequirements()
 
 
 def tenant_from_headers(headers: Any, keys: Mapping[str, str] | None = None) -> str | None:
@@ -262,6 +273,11 @@ def tenant_from_headers(headers: Any, keys: Mapping[str, str] | None = None) -> 
                             "invalid_api_key")  # fmt: skip
         return tenant
     return key.strip()
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"request body: expected at most {limit} bytes",
+                     "invalid_request_error", "body_too_large")  # fmt: skip
 
 
 def _chat_text(obj: dict[str, Any]) -> int:
@@ -414,7 +430,7 @@ class HttpFront:
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         self.requests += 1
-        rid = f"emb-{secrets.token_hex(12)}"
+        rid = f"emb-{random.getrandbits(96):024x}"
         try:
             obj, raw = await self._body(request, kind="embeddings")
             plan, build = self._plan(request, obj, raw, rid, Capability.EMBED)
@@ -439,14 +455,18 @@ class HttpFront:
         return await self._serve(request, chat=False)
 
     async def _body(self, request: web.Request, *, kind: str) -> tuple[dict[str, Any], bytes]:
+        limit = self.config.max_body_bytes
         try:
-            # A body that trickles in is a slow client holding a connection:
-            # it gets the idle timeout, as a request head does.
-            if request.content.is_eof():
-                # Already whole (a small body comes with its head): no timer, and
-                # no task from wait_for, which would cost the loop an iteration.
-                raw = await request.read()
+            content = request.content
+            if content.is_eof():
+                # Already whole (a small body comes with its head): taken without a
+                # coroutine or a timer; the size limit is read()'s, checked here.
+                raw = content.read_nowait()
+                if len(raw) > limit:
+                    raise _too_large(limit)
             else:
+                # A body that trickles in is a slow client holding a connection:
+                # it gets the idle timeout, as a request head does.
                 raw = await asyncio.wait_for(request.read(), self.config.idle_timeout)
         except asyncio.TimeoutError:  # TimeoutError itself only from 3.11
             raise HttpError(
@@ -456,15 +476,10 @@ class HttpFront:
                 "body_timeout",
             ) from None
         except web.HTTPRequestEntityTooLarge:
-            raise HttpError(
-                413,
-                f"request body: expected at most {self.config.max_body_bytes} bytes",
-                "invalid_request_error",
-                "body_too_large",
-            ) from None
+            raise _too_large(limit) from None
         try:
-            obj = json.loads(raw)
-        except ValueError as exc:
+            obj = _decode(raw)
+        except _DecodeError as exc:
             raise _bad(f"request body: expected JSON, {exc}") from None
         if not isinstance(obj, dict):
             raise _bad("request body: expected a JSON object")
@@ -597,8 +612,9 @@ class HttpFront:
 
     async def _serve(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         self.requests += 1
-        prefix = "chatcmpl" if chat else "cmpl"
-        rid = f"{prefix}-{secrets.token_hex(12)}"
+        # 96 random bits name the request (unique, not secret: nothing is
+        # granted by knowing one), without os.urandom's system call.
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{random.getrandbits(96):024x}"
         try:
             # The credential first: an unknown caller's body is never read (401).
             tenant_from_headers(request.headers, self.gateway.tenants.keys)
@@ -634,11 +650,9 @@ class HttpFront:
                 "total_tokens": prompt_tokens + resp.tokens,
             },
         }
-        return web.Response(
-            body=json.dumps(body).encode(),
-            content_type=_JSON,
-            headers=_served(resp.node_id, resp.region_id, resp.attempts, rid, model),
-        )
+        headers = _served(resp.node_id, resp.region_id, resp.attempts, rid, model)
+        headers["Content-Type"] = _JSON
+        return web.Response(body=_encode(body), headers=headers)
 
     async def _stream(
         self,
@@ -663,6 +677,10 @@ class HttpFront:
         except Exception as exc:
             return _error_response(answer_of(exc))
 
+        # Every event of the stream shares its fields but the choice: encoded once.
+        head = b'data: {"id":%s,"object":%s,"created":%d,"model":%s,"choices":[' % (
+            _encode(rid), _encode(kind), created, _encode(model))  # fmt: skip
+
         def event(tokens: list[bytes] | None, finish: str | None = None, first: bool = False
                   ) -> bytes:  # fmt: skip
             text = b"".join(tokens).decode("utf-8", "replace") if tokens else ""
@@ -673,41 +691,37 @@ class HttpFront:
                 choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-            payload: dict[str, Any] = {"id": rid, "object": kind, "created": created,
-                                       "model": model, "choices": [choice]}  # fmt: skip
-            if finish is not None:
-                # The headers named the first node; after a mid-stream resume
-                # another one finished, and this is where a client can see it.
-                payload["x_fedgate"] = {"node": call.node, "region": call.region,
-                                        "attempts": call.attempts, "model": model}  # fmt: skip
-            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+            if finish is None:
+                return head + _encode(choice) + b"]}\n\n"
+            # The headers named the first node; after a mid-stream resume another
+            # one finished, and this is where a client can see it.
+            served = {"node": call.node, "region": call.region, "attempts": call.attempts,
+                      "model": model}  # fmt: skip
+            return head + _encode(choice) + b'],"x_fedgate":' + _encode(served) + b"}\n\n"
 
         async with contextlib.aclosing(chunks):
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/event-stream",
-                    "Cache-Control": "no-cache",
-                    **_served(call.node, call.region, call.attempts, rid, model),
-                }
-            )
+            headers = _served(call.node, call.region, call.attempts, rid, model)
+            headers["Content-Type"] = "text/event-stream"
+            headers["Cache-Control"] = "no-cache"
+            response = web.StreamResponse(headers=headers)
             await response.prepare(request)
             try:
+                # The status line leaves with the first event, in one write.
                 await response.write(event(first, first=True))
                 tokens = len(first)
                 async for chunk in chunks:
                     tokens += len(chunk)
                     await response.write(event(chunk))
-                await response.write(event(None, "stop"))
+                tail = event(None, "stop")
                 options = obj.get("stream_options")
                 if isinstance(options, dict) and options.get("include_usage"):
                     # OpenAI's usage chunk: no choices, after the last one.
                     prompt = _chat_text(obj)
                     usage = {"prompt_tokens": prompt, "completion_tokens": tokens,
                              "total_tokens": prompt + tokens}  # fmt: skip
-                    payload = {"id": rid, "object": kind, "created": created, "model": model,
-                               "choices": [], "usage": usage}  # fmt: skip
-                    await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
-                await response.write(b"data: [DONE]\n\n")
+                    tail += head + b"]," + _encode({"usage": usage})[1:] + b"\n\n"
+                # The last events and the chunked encoding's end: one write.
+                await response.write_eof(tail + b"data: [DONE]\n\n")
             except asyncio.CancelledError:
                 self.disconnects += 1
                 raise
@@ -723,7 +737,6 @@ class HttpFront:
                 with contextlib.suppress(ConnectionError):
                     await response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
                 return response
-            await response.write_eof()
             return response
 
 

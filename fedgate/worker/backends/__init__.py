@@ -3,7 +3,7 @@
 Built in: ``synthetic`` (deterministic tokens, timing and faults: what tests
 and benchmarks use), ``openai`` (any OpenAI-compatible server, streaming) and
 ``python`` (a user's ``module:function``). Each is imported only when asked
-for, so a worker never loads ``httpx`` unless it proxies.
+for, so a worker never loads an HTTP client unless it proxies.
 
 >>> from fedgate.worker.backends import create_backend
 >>> backend = create_backend("synthetic", tokens=4, token_rate=100.0)
