@@ -129,3 +129,70 @@ def test_listen_addresses() -> None:
             HttpConfig(listen=bad)
     with pytest.raises(InvalidParameterError):
         HttpConfig(max_body_bytes=10)
+
+
+@pytest.mark.parametrize(
+    ("remote", "served"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        (None, True),  # a Unix socket: the host's own
+        ("10.0.0.7", False),
+        ("192.168.1.20", False),
+        ("::ffff:10.0.0.7", False),
+        ("fe80::1%eth0", False),
+        ("not-an-address", False),
+    ],
+)
+async def test_metrics_are_served_to_loopback_peers_only(remote: str | None, served: bool) -> None:
+    """Every tenant's counters and node names: never to a peer on the network (SPEC §5)."""
+    import types
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from fedgate.gateway.http import HttpFront
+
+    async def page() -> bytes:
+        return b"fedgate_requests_total 1\n"
+
+    gateway = types.SimpleNamespace(tenants=types.SimpleNamespace(keys={}))
+    front = HttpFront(gateway, metrics=page)  # type: ignore[arg-type]
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (remote, 40000) if name == "peername" and remote is not None else default
+    )
+    request = make_mocked_request("GET", "/metrics", transport=transport)
+    response = await front._metrics_page(request)
+    if served:
+        assert response.status == 200
+        assert response.body == b"fedgate_requests_total 1\n"
+    else:
+        assert response.status == 403
+        assert b"fedgate_requests_total" not in response.body
+        assert remote.encode() in response.body  # names the refused peer
+
+
+async def test_with_api_keys_the_catalog_needs_a_key() -> None:
+    """/v1/models names every model and region: for key holders only, once keys exist."""
+    import json
+    import types
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from fedgate.gateway.http import HttpFront
+
+    catalog = types.SimpleNamespace(deployments=lambda: [], has_model=lambda m: False)
+    gateway = types.SimpleNamespace(
+        tenants=types.SimpleNamespace(keys={"sk-acme": "acme"}), catalog=catalog
+    )
+    front = HttpFront(gateway)  # type: ignore[arg-type]
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        response = await front._models(make_mocked_request("GET", "/v1/models", headers=headers))
+        assert response.status == 401
+        assert json.loads(response.body)["error"]["code"] == "invalid_api_key"
+    ok = make_mocked_request("GET", "/v1/models", headers={"Authorization": "Bearer sk-acme"})
+    response = await front._models(ok)
+    assert response.status == 200
+    assert json.loads(response.body) == {"object": "list", "data": []}

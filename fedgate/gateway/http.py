@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -388,10 +389,22 @@ class HttpFront:
     async def _metrics_page(self, request: web.Request) -> web.Response:
         if self._metrics is None:
             return _error_response(HttpError(404, "metrics are not served", "not_found_error"))
+        if not _is_loopback(request.remote):
+            # Every tenant's counters and every node's name: for the host's own
+            # scraper, as the Prometheus port (which binds 127.0.0.1 only) is.
+            return _error_response(HttpError(
+                403, f"/metrics is served to loopback clients only, not {request.remote}",
+                "permission_error", "metrics_loopback_only",
+            ))  # fmt: skip
         body = await self._metrics()
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def _models(self, request: web.Request) -> web.Response:
+        try:
+            # Once API keys are declared, the catalog is for their holders only.
+            tenant_from_headers(request.headers, self.gateway.tenants.keys)
+        except HttpError as err:
+            return _error_response(err)
         catalog = self.gateway.catalog
         data = []
         for model in sorted({m for m, _ in catalog.deployments()}):
@@ -432,6 +445,8 @@ class HttpFront:
         self.requests += 1
         rid = f"emb-{random.getrandbits(96):024x}"
         try:
+            # The credential first: an unknown caller's body is never read (401).
+            tenant_from_headers(request.headers, self.gateway.tenants.keys)
             obj, raw = await self._body(request, kind="embeddings")
             plan, build = self._plan(request, obj, raw, rid, Capability.EMBED)
             resp, model = await self._unary(plan, build)
@@ -738,6 +753,16 @@ class HttpFront:
                     await response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
                 return response
             return response
+
+
+def _is_loopback(remote: str | None) -> bool:
+    """Whether a peer address is this host's own (127.0.0.0/8, ::1, a Unix socket)."""
+    if not remote:
+        return True  # no peer address: a Unix socket or an in-process test client
+    try:
+        return ipaddress.ip_address(remote.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _served(node: str, region: str, attempts: int, rid: str, model: str) -> dict[str, str]:
