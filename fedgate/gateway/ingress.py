@@ -408,21 +408,11 @@ class IngressClient:
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(f"endpoint: expected a ZeroMQ endpoint, got {endpoint!r}")
-        if (key is None) != (gateway_key is None):
-            raise ValueError(
-                f"key, gateway_key: expected both CURVE key files or neither, "
-                f"got key={key!r}, gateway_key={gateway_key!r}"
-            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
         self.endpoint = endpoint
         self.timeout = float(timeout)
-        # Read now: a missing key file is the caller's error, not a silent timeout later.
-        self._options: dict[Any, Any] = {}
-        if key is not None and gateway_key is not None:
-            self._options = curve.client_options(
-                curve.load_pair(key), curve.load_public(gateway_key)
-            )
+        self._options = curve.client_options_from_files(key, gateway_key)
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None

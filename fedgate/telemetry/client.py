@@ -77,19 +77,9 @@ class TelemetryClient:
             or not (0 < timeout < math.inf)
         ):
             raise ValueError(f"timeout: expected finite seconds > 0, got {timeout!r}")
-        if (key is None) != (gateway_key is None):
-            raise ValueError(
-                f"key, gateway_key: expected both CURVE key files or neither, "
-                f"got key={key!r}, gateway_key={gateway_key!r}"
-            )
         self.endpoint = endpoint
         self.timeout = float(timeout)
-        # Read now: a missing key file is the caller's error, not a timeout later.
-        self._options: dict[Any, Any] = {}
-        if key is not None and gateway_key is not None:
-            self._options = curve.client_options(
-                curve.load_pair(key), curve.load_public(gateway_key)
-            )
+        self._options = curve.client_options_from_files(key, gateway_key)
         self._seq = 0
         self._actx: zmq.asyncio.Context | None = None
         self._asock: zmq.asyncio.Socket | None = None

@@ -41,6 +41,7 @@ __all__ = [
     "WORKER_DOMAIN",
     "KeyPair",
     "client_options",
+    "client_options_from_files",
     "digest",
     "fingerprint",
     "generate",
@@ -166,6 +167,24 @@ def client_options(pair: KeyPair, server_public: bytes) -> dict[Any, Any]:
         zmq.CURVE_PUBLICKEY: pair.public,
         zmq.CURVE_SECRETKEY: pair.secret,
     }
+
+
+def client_options_from_files(
+    key: str | os.PathLike[str] | None, gateway_key: str | os.PathLike[str] | None
+) -> dict[Any, Any]:
+    """A client's CURVE options from its key pair file and the gateway's public key file.
+
+    Both or neither (no options: a plain socket). The files are read now, so a
+    missing one is the caller's error, not a silent timeout at the first request.
+    """
+    if (key is None) != (gateway_key is None):
+        raise ValueError(
+            f"key, gateway_key: expected both CURVE key files or neither, "
+            f"got key={key!r}, gateway_key={gateway_key!r}"
+        )
+    if key is None or gateway_key is None:
+        return {}
+    return client_options(load_pair(key), load_public(gateway_key))
 
 
 def start_authenticator(
