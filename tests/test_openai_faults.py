@@ -9,6 +9,7 @@ Retry-After it carries, and that no fault ends as a short success.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -243,3 +244,18 @@ async def test_a_continuation_that_cannot_be_sent_is_cannot_continue() -> None:
                 await continued(up, request)
             assert info.value.code == ERR_CANNOT_CONTINUE and not info.value.node_caused
         assert up.attempts == []
+
+
+async def test_values_only_pythons_json_reads_reach_the_upstream_as_written() -> None:
+    # The hot path parses with msgspec; what it refuses (NaN, a float past its range,
+    # a lone surrogate) must still go out as json.dumps wrote it, never as null.
+    body = (
+        b'{"messages": [{"role": "user", "content": "hi"}],'
+        b' "temperature": NaN, "top_p": 1e400, "user": "\\ud800"}'
+    )
+    async with FakeUpstream("ok") as up:
+        tokens = await run(backend(up), body)
+    assert b"".join(tokens).decode() == answer()
+    (seen,) = up.attempts
+    assert math.isnan(seen.body["temperature"])  # type: ignore[arg-type]
+    assert (seen.body["top_p"], seen.body["user"]) == (math.inf, "\ud800")
