@@ -239,3 +239,33 @@ async def test_in_flight_work_fails_over_when_its_node_stops_heartbeating(delive
         await reading
         assert got == toks(0, 5)
         assert fed.gw.stats().failovers == 1
+
+
+# ------------------------------------------------------------- one link, one node
+async def test_one_connection_cannot_announce_a_second_node() -> None:
+    """A process minting node ids on its one socket is refused; its first node stays."""
+    async with scripted_federation("a") as fed:
+        rogue = fed["a"]
+        for fake in ("fake-1", "fake-2"):
+            await rogue.send(
+                wire.Ready(
+                    fake, "us-west-2", rogue.worker_id, ["m"], ["generate"], False, 0.01, 16,
+                    True, 1.0, 0, "scripted",
+                )
+            )  # fmt: skip
+        await until(
+            lambda: sum(isinstance(m, wire.Refuse) for m in rogue.received) == 2,
+            "both fakes refused",
+        )
+        refusals = [m for m in rogue.received if isinstance(m, wire.Refuse)]
+        assert [m.node for m in refusals] == ["fake-1", "fake-2"]
+        assert "already serves node 'a'" in refusals[0].reason
+        assert sorted(w["node"] for w in fed.gw.workers()) == ["a"]
+        assert list(fed.gw.catalog.models_on(NodeId("fake-1"))) == []
+        assert fed.gw.stats().refused_by_reason == {"one_node": 2}
+        # The real node is untouched: it still gets the traffic.
+        task = fed.spawn(fed.gw.infer(req("after-fakes")))
+        worker, request = await fed.next_request()
+        assert worker is rogue
+        await worker.final(request, 1, b"ok")
+        assert (await task).node_id == "a"
