@@ -43,15 +43,9 @@ A failed attempt is one of two kinds, and they are treated differently:
 
 A busy node is left alone for a while (SPEC §2 Gateway, R24)
 -------------------------------------------------------------
-A worker's ``overloaded`` error (its own concurrency limit, or its upstream's
-429 or 503) is not the node's fault, but asking it again at once only adds to
-its load. The node *cools down*: no request of this gateway is sent to it
-until the cooldown ends. A cooldown lasts the ``Retry-After`` the node
-carried, exactly when it carried one (never shorter: the upstream said when),
-otherwise a backoff that doubles with each overload in a row, from
-``retry_delay`` up to :data:`MAX_COOLDOWN`, with jitter (0.5–1.5×) so that
-gateways do not come back in step: at most one attempt per node per backoff
-step. A success on the node ends its streak. A request that finds every
+A worker's ``overloaded`` error cools the node down: no request is sent to it
+until its ``Retry-After``, or a jittered backoff, has passed
+(:mod:`fedgate.gateway.cooldown` has the rules). A request that finds every
 eligible node cooling waits for the first to cool, inside its deadline.
 
 A stream continues from what it delivered (SPEC §2 Gateway, R24)
@@ -113,6 +107,7 @@ from fedgate.federation.health import HealthChecker
 from fedgate.federation.statemachine import RequestLifecycle, RequestState, TransitionHook
 from fedgate.gateway.attempt import Attempt, Attempts, Lost, LostCause
 from fedgate.gateway.config import GatewayConfig
+from fedgate.gateway.cooldown import MAX_COOLDOWN, Cooldowns
 from fedgate.gateway.registry import Registry, Worker
 from fedgate.gateway.stats import GatewayCounters, NodeStats, RouteRecord
 from fedgate.gateway.tenants import TenantBook, Ticket
@@ -121,9 +116,6 @@ from fedgate.transport import protocol as wire
 from fedgate.types import InferenceRequest, InferenceResponse, NodeId, RegionId
 
 __all__ = ["MAX_COOLDOWN", "Call", "CallEnv", "Failure"]
-
-MAX_COOLDOWN = 30.0
-"""Longest backoff of a node overloaded many times in a row, in seconds."""
 
 _FRAME_MARGIN = 4096
 """Bytes a Request frame holds besides its input and delivered text (ids, deadline, …)."""
@@ -145,12 +137,11 @@ class CallEnv:
         "breaker",
         "budget_waiters",
         "config",
-        "cooldown",
+        "cooldowns",
         "counters",
         "health",
         "hooks",
         "loop",
-        "overloads",
         "recent_routes",
         "registry",
         "rng",
@@ -178,13 +169,12 @@ class CallEnv:
         self.attempts = attempts
         # Quotas (admission) and the fair queue (tenants): gateway/tenants.py.
         self.tenants = tenants if tenants is not None else TenantBook(max_queued=config.max_queued)
-        # node → loop time before which it is not asked (see "A busy node …" above)
-        self.cooldown: dict[NodeId, float] = {}
-        self.overloads: dict[NodeId, int] = {}  # node → overloads in a row
         self.counters = counters
         self.recent_routes = recent_routes
         self.hooks: list[TransitionHook] = []
         self.rng = random.Random()
+        # Nodes that said they are busy, left alone for a while (gateway/cooldown.py).
+        self.cooldowns = Cooldowns(config.retry_delay, self.rng)
         self.loop: asyncio.AbstractEventLoop | None = None
         # Requests whose charged retry waits for room in the retry budget.
         self.budget_waiters: deque[asyncio.Future[None]] = deque()
@@ -310,48 +300,16 @@ class Call:
             request_id=self.request.request_id,
         )
 
-    # ------------------------------------------------------------- the two loops
+    # --------------------------------------------------------------- the loop
     async def run_unary(self) -> None:
-        """Run the request to its answer (``self.output``), failing over as needed."""
-        loop = self.env.loop
-        assert loop is not None
-        outcome = self._begin()
-        try:
-            self.lifecycle.to(_S.ROUTING)
-            while True:
-                choice = self._choose()
-                while not isinstance(choice, tuple):
-                    # Every eligible node is at its concurrency limit, or cooling down.
-                    await self._wait_for(choice)
-                    choice = self._choose()
-                worker, score, admission = choice
-                att = self._send_attempt(worker, score)
-                failure: Failure | None = None
-                if isinstance(att, Attempt):
-                    finished = False
-                    try:
-                        while True:
-                            step = self._step(await att.next(loop), att)
-                            if step is None:
-                                finished = True
-                                break
-                            if isinstance(step, Failure):
-                                failure = step
-                                break
-                    finally:
-                        self._end_attempt(att, admission, finished, failure)
-                    if finished:
-                        outcome = self._completed(att)
-                        return
-                else:
-                    failure = att
-                assert failure is not None
-                await self._after_failure(worker.node, admission, failure)
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            self._end(outcome)
+        """Run the request to its answer (``self.output``), failing over as needed.
+
+        The attempt loop is :meth:`run`'s; a unary answer arrives whole in its
+        FINAL, so there are no chunks to hand on. No ``aclosing``: every await is
+        inside the generator, so a cancellation ends it there, ``finally`` and all.
+        """
+        async for _ in self.run():
+            pass
 
     async def run(self) -> AsyncGenerator[list[bytes], None]:
         """Run the request as a stream: yields each chunk of new tokens, in order."""
@@ -439,15 +397,11 @@ class Call:
 
     def _exclude(self) -> set[NodeId]:
         exclude = self.tried
-        cooldown = self.env.cooldown
-        if cooldown:
+        cooldowns = self.env.cooldowns
+        if cooldowns:
             loop = self.env.loop
             assert loop is not None
-            now = loop.time()
-            cooling = {node for node, until in cooldown.items() if until > now}
-            if len(cooling) < len(cooldown):
-                for node in [n for n in cooldown if n not in cooling]:
-                    del cooldown[node]
+            cooling = cooldowns.cooling(loop.time())
             if cooling:
                 exclude = exclude | cooling
         if not self.stream or self.next_index == 0:
@@ -472,16 +426,6 @@ class Call:
         if not self.next_index or kept is None or worker.resumable or not worker.continuable:
             return b""
         return b"".join(kept)
-
-    def _cooled_at(self) -> float | None:
-        """When the first cooling node this request has not tried is free, if before the
-        deadline: the time to route again once every other node is out."""
-        tried = self.tried
-        wake = min(
-            (until for node, until in self.env.cooldown.items() if node not in tried),
-            default=None,
-        )
-        return wake if wake is not None and wake < self.deadline else None
 
     async def _wait_for(self, what: BackpressureError | float) -> None:
         if isinstance(what, BackpressureError):
@@ -513,11 +457,13 @@ class Call:
             except BackpressureError as exc:
                 return exc
             except FederationError as exc:
-                wake = self._cooled_at() if self.env.cooldown else None
+                cooldowns = env.cooldowns
+                # Only cooling nodes left: route again when the first not yet tried is free.
+                wake = cooldowns.first_free(tried, self.deadline) if cooldowns else None
                 if wake is not None:
                     return wake
                 self.lifecycle.to(_S.FAILED)
-                cooling = self._cooling_error(exc) if self.env.cooldown else None
+                cooling = self._cooling_error(exc) if cooldowns else None
                 raise self._final_error(cooling or exc) from exc
             node = decision.node_id
             worker = env.registry.by_node.get(node)
@@ -547,11 +493,7 @@ class Call:
         loop = env.loop
         assert loop is not None
         now = loop.time()
-        cooling = sorted(
-            (until, node)
-            for node, until in env.cooldown.items()
-            if until > now and node not in self.tried
-        )
+        cooling = env.cooldowns.pending(self.tried, now)
         exclude = self.tried | {node for _, node in cooling}
         for until, node in cooling:
             try:
@@ -748,8 +690,7 @@ class Call:
         # The node's health sees its own attempt's latency, not the backoffs before it.
         env.health.report_success(node, now - attempt_started)
         env.breaker.record_success(node)
-        if env.overloads:
-            env.overloads.pop(node, None)  # its overload streak is over
+        env.cooldowns.succeeded(node)
         stats = counters.per_node[node]
         stats.successes += 1
         stats.tokens += self.next_index
@@ -792,7 +733,9 @@ class Call:
             )
         node_caused = msg.node_caused or wire.is_node_caused(code)
         if code == wire.ERR_OVERLOADED:
-            self._cool(self.node, msg.retry_after)
+            loop = self.env.loop
+            assert loop is not None
+            self.env.cooldowns.overloaded(self.node, msg.retry_after, loop.time())
         if code == wire.ERR_DEADLINE:
             return Failure(DeadlineExceededError(text), node_caused, False, answered=True)
         # retry_after travels on: a caller told "every node is busy" learns for how long.
@@ -804,21 +747,6 @@ class Call:
             upstream_code=upstream,
         )
         return Failure(error, node_caused, True, answered=True)
-
-    def _cool(self, node: NodeId, retry_after: float) -> None:
-        """Leave an overloaded node alone: for its Retry-After, or a jittered backoff."""
-        env = self.env
-        loop = env.loop
-        assert loop is not None
-        streak = env.overloads[node] = env.overloads.get(node, 0) + 1
-        if retry_after > 0:
-            pause = retry_after
-        else:
-            step = min(env.config.retry_delay * 2 ** min(streak - 1, 30), MAX_COOLDOWN)
-            pause = step * (0.5 + env.rng.random())
-        until = loop.time() + pause
-        if until > env.cooldown.get(node, 0.0):
-            env.cooldown[node] = until
 
     def _local_error(self, event: Lost, node: NodeId) -> Failure:
         """The failure the gateway observed itself (no frame from the node)."""
