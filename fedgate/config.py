@@ -43,9 +43,8 @@ a file that passes ``fedgate gateway --check`` is one the gateway starts with.
 
 Command-line flags override the file: :func:`apply_overrides` sets dotted keys
 in the parsed TOML data before it is checked, so a flag's value passes the same
-checks (its error names the flag). :func:`build_gateway` turns a config into a
-:class:`~fedgate.gateway.gateway.Gateway`; :func:`reload_gateway` applies a new config
-to a running one (policy, strategy, origin, region clearances, tenants) all or nothing.
+checks (its error names the flag). What a config does to a running gateway (build it, reload it) is
+:mod:`fedgate.deploy`'s.
 
 ``[policy]`` overlays a preset: ``preset = "enterprise_default"`` (the
 default: Health 2, Latency, Privacy, Locality, Cost 1) or ``"none"`` (start
@@ -63,8 +62,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fedgate.federation.breaker import BreakerConfig, CircuitBreaker
-from fedgate.federation.health import HealthChecker, HealthConfig
+from fedgate.federation.breaker import BreakerConfig
+from fedgate.federation.health import HealthConfig
 from fedgate.federation.policy import (
     CompositePolicy,
     CostPolicy,
@@ -93,7 +92,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from fedgate.gateway import Gateway, GatewayConfig
+    from fedgate.gateway import GatewayConfig
     from fedgate.gateway.config import HttpConfig
     from fedgate.gateway.models import ModelTable
     from fedgate.gateway.tenants import Tenants
@@ -106,11 +105,9 @@ __all__ = [
     "ConfigError",
     "FedgateConfig",
     "apply_overrides",
-    "build_gateway",
     "load_config",
     "loads_config",
     "parse_config",
-    "reload_gateway",
     "to_toml",
     "worker_config",
 ]
@@ -214,6 +211,13 @@ def _table(key: str, value: Any) -> Mapping[str, Any]:
 
 def _unknown(key: str, allowed: Sequence[str]) -> ConfigError:
     return ConfigError(key, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def _only(where: str, table: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    """Raise for the first key of ``table`` (at ``where``) that is not in ``allowed``."""
+    for key in table:
+        if key not in allowed:
+            raise _unknown(f"{where}.{key}", allowed)
 
 
 def _at(path: str, exc: InvalidParameterError) -> ConfigError:
@@ -463,9 +467,7 @@ def _regions_table(data: Any) -> tuple[Region, ...]:
     for i, row in enumerate(data):
         where = f"regions[{i}]"
         table = _table(where, row)
-        for key in table:
-            if key not in _REGION_KEYS:
-                raise _unknown(f"{where}.{key}", _REGION_KEYS)
+        _only(where, table, _REGION_KEYS)
         if "id" not in table:
             raise ConfigError(f"{where}.id", "missing; every [[regions]] entry needs an id")
         if isinstance(table.get("clearance"), int):
@@ -523,10 +525,7 @@ def _policy_table(data: Any) -> CompositePolicy:
 
 def _simple_table(name: str, cls: Any, data: Any) -> Any:
     table = _table(name, data)
-    allowed = [f.name for f in fields(cls)]
-    for key in table:
-        if key not in allowed:
-            raise _unknown(f"{name}.{key}", allowed)
+    _only(name, table, [f.name for f in fields(cls)])
     return _build(cls, {k: f"{name}.{k}" for k in table}, table, name)
 
 
@@ -535,9 +534,7 @@ def _trust_table(data: Any, source: str | None) -> Trust:
 
     table = _table("trust", data)
     allowed = ["key", "trusted", "grants", "clients", "operators", "audit_log"]
-    for key in table:
-        if key not in allowed:
-            raise _unknown(f"trust.{key}", allowed)
+    _only("trust", table, allowed)
     for key in ("key", "trusted"):
         if key not in table:
             raise ConfigError(f"trust.{key}", "missing; [trust] needs key and trusted")
@@ -554,9 +551,7 @@ def _trust_table(data: Any, source: str | None) -> Trust:
         where = f"trust.grants.{name}"
         row = dict(_table(where, grant))
         known = [f.name for f in fields(WorkerGrant)]
-        for key in row:
-            if key not in known:
-                raise _unknown(f"{where}.{key}", known)
+        _only(where, row, known)
         if "nodes" in row:
             row["nodes"] = _listed(row["nodes"])
         for key in ("nodes", "region"):
@@ -585,9 +580,7 @@ def _model_tables(aliases: Any, models: Any) -> ModelTable:
     for name, row in _table("aliases", aliases).items():
         where = f"aliases.{name}"
         table = _table(where, row)
-        for key in table:
-            if key != "models":
-                raise _unknown(f"{where}.{key}", ["models"])
+        _only(where, table, ["models"])
         if "models" not in table:
             raise ConfigError(f"{where}.models", "missing; an alias lists its catalog models")
         values = {"name": name, "models": _listed(table["models"])}
@@ -596,9 +589,7 @@ def _model_tables(aliases: Any, models: Any) -> ModelTable:
     for name, row in _table("models", models).items():
         where = f"models.{name}"
         table = _table(where, row)
-        for key in table:
-            if key != "context_window":
-                raise _unknown(f"{where}.{key}", ["context_window"])
+        _only(where, table, ["context_window"])
         paths = {"name": where, "context_window": f"{where}.context_window"}
         specs.append(_build(ModelSpec, paths, {"name": name, **table}, where))
     try:
@@ -617,9 +608,7 @@ def _tenants_table(data: Any) -> Tenants:
     for name, row in table.items():
         where = f"tenants.{name}"
         row = dict(_table(where, row))
-        for key in row:
-            if key not in known:
-                raise _unknown(f"{where}.{key}", known)
+        _only(where, row, known)
         if "api_keys" in row:
             row["api_keys"] = _listed(row["api_keys"])
         tenants[name] = _build(TenantLimits, {k: f"{where}.{k}" for k in known}, row, where)
@@ -851,81 +840,6 @@ def _copy(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------- using it
-
-
-def build_gateway(cfg: FedgateConfig) -> Gateway:
-    """A :class:`~fedgate.gateway.gateway.Gateway` built from ``cfg`` (not started).
-
-    The telemetry endpoint and Prometheus port are not the gateway's: serve
-    them with ``TelemetryServer(gateway, cfg.telemetry, cfg.prometheus_port)``.
-    """
-    from fedgate.gateway import GatewayBuilder
-
-    builder = (
-        GatewayBuilder()
-        .config(cfg.gateway)
-        .health(HealthChecker(cfg.health))
-        .circuit_breaker(CircuitBreaker(cfg.breaker))
-        .policy(cfg.policy)
-        .regions(*cfg.regions)
-        .strategy(cfg.strategy)
-        .origin(cfg.origin)
-    )
-    if cfg.gateway_id is not None:
-        builder = builder.gateway_id(cfg.gateway_id)
-    builder = builder.trust(cfg.trust).tenants(cfg.tenants)
-    for endpoint in cfg.binds:
-        builder = builder.bind(endpoint)
-    return builder.build()
-
-
-def reload_gateway(gateway: Gateway, current: FedgateConfig, new: FedgateConfig) -> list[str]:
-    """Apply ``new`` to a running gateway built from ``current``; what changed, in words.
-
-    Routing settings change in place: the policy, the strategy, the origin and
-    region clearances (a region dropped from the file goes back to INTERNAL);
-    so does ``[tenants]`` (API keys, quotas, weights).
-    Settings that need a restart (binds, telemetry, ingress, Prometheus, gateway id,
-    GatewayConfig, breaker and health settings) are left as they are and
-    reported as such. ``new`` is already fully checked, so applying it cannot
-    fail half-way.
-
-    Returns
-    -------
-    list of str
-        One line per change applied or left for a restart.
-    """
-    notes: list[str] = []
-    router = gateway.router
-    if new.policy != router.policy:
-        router.set_policy(new.policy)
-        notes.append("policy: " + _describe_policy(new.policy))
-    if new.strategy != router.strategy:
-        router.set_strategy(new.strategy)
-        notes.append(f"strategy: {new.strategy}")
-    if new.origin != current.origin:
-        router.set_origin(new.origin)
-        notes.append(f"origin: {new.origin or 'none'}")
-    new_ids = {r.id for r in new.regions}
-    for region in new.regions:
-        if current.region(region.id) != region:
-            router.set_region(region)
-            notes.append(f"region {region.id}: clearance {region.clearance.name}")
-    for region in current.regions:
-        if region.id not in new_ids:
-            router.set_region(Region(region.id))
-            notes.append(f"region {region.id}: removed (clearance INTERNAL)")
-    if new.tenants != current.tenants:  # keys, quotas, weights: at once
-        notes.extend(gateway.tenants.reconfigure(new.tenants))
-    for name in ("binds", "telemetry", "ingress", "prometheus_port", "gateway_id", "gateway",
-                 "breaker", "health", "trust", "models"):  # fmt: skip
-        if getattr(new, name) != getattr(current, name):
-            notes.append(f"{name}: changed in the file; takes effect after a restart")
-    return notes
-
-
-def _describe_policy(policy: CompositePolicy) -> str:
-    return ", ".join(f"{p.name} {p.weight:g}" for p in policy.policies) or "none"
 
 
 def worker_config(cfg: FedgateConfig, **overrides: Any) -> WorkerConfig:

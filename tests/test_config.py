@@ -19,14 +19,13 @@ from fedgate.config import (
     ConfigError,
     FedgateConfig,
     apply_overrides,
-    build_gateway,
     load_config,
     loads_config,
     parse_config,
-    reload_gateway,
     to_toml,
     worker_config,
 )
+from fedgate.deploy import build_gateway, reload_gateway
 from fedgate.federation.breaker import BreakerConfig
 from fedgate.federation.health import HealthConfig
 from fedgate.federation.policy import (

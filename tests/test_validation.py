@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import pytest
 
 from fedgate import cli
-from fedgate.config import ConfigError, FedgateConfig, build_gateway, loads_config
+from fedgate.config import ConfigError, FedgateConfig, loads_config
+from fedgate.deploy import build_gateway
 from fedgate.federation.breaker import BreakerConfig
 from fedgate.federation.health import HealthConfig
 from fedgate.gateway import GatewayConfig

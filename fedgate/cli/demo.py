@@ -219,7 +219,8 @@ class _Demo:
 
     async def _start(self, log_dir: Path) -> bool:
         """Start the gateway, its telemetry and the workers; False if the federation failed."""
-        from fedgate.config import FedgateConfig, build_gateway
+        from fedgate.config import FedgateConfig
+        from fedgate.deploy import build_gateway
         from fedgate.gateway import GatewayConfig
         from fedgate.telemetry import TelemetryServer
 

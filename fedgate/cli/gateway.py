@@ -32,11 +32,10 @@ from fedgate.config import (
     DEFAULT_BIND,
     ConfigError,
     FedgateConfig,
-    build_gateway,
     load_config,
-    reload_gateway,
     to_toml,
 )
+from fedgate.deploy import build_gateway, reload_gateway
 from fedgate.federation.breaker import BreakerConfig
 from fedgate.federation.health import HealthConfig
 from fedgate.federation.policy import (
