@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
@@ -40,7 +41,7 @@ async def _gateway(trust: Trust | None) -> Gateway:
     return gw
 
 
-def _worker(gw: Gateway, node: str, *flags: str) -> subprocess.Popen[bytes]:
+def worker(gw: Gateway, node: str, *flags: str) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "fedgate", "worker", "--gateway", gw.endpoints[0],
             "--node", node, "--region", "us-west-2", "--model", "m", "--capability",
             "generate", "--tokens", "1", "--log-level", "WARNING", *flags]
@@ -57,9 +58,33 @@ async def _round(gw: Gateway, n: int) -> list[float]:
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def alternate(
+    modes: dict[str, Callable[[int], Awaitable[list[float]]]], calls: int, rounds: int
+) -> dict[str, list[float]]:
+    """``calls`` timed calls per mode, in ``rounds`` rounds whose order alternates."""
+    got: dict[str, list[float]] = {name: [] for name in modes}
+    per = calls // rounds
+    order = list(modes.items())
+    for i in range(rounds):
+        # Alternating which goes first: neither always follows the other.
+        for name, run in order if i % 2 == 0 else order[::-1]:
+            got[name] += await run(per)
+    return got
+
+
+def report(got: dict[str, list[float]], what: str) -> None:
+    """p50 and p99 of each mode, and CURVE's ratio to plain."""
+    p50 = {k: statistics.median(v) * 1e6 for k, v in got.items()}
+    p99 = {k: pct(v, 0.99) * 1e6 for k, v in got.items()}
+    for k in got:
+        print(f"{k:>6}: {what} p50 {p50[k]:7.1f} us  p99 {p99[k]:7.1f} us  ({len(got[k])} calls)")
+    print(f"curve/plain: p50 {p50['curve'] / p50['plain']:.3f}x  "
+          f"p99 {p99['curve'] / p99['plain']:.3f}x")
 
 
 async def main(calls: int, rounds: int) -> None:
@@ -74,8 +99,8 @@ async def main(calls: int, rounds: int) -> None:
         )
         plain, secured = await _gateway(None), await _gateway(trust)
         procs = [
-            _worker(plain, "plain"),
-            _worker(secured, "secured", "--key", str(keys / "trusted" / "w.key_secret"),
+            worker(plain, "plain"),
+            worker(secured, "secured", "--key", str(keys / "trusted" / "w.key_secret"),
                     "--gateway-key", str(keys / "keys" / "gateway.key")),
         ]
         try:
@@ -83,25 +108,17 @@ async def main(calls: int, rounds: int) -> None:
             await secured.wait_for_workers(1, timeout=30.0)
             for gw in (plain, secured):
                 await _round(gw, 200)  # warm: connections, kernels, caches
-            got: dict[str, list[float]] = {"plain": [], "curve": []}
-            per = calls // rounds
-            for i in range(rounds):
-                # Alternating which goes first: neither always follows the other.
-                order = [("plain", plain), ("curve", secured)]
-                for name, gw in order if i % 2 == 0 else order[::-1]:
-                    got[name] += await _round(gw, per)
+            got = await alternate(
+                {"plain": lambda n: _round(plain, n), "curve": lambda n: _round(secured, n)},
+                calls, rounds,
+            )  # fmt: skip
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
             await plain.stop()
             await secured.stop()
-    p50 = {k: statistics.median(v) * 1e6 for k, v in got.items()}
-    p99 = {k: _pct(v, 0.99) * 1e6 for k, v in got.items()}
-    for k in got:
-        print(f"{k:>6}: infer() p50 {p50[k]:7.1f} us  p99 {p99[k]:7.1f} us  ({len(got[k])} calls)")
-    print(f"curve/plain: p50 {p50['curve'] / p50['plain']:.3f}x  "
-          f"p99 {p99['curve'] / p99['plain']:.3f}x")
+    report(got, "infer()")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.curve import alternate, report, worker
 from fedgate.gateway import Gateway, GatewayBuilder, GatewayConfig
 from fedgate.gateway.ingress import Ingress, IngressClient
 from fedgate.gateway.trust import Trust, WorkerGrant
@@ -43,13 +41,6 @@ async def _gateway(trust: Trust | None) -> tuple[Gateway, Ingress]:
     return gw, ingress
 
 
-def _worker(gw: Gateway, node: str, *flags: str) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "fedgate", "worker", "--gateway", gw.endpoints[0],
-            "--node", node, "--region", "us-west-2", "--model", "m", "--capability",
-            "generate", "--tokens", "1", "--log-level", "WARNING", *flags]
-    return subprocess.Popen(argv)
-
-
 async def _round(client: IngressClient, n: int) -> list[float]:
     out = []
     clock = time.perf_counter
@@ -59,11 +50,6 @@ async def _round(client: IngressClient, n: int) -> list[float]:
         await client.infer("generate", payload)
         out.append(clock() - start)
     return out
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main(calls: int, rounds: int) -> None:
@@ -80,8 +66,8 @@ async def main(calls: int, rounds: int) -> None:
         )
         (plain, plain_in), (secured, secured_in) = await _gateway(None), await _gateway(trust)
         procs = [
-            _worker(plain, "plain"),
-            _worker(secured, "secured", "--key", str(keys / "trusted" / "w.key_secret"),
+            worker(plain, "plain"),
+            worker(secured, "secured", "--key", str(keys / "trusted" / "w.key_secret"),
                     "--gateway-key", str(keys / "keys" / "gateway.key")),
         ]
         clients = {
@@ -95,13 +81,11 @@ async def main(calls: int, rounds: int) -> None:
             await secured.wait_for_workers(1, timeout=30.0)
             for client in clients.values():
                 await _round(client, 200)  # warm: connections, kernels, caches
-            got: dict[str, list[float]] = {"plain": [], "curve": []}
-            per = calls // rounds
-            for i in range(rounds):
-                # Alternating which goes first: neither always follows the other.
-                order = list(clients.items())
-                for name, client in order if i % 2 == 0 else order[::-1]:
-                    got[name] += await _round(client, per)
+            got = await alternate(
+                {"plain": lambda n: _round(clients["plain"], n),
+                 "curve": lambda n: _round(clients["curve"], n)},
+                calls, rounds,
+            )  # fmt: skip
         finally:
             for client in clients.values():
                 await client.close()
@@ -111,14 +95,7 @@ async def main(calls: int, rounds: int) -> None:
             for front, gw in ((plain_in, plain), (secured_in, secured)):
                 await front.stop()
                 await gw.stop()
-    p50 = {k: statistics.median(v) * 1e6 for k, v in got.items()}
-    p99 = {k: _pct(v, 0.99) * 1e6 for k, v in got.items()}
-    for k in got:
-        print(f"{k:>6}: ingress round trip p50 {p50[k]:7.1f} us  p99 {p99[k]:7.1f} us  "
-              f"({len(got[k])} calls)")
-    print(f"curve/plain: p50 {p50['curve'] / p50['plain']:.3f}x  "
-          f"p99 {p99['curve'] / p99['plain']:.3f}x")
-
+    report(got, "ingress round trip")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
