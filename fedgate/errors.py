@@ -24,6 +24,7 @@ Messages name what was expected and what was got.
 from __future__ import annotations
 
 __all__ = [
+    "NO_NODE_NOW",
     "AllNodesUnhealthyError",
     "BackpressureError",
     "CircuitOpenError",
@@ -125,3 +126,15 @@ class WorkerError(FederationError):
 
 class RegistrationError(FederationError):
     """A worker's registration was refused (e.g. a live node id claimed twice)."""
+
+
+NO_NODE_NOW: tuple[type[FederationError], ...] = (
+    NoCapacityError,
+    AllNodesUnhealthyError,
+    QoSViolationError,
+    CircuitOpenError,
+    BackpressureError,
+    NodeUnreachableError,
+)
+"""The errors that say no node can take the request now (not that the request is bad):
+the HTTP front's 503, and an alias's cue to try its next model."""

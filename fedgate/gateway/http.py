@@ -64,15 +64,10 @@ import msgspec
 from aiohttp import web
 
 from fedgate.errors import (
-    AllNodesUnhealthyError,
-    BackpressureError,
-    CircuitOpenError,
+    NO_NODE_NOW,
     DeadlineExceededError,
     FederationError,
-    NoCapacityError,
-    NodeUnreachableError,
     PrivacyViolationError,
-    QoSViolationError,
     QuotaExceededError,
     StreamInterruptedError,
     WorkerError,
@@ -154,17 +149,7 @@ def status_of(exc: BaseException) -> HttpError:
         return HttpError(502, str(exc), "server_error", exc.code)
     if isinstance(exc, StreamInterruptedError):
         return HttpError(502, str(exc), "server_error", "stream_interrupted")
-    if isinstance(
-        exc,
-        (
-            NoCapacityError,
-            AllNodesUnhealthyError,
-            QoSViolationError,
-            CircuitOpenError,
-            BackpressureError,
-            NodeUnreachableError,
-        ),
-    ):
+    if isinstance(exc, NO_NODE_NOW):
         return HttpError(503, str(exc), "service_unavailable", "no_capacity")
     if isinstance(exc, FederationError):
         return HttpError(502, str(exc), "server_error", "federation_error")

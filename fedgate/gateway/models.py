@@ -37,16 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fedgate.errors import (
-    AllNodesUnhealthyError,
-    BackpressureError,
-    CircuitOpenError,
-    NoCapacityError,
-    NodeUnreachableError,
-    PrivacyViolationError,
-    QoSViolationError,
-    WorkerError,
-)
+from fedgate.errors import NO_NODE_NOW, PrivacyViolationError, WorkerError
 from fedgate.transport.protocol import ERR_CONTEXT_LENGTH, ERR_OVERLOADED
 from fedgate.validation import ModelNames, Text, count, validate
 
@@ -62,16 +53,9 @@ _MODEL_NAME = Text(
 )
 ModelName = Annotated[str, _MODEL_NAME]
 
-# Errors that say "this model cannot take the request now", not "this request is bad".
-_UNAVAILABLE = (
-    NoCapacityError,
-    AllNodesUnhealthyError,
-    QoSViolationError,
-    CircuitOpenError,
-    BackpressureError,
-    NodeUnreachableError,
-    PrivacyViolationError,
-)
+# "This model cannot take the request now" (not "this request is bad"): no node of
+# it, or none cleared for the request's privacy level.
+_UNAVAILABLE = (*NO_NODE_NOW, PrivacyViolationError)
 
 
 @dataclass(frozen=True, slots=True)
